@@ -1,0 +1,135 @@
+"""HiLo attention (LITv2): high-frequency heads in local windows, low-frequency heads global.
+
+``(1 - alpha)`` of the heads (Hi-Fi) attend inside non-overlapping ``window_size`` windows and
+keep local detail; ``alpha`` of the heads (Lo-Fi) attend from every query to keys/values
+average-pooled over each window and capture global structure at a fraction of the cost.
+Parameter names follow the official release (``h_qkv``, ``h_proj``, ``l_q``, ``l_kv``,
+``l_proj``) so its checkpoints load unchanged; a path with no heads has no parameters.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rel_pos import RelativePositionBias
+from .windows import pad_to_multiple, window_partition, window_reverse
+
+
+def lofi_heads(num_heads: int, alpha: float, window_size: int) -> int:
+    """Number of Lo-Fi heads, exactly as the official code splits them.
+
+    ``int(num_heads * alpha)``; a window of 1 makes Hi-Fi attention meaningless, so every
+    head goes to the (then un-pooled, i.e. plain global) Lo-Fi path.
+    """
+    if window_size == 1:
+        return num_heads
+    return int(num_heads * alpha)
+
+
+def check_heads(dim: int, num_heads: int) -> None:
+    if num_heads < 1 or dim % num_heads != 0:
+        raise ValueError(f"num_heads={num_heads} must be a positive divisor of dim={dim}")
+
+
+class HiLo(nn.Module):
+    """HiLo attention on a ``(B, H*W, C)`` token sequence laid out on an ``H x W`` map.
+
+    Args:
+        dim: channels.
+        num_heads: total heads, split between the Hi-Fi and Lo-Fi paths.
+        window_size: Hi-Fi window side and Lo-Fi pooling size; 1 = plain global MSA.
+        alpha: fraction of Lo-Fi heads in [0, 1].
+        qkv_bias: bias in the query/key/value projections.
+        qk_scale: logit scale; default ``head_dim ** -0.5``.
+        attn_drop: dropout on attention weights (training only).
+        proj_drop: dropout after the output projections.
+        rel_pos_bias: add a Swin-style relative position bias inside Hi-Fi windows.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        window_size: int = 2,
+        alpha: float = 0.9,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        rel_pos_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        check_heads(dim, num_heads)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
+        if window_size < 1:
+            raise ValueError(f"window_size={window_size!r} must be an integer >= 1")
+        head_dim = dim // num_heads
+        self.dim = dim
+        self.head_dim = head_dim
+        self.window_size = window_size
+        self.l_heads = lofi_heads(num_heads, alpha, window_size)
+        self.h_heads = num_heads - self.l_heads
+        self.l_dim = self.l_heads * head_dim
+        self.h_dim = self.h_heads * head_dim
+        self.scale = qk_scale or head_dim**-0.5
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+        if self.l_heads > 0:
+            self.l_q = nn.Linear(dim, self.l_dim, bias=qkv_bias)
+            self.l_kv = nn.Linear(dim, self.l_dim * 2, bias=qkv_bias)
+            self.l_proj = nn.Linear(self.l_dim, self.l_dim)
+        if self.h_heads > 0:
+            self.h_qkv = nn.Linear(dim, self.h_dim * 3, bias=qkv_bias)
+            self.h_proj = nn.Linear(self.h_dim, self.h_dim)
+            self.h_rel_pos = RelativePositionBias((window_size, window_size), self.h_heads) if rel_pos_bias else None
+
+    def _dropout(self) -> float:
+        return self.attn_drop if self.training else 0.0
+
+    def hifi(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention inside each window of a ``(B, H, W, C)`` map."""
+        batch, height, width, _ = x.shape
+        ws = self.window_size
+        x = pad_to_multiple(x, ws)
+        padded_h, padded_w = x.shape[1], x.shape[2]
+        qkv = window_partition(self.h_qkv(x), ws)  # (B*nW, ws*ws, 3*h_dim)
+        qkv = qkv.reshape(qkv.shape[0], ws * ws, 3, self.h_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.h_rel_pos(ws, ws) if self.h_rel_pos is not None else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self._dropout(), scale=self.scale)
+        out = out.transpose(1, 2).reshape(-1, ws * ws, self.h_dim)
+        out = window_reverse(out, ws, padded_h, padded_w)[:, :height, :width]
+        return self.h_proj(out)
+
+    def lofi(self, x: torch.Tensor) -> torch.Tensor:
+        """Every query of a ``(B, H, W, C)`` map attends to window-averaged keys/values."""
+        batch, height, width, channels = x.shape
+        q = self.l_q(x).reshape(batch, height * width, self.l_heads, self.head_dim).transpose(1, 2)
+        if self.window_size > 1:
+            # ceil_mode averages the partial windows of non-divisible maps over their valid
+            # tokens only, so no token is dropped from the global summary.
+            pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.window_size, ceil_mode=True)
+            x = pooled.flatten(2).transpose(1, 2)
+        kv = self.l_kv(x).reshape(batch, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self._dropout(), scale=self.scale)
+        out = out.transpose(1, 2).reshape(batch, height, width, self.l_dim)
+        return self.l_proj(out)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        if tokens != H * W:
+            raise ValueError(f"x has {tokens} tokens, expected H*W = {H}*{W} = {H * W}")
+        x = x.reshape(batch, H, W, channels)
+        if self.h_heads == 0:
+            out = self.lofi(x)
+        elif self.l_heads == 0:
+            out = self.hifi(x)
+        else:
+            out = torch.cat((self.hifi(x), self.lofi(x)), dim=-1)
+        return self.proj_drop(out.reshape(batch, tokens, channels))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window_size={self.window_size}, lofi_heads={self.l_heads}, hifi_heads={self.h_heads}"

@@ -1,0 +1,71 @@
+"""Named architectures and their timm registrations.
+
+``import litv2`` registers ``litv2_s``, ``litv2_m``, ``litv2_b`` (official LITv2 configs) and
+``lit_s`` (LITv1-S: MLP-only stages 1-2, plain MLP, MSA with relative position bias, DTM) so
+``timm.create_model(name, num_classes=..., checkpoint_path=...)`` works, ``features_only``
+included.
+"""
+from __future__ import annotations
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .config import LITConfig
+from .model import LITv2
+
+LITV2_S = LITConfig()
+LITV2_M = LITConfig(depths=(2, 2, 18, 2), drop_path_rate=0.3)
+LITV2_B = LITConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)
+LIT_S = LITConfig(attn_kind=("msa",) * 4, window_size=(0, 0, 0, 0), ffn="mlp", rel_pos_bias=True)
+
+NAMED_CONFIGS: dict[str, LITConfig] = {"litv2_s": LITV2_S, "litv2_m": LITV2_M, "litv2_b": LITV2_B, "lit_s": LIT_S}
+
+
+def get_config(name: str) -> LITConfig:
+    """The :class:`LITConfig` of a registered model name."""
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(NAMED_CONFIGS)}")
+    return NAMED_CONFIGS[name]
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in NAMED_CONFIGS})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        LITv2, variant, pretrained, config=get_config(variant),
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs,
+    )
+
+
+@register_model
+def litv2_s(pretrained: bool = False, **kwargs) -> LITv2:
+    """LITv2-S: 27.8M params, 3.7 GFLOPs at 224."""
+    return _create("litv2_s", pretrained, **kwargs)
+
+
+@register_model
+def litv2_m(pretrained: bool = False, **kwargs) -> LITv2:
+    """LITv2-M: 48.8M params, 7.5 GFLOPs at 224."""
+    return _create("litv2_m", pretrained, **kwargs)
+
+
+@register_model
+def litv2_b(pretrained: bool = False, **kwargs) -> LITv2:
+    """LITv2-B: 86.5M params, 13.2 GFLOPs at 224."""
+    return _create("litv2_b", pretrained, **kwargs)
+
+
+@register_model
+def lit_s(pretrained: bool = False, **kwargs) -> LITv2:
+    """LITv1-S, the starting point of the paper's Table 5."""
+    return _create("lit_s", pretrained, **kwargs)
