@@ -1,0 +1,1 @@
+"""The orchestrator: an Optuna multi-objective study driving Ray workers, tracked in MLflow."""

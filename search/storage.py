@@ -1,0 +1,46 @@
+"""Optuna storages from a URL: RDB (sqlite, PostgreSQL, MySQL) or a journal file.
+
+Only the driver writes to the storage (ask/tell), so a trial still RUNNING when a study is
+resumed was interrupted. A cluster's driver may live on any node, so give it a URL every
+node can reach (PostgreSQL); sqlite and journal files are for one machine.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+_RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+
+
+def default_storage_url(workdir: Path) -> str:
+    return f"sqlite:///{(workdir / 'optuna.db').resolve()}"
+
+
+def check_storage_url(url: str) -> None:
+    """Raise a one-line ValueError for a URL Optuna could not open, before anything is created."""
+    scheme = url.split("://", 1)[0] if "://" in url else url.split(":", 1)[0]
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+        if not path.name or not path.parent.exists():
+            raise ValueError(f"storage {url!r} is invalid: the folder {str(path.parent)!r} of the journal file does not exist")
+        return
+    if "://" not in url or scheme not in _RDB_SCHEMES:
+        raise ValueError(
+            f"storage {url!r} is invalid: expected sqlite:///FILE, postgresql://USER@HOST/DB, mysql://... or journal:FILE"
+        )
+    if scheme == "sqlite":
+        path = Path(url[len("sqlite:///"):])
+        if not url.startswith("sqlite:///") or not path.name:
+            raise ValueError(f"storage {url!r} is invalid: expected sqlite:///PATH/TO/FILE.db")
+        if not path.parent.exists():
+            raise ValueError(f"storage {url!r} is invalid: the folder {str(path.parent)!r} does not exist")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (validated by :func:`check_storage_url`)."""
+    check_storage_url(url)
+    if url.startswith("journal:"):
+        backend = optuna.storages.journal.JournalFileBackend(url[len("journal:"):])
+        return optuna.storages.JournalStorage(backend)
+    return optuna.storages.RDBStorage(url)

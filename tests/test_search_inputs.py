@@ -1,0 +1,70 @@
+"""Budget, target, storage, data set and tracking strings: strict parsing, one-line errors."""
+import pytest
+
+from search.budget import parse_budget
+from search.storage import check_storage_url
+from search.target import parse_target
+from search.tracking import check_tracking_uri
+
+
+@pytest.mark.parametrize("text,seconds,kind", [
+    ("64gpu-h", 64 * 3600, "gpu"), ("2cpu-h", 7200, "cpu"), ("90gpu-min", 5400, "gpu"),
+    ("0.05cpu-h", 180, "cpu"), ("600cpu-s", 600, "cpu"), (".5gpu-h", 1800, "gpu"),
+])
+def test_budget_parses(text, seconds, kind):
+    budget = parse_budget(text)
+    assert budget.seconds == pytest.approx(seconds) and budget.kind == kind
+
+
+@pytest.mark.parametrize("text", ["64", "64gpu", "gpu-h", "64 gpu-h", "64gpu-hours", "-1cpu-h", "0cpu-h",
+                                  "1tpu-h", "1e3gpu-h", "64GPU-H", ""])
+def test_bad_budget_is_a_one_line_error(text):
+    with pytest.raises(ValueError) as error:
+        parse_budget(text)
+    message = str(error.value)
+    assert repr(text) in message and "expected" in message.lower() or "zero" in message
+    assert "\n" not in message
+
+
+def test_budgets_add_up_in_one_kind():
+    total = parse_budget("1cpu-h").plus(parse_budget("30cpu-min"))
+    assert total.seconds == 5400 and parse_budget(total.text).seconds == 5400
+    with pytest.raises(ValueError, match="gpu"):
+        parse_budget("1cpu-h").plus(parse_budget("1gpu-h"))
+
+
+@pytest.mark.parametrize("text,key", [
+    ("cpu:bs1:224", "cpu:bs1:224:fp32"), ("cuda:bs64:224:fp16", "cuda:bs64:224:fp16"),
+    ("cuda:bs64:384:bf16", "cuda:bs64:384:bf16"), ("cpu:bs8:224:bf16", "cpu:bs8:224:bf16"),
+])
+def test_target_parses_to_a_canonical_key(text, key):
+    assert parse_target(text).key == key
+
+
+@pytest.mark.parametrize("text", ["cpu", "gpu:bs1:224", "cuda:64:224", "cuda:bs0:224", "cuda:bs64:224:int8",
+                                  "cpu:bs1:224:fp16", "cuda:bs64", "cpu:bs1:224:fp32:x"])
+def test_bad_target_is_a_one_line_error(text):
+    with pytest.raises(ValueError) as error:
+        parse_target(text)
+    assert repr(text) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{tmp}/optuna.db", "journal:{tmp}/journal.log",
+                                 "postgresql://user@db.example/optuna"])
+def test_good_storage_urls(url, tmp_path):
+    check_storage_url(url.format(tmp=tmp_path))
+
+
+@pytest.mark.parametrize("url", ["optuna.db", "sqlite://optuna.db", "sqlite:///{tmp}/missing/optuna.db",
+                                 "redis://localhost", "journal:{tmp}/missing/journal.log", ""])
+def test_bad_storage_urls(url, tmp_path):
+    text = url.format(tmp=tmp_path)
+    with pytest.raises(ValueError) as error:
+        check_storage_url(text)
+    assert repr(text) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("uri", ["mlflow.db", "file:///tmp/mlruns", "sqlite:////nonexistent/dir/mlflow.db"])
+def test_bad_tracking_uris(uri):
+    with pytest.raises(ValueError, match="tracking URI"):
+        check_tracking_uri(uri)
