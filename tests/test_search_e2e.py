@@ -152,3 +152,37 @@ def test_bad_run_options_exit_2_and_create_nothing(tmp_path, capsys, option, val
     assert code == 2
     assert err.startswith("search: error:") and needle in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_then_resume_loses_nothing(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "search", "run", "--study", "s", "--space", "tiny", "--dataset", "digits",
+               "--epochs", "1", "--target", "cpu:bs1:64", "--budget", "900cpu-s", "--max-trials", "2",
+               "--sampler", "random", "--workdir", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        seen.append(line)
+        if "[trial 1] started" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, "".join(seen) + rest
+    assert "will re-run on 'search resume'" in rest
+    settings = make_settings(tmp_path)
+    study = load(settings)
+    interrupted = [t.number for t in study.trials if t.user_attrs.get("interrupted")]
+    assert interrupted
+    assert main(["resume", "--study", "s", "--workdir", str(tmp_path)]) == 0
+    study = load(settings)
+    rerun = {t.user_attrs.get("rerun_of") for t in study.trials if t.state == TrialState.COMPLETE}
+    assert set(interrupted) <= rerun
+    assert MlflowClient(settings.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FINISHED"
