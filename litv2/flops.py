@@ -11,27 +11,34 @@ import math
 from collections.abc import Sequence
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
+
+
+def _shape(value) -> list[int]:
+    from fvcore.nn.jit_handles import get_shape
+
+    return get_shape(value)
 
 
 def _sdpa_flops(inputs: list, outputs: list) -> int:
     """``q @ k^T`` plus ``attn @ v``: batch * Lq * Lk * (E + Ev) multiply-adds."""
-    q, k, v = (get_shape(t) for t in inputs[:3])
+    q, k, v = (_shape(t) for t in inputs[:3])
     batch = math.prod(q[:-2])
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
 def _deform_conv_flops(inputs: list, outputs: list) -> int:
     """Every output element costs ``C_in / groups * kh * kw`` multiply-adds, like a conv."""
-    weight = get_shape(inputs[1])
-    out = get_shape(outputs[0])
+    weight = _shape(inputs[1])
+    out = _shape(outputs[0])
     return math.prod(out) * weight[1] * weight[2] * weight[3]
 
 
 def count_flops(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batch_size: int = 1) -> int:
     """Multiply-adds of one forward pass of ``model`` on a ``(batch_size, *input_size)`` input."""
+    # fvcore is imported here: at import time it triggers torch.jit deprecation warnings.
+    from fvcore.nn import FlopCountAnalysis
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -82,7 +82,8 @@ class LITv2(nn.Module):
         self.num_features = self.head_hidden_size = config.num_features
         img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.patch_embed = PatchEmbed(in_chans, config.embed_dim, config.patch_size)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        total = sum(config.depths)
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.layers = nn.ModuleList()
         self.feature_info = []
         start = 0

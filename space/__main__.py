@@ -1,0 +1,100 @@
+"""Command line: ``python -m space show NAME|FILE`` and ``python -m space validate FILE``.
+
+``show`` prints a space's dimensions, its size and a few architectures with their
+full-size parameters and FLOPs (FLOP counting builds and runs each model once, so only a
+few are shown). An invalid space is reported on one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+
+# fvcore (imported by litv2's FLOP counter) calls torch.jit.script at import, which recent
+# torch deprecates; keep that notice from burying the one-line report of a bad space.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+import optuna  # noqa: E402 (after the filter)
+import torch  # noqa: E402
+from litv2 import LITConfig, build_model, count_flops, count_params  # noqa: E402
+
+from .errors import SpaceError  # noqa: E402
+from .identity import arch_id, summary  # noqa: E402
+from .registry import get_space  # noqa: E402
+from .search_space import SearchSpace  # noqa: E402
+
+EXIT_INVALID = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="space", description="Inspect and check LITv2 search spaces.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("show", help="dimensions, size and a few architectures of a space")
+    show.add_argument("space", help="a named space or a .yaml/.yml/.json file")
+    show.add_argument("-n", "--samples", type=int, default=3, help="architectures to show (default 3)")
+    show.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    validate = commands.add_parser("validate", help="check a space file; exit 2 if it is invalid")
+    validate.add_argument("space", help="a .yaml/.yml/.json file (or a named space)")
+    args = parser.parse_args(argv)
+    try:
+        space = get_space(args.space)
+    except SpaceError as err:
+        print(f"space: error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.command == "validate":
+        print(f"{args.space}: ok (space {space.name!r}, size {_size(space)})")
+    else:
+        show_space(space, args.samples, args.seed)
+    return 0
+
+
+def show_space(space: SearchSpace, samples: int = 3, seed: int = 0) -> None:
+    """Print the dimensions, the size and ``samples`` architectures measured at full size."""
+    kind = "fixed points" if space.fixed_points else "search"
+    print(f"space {space.name!r} ({kind}): {space.description}")
+    print(f"  base {space.base_name}; deployed at {space.deploy_img_size} px; "
+          f"proxy {space.proxy.img_size} px at width x{space.proxy.width_mult:g}")
+    print("dimensions (Optuna parameter, values, drawn when):")
+    for name, dim, when in space.dimensions():
+        print(f"  {name:<16}{str(dim):<40}{when}".rstrip())
+    print(f"size: {_size(space)}" + (" (a dimension is continuous)" if space.size() == math.inf else " architectures"))
+    configs = examples(space, samples, seed)
+    img = space.deploy_img_size
+    print(f"{len(configs)} architectures at full size ({img} px):")
+    print(f"  {'id':<14}{'params':>8}{'GFLOPs':>8}  summary")
+    # One batch-1 forward per model: one thread is as fast, while several OpenMP threads on a
+    # small shared machine can be ten times slower waiting for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for config in configs:
+            model = build_model(config, img_size=img)
+            flops = count_flops(model, (3, img, img))
+            print(f"  {arch_id(config):<14}{count_params(model) / 1e6:>7.2f}M{flops / 1e9:>8.2f}  {summary(config)}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def examples(space: SearchSpace, count: int, seed: int = 0) -> list[LITConfig]:
+    """The first ``count`` points of a fixed-point space, else ``count`` distinct random draws."""
+    if space.fixed_points:
+        return space.enumerate()[:count]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    found: dict[str, LITConfig] = {}
+    for _ in range(50 * count):
+        if len(found) == count:
+            break
+        config = space.sample(study.ask())
+        found.setdefault(arch_id(config), config)
+    return list(found.values())
+
+
+def _size(space: SearchSpace) -> str:
+    size = space.size()
+    return "infinite" if size == math.inf else str(size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
