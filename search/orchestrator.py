@@ -111,6 +111,10 @@ class Search:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(["proxy_top1", "throughput"])
+            if self.space.fixed_points:
+                # Ablation tables: every point exactly once, in the table's order.
+                for params in self.space.grid_params():
+                    study.enqueue_trial(params)
         study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
         self.study = study
         return study

@@ -186,3 +186,18 @@ def test_ctrl_c_then_resume_loses_nothing(tmp_path):
     rerun = {t.user_attrs.get("rerun_of") for t in study.trials if t.state == TrialState.COMPLETE}
     assert set(interrupted) <= rerun
     assert MlflowClient(settings.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FINISHED"
+
+
+def test_fixed_point_study_evaluates_every_point_once(tmp_path):
+    tiny = "embed_dim: 32, depths: [1, 1, 1, 1], num_heads: [2, 4, 8, 16], drop_path_rate: 0.0"
+    space_file = tmp_path / "pair.yaml"
+    space_file.write_text(
+        "name: pair\nfixed_points: true\nproxy: {img_size: 32, width_mult: 1.0}\npoints:\n"
+        f"  - {{label: HiLo, base: litv2_s, fixed: {{{tiny}}}}}\n"
+        f"  - {{label: MSA, base: litv2_s, fixed: {{{tiny}, attn_kind: [msa, msa, msa, msa]}}}}\n"
+    )
+    settings = make_settings(tmp_path, space=str(space_file), max_trials=None)
+    assert Search(settings).run() == 0
+    trained = [t for t in load(settings).trials if "train_seconds" in t.user_attrs]
+    assert [t.number for t in trained] == [0, 1]
+    assert len({t.user_attrs["arch_id"] for t in trained}) == 2
