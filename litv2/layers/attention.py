@@ -17,7 +17,7 @@ from torch import nn
 
 from .hilo import HiLo, check_heads
 from .rel_pos import RelativePositionBias
-from .windows import pad_to_multiple, window_partition, window_reverse
+from .windows import check_window, pad_to_multiple, window_partition, window_reverse
 
 
 class _HeadsMixin(nn.Module):
@@ -129,8 +129,7 @@ class WindowAttention(_HeadsMixin):
         rel_pos_bias: bool = False,
     ) -> None:
         super().__init__()
-        if window_size < 1:
-            raise ValueError(f"window_size={window_size!r} must be an integer >= 1")
+        check_window(window_size)
         self._init_heads(dim, num_heads, qk_scale, attn_drop, proj_drop)
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .rel_pos import RelativePositionBias
-from .windows import pad_to_multiple, window_partition, window_reverse
+from .windows import check_window, pad_to_multiple, window_partition, window_reverse
 
 
 def lofi_heads(num_heads: int, alpha: float, window_size: int) -> int:
@@ -63,8 +63,7 @@ class HiLo(nn.Module):
         check_heads(dim, num_heads)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
-        if window_size < 1:
-            raise ValueError(f"window_size={window_size!r} must be an integer >= 1")
+        check_window(window_size)
         head_dim = dim // num_heads
         self.dim = dim
         self.head_dim = head_dim

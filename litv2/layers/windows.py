@@ -9,6 +9,11 @@ import torch
 import torch.nn.functional as F
 
 
+def check_window(window_size: int) -> None:
+    if window_size < 1:
+        raise ValueError(f"window_size={window_size!r} must be an integer >= 1")
+
+
 def pad_to_multiple(x: torch.Tensor, window: int) -> torch.Tensor:
     """Zero-pad a ``(B, H, W, C)`` map at the bottom/right so both sides divide ``window``."""
     _, height, width, _ = x.shape
