@@ -66,10 +66,19 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return table[precision]
 
 
-def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, iters: int) -> list[float]:
-    """Seconds per call of ``fn`` for each of ``repeats`` runs of ``iters`` calls, after warm-up."""
-    for _ in range(warmup):
+def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, iters: int,
+                  min_warmup_seconds: float = 0.5) -> list[float]:
+    """Seconds per call of ``fn`` for each of ``repeats`` runs of ``iters`` calls, after warm-up.
+
+    Warm-up runs at least ``warmup`` calls and at least ``min_warmup_seconds``: a fresh
+    worker process pays one-off kernel selection and allocation on its first calls, which a
+    fixed small count does not cover for fast models.
+    """
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < min_warmup_seconds:
         fn()
+        done += 1
     _synchronize(device)
     samples = []
     for _ in range(repeats):

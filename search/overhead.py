@@ -1,13 +1,15 @@
 """``python -m search.overhead``: how much of a trial's wall time the orchestration costs.
 
-Runs real searches (Ray tasks, Optuna storage, MLflow logging, throughput measurement)
-whose training is a fixed busy workload of ``--trial-seconds``, then reports per trial
+Runs a real search (Ray tasks, Optuna storage, MLflow logging, throughput measurement)
+whose training is a fixed busy workload of ``--trial-seconds`` holding every core (so trials
+never wait for each other's exclusive measurements), then reports per trial
 the wall time from ask to tell, the time spent training or measuring, and the rest: the
 overhead. Trials after the first wave run on warm (reused) Ray workers.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -42,12 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", default="tiny")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
-        per_trial = args.trial_seconds * 1.0 + 6.0  # training plus a measurement, in core-seconds
+        cores = os.cpu_count() or 1
+        per_trial = (args.trial_seconds + 4.0) * cores  # training plus a measurement, in core-seconds
         settings = build_settings(
             study="overhead", space=args.space, budget=f"{per_trial * args.trials:.0f}cpu-s", dataset="digits",
             target="cpu:bs1:64", storage=None, tracking_uri=None, workdir=workdir, sampler="random",
             epochs=args.trial_seconds, seed=0, address=None, data_root=None, trials_per_device=1,
-            cpus_per_trial=1, measure_repeats=3,
+            cpus_per_trial=cores, measure_repeats=3,
         )
         settings = replace(settings, trainer="search.overhead:synthetic_train")
         Search(settings).run()

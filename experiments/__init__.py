@@ -1,0 +1,1 @@
+"""Experiments that check the search's assumptions with real training runs."""

@@ -1,0 +1,196 @@
+"""Can the proxy data set tell architectures apart?
+
+A search ranks architectures by proxy accuracy, so the proxy data set must separate
+architectures by more than seed noise. This check trains a few contrasting proxies for
+several seeds and reports which pairs differ by more than twice the larger of their two
+standard deviations; the default data set passes when at least one pair does.
+
+    python -m experiments.separability [--dataset cluttered-digits] [--seeds 3] [--epochs N] [--json FILE]
+
+The architectures are :func:`contrasting_architectures`; :func:`score_architectures` takes
+any list of ``(name, LITConfig)``, e.g. points of a search space.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+from litv2 import LITConfig
+from search.data import DEFAULT_DATASET, DataBundle, load_dataset
+from search.train import TrainResult, train_proxy
+
+# Proxy recipe tuned so the whole check (3 architectures x 3 seeds) runs in about ten
+# minutes on two CPU cores (--jobs 2) and still separates architectures on cluttered-digits.
+EPOCHS = 12
+BATCH_SIZE = 64
+LR = 2e-3
+
+
+def contrasting_architectures() -> list[tuple[str, LITConfig]]:
+    """Tiny LITv2s that differ only in their attention: HiLo (global + local), local only, none.
+
+    Embed 16, depths 1-1-2-1, heads 1-2-4-8 (16 channels per head), 4x4 patches: a 64x64
+    input gives 16, 8, 4 and 2 wide stage maps. HiLo's windows of 2 split stage 3's map into
+    four local windows; stage 4's 2x2 map is a single window, so stage 4 attends globally
+    wherever it has attention. Plain patch merging stands in for DTM, whose deformable
+    convolution doubles CPU training time without bearing on the comparison; half the
+    tiny space's width keeps twelve epochs of three architectures x three seeds in minutes.
+    """
+    base = LITConfig(
+        embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), patch_size=4, merge="patch",
+        drop_path_rate=0.0, attention=(False, False, True, True),
+    )
+    return [
+        ("hilo-a0.9", base.replace(window_size=(0, 0, 2, 1), alpha=(0.9,) * 4)),
+        ("hilo-a0.0", base.replace(window_size=(0, 0, 2, 2), alpha=(0.0,) * 4)),
+        ("mlp-only", base.replace(attention=(False,) * 4)),
+    ]
+
+
+@dataclass(frozen=True)
+class ArchScore:
+    """Proxy accuracies (percent) and training times of one architecture over seeds."""
+
+    name: str
+    params: int
+    accuracies: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (0 for a single seed)."""
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+
+def score_architectures(
+    architectures: Sequence[tuple[str, LITConfig]],
+    data: Callable[[], DataBundle],
+    seeds: int,
+    *,
+    jobs: int = 1,
+    progress: Callable[[str], None] = print,
+    **train_options,
+) -> list[ArchScore]:
+    """Train every architecture once per seed; ``train_options`` go to :func:`train_proxy`.
+
+    ``data`` is called in whichever process trains (e.g. ``functools.partial(load_dataset,
+    "digits")``), so ``jobs`` > 1 runs that many trainings at once in spawned processes that
+    each load the data once.
+    """
+    runs = [(name, config, seed) for name, config in architectures for seed in range(seeds)]
+    results: dict[tuple[str, int], TrainResult] = {}
+
+    def record(name: str, seed: int, result: TrainResult) -> None:
+        results[name, seed] = result
+        progress(f"[{len(results)}/{len(runs)}] {name} seed {seed}: top-1 {result.accuracy:.1f}% in "
+                 f"{result.train_seconds:.0f}s (per epoch: {', '.join(f'{a:.1f}' for a in result.epoch_accuracies)})")
+
+    if jobs <= 1:
+        for name, config, seed in runs:
+            record(name, seed, _train_one(data, config, seed, train_options))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_one, data, config, seed, train_options): (name, seed) for name, config, seed in runs}
+            for future in as_completed(futures):
+                record(*futures[future], future.result())
+    return [
+        ArchScore(name, results[name, 0].params, tuple(results[name, s].accuracy for s in range(seeds)),
+                  tuple(results[name, s].train_seconds for s in range(seeds)))
+        for name, _ in architectures
+    ]
+
+
+def _train_one(data: Callable[[], DataBundle], config: LITConfig, seed: int, options: dict) -> TrainResult:
+    return train_proxy(config, data(), seed=seed, **options)
+
+
+def separated_pairs(scores: Sequence[ArchScore]) -> list[tuple[ArchScore, ArchScore]]:
+    """Pairs (better first) whose means differ by more than twice the larger of their stds."""
+    pairs = []
+    for a, b in itertools.combinations(scores, 2):
+        if abs(a.mean - b.mean) > 2 * max(a.std, b.std):
+            pairs.append((a, b) if a.mean >= b.mean else (b, a))
+    return pairs
+
+
+def format_report(scores: Sequence[ArchScore], pairs: Sequence[tuple[ArchScore, ArchScore]]) -> str:
+    width = max(len("architecture"), *(len(s.name) for s in scores))
+    lines = [f"{'architecture':<{width}}  {'params':>9}  {'top-1 % (mean +- std)':>21}  {'train s/run':>11}"]
+    for s in scores:
+        lines.append(f"{s.name:<{width}}  {s.params:>9,}  {f'{s.mean:.2f} +- {s.std:.2f}':>21}  "
+                     f"{statistics.fmean(s.seconds):>11.1f}")
+    lines.append("")
+    if pairs:
+        lines.append("pairs that differ by more than twice the larger std:")
+        lines += [f"  {a.name} > {b.name}: {a.mean - b.mean:+.2f} points (2 x std = {2 * max(a.std, b.std):.2f})"
+                  for a, b in pairs]
+    else:
+        lines.append("no pair differs by more than twice the larger std: the data set does not separate these proxies")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.separability", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help=f"data-set spec (default {DEFAULT_DATASET})")
+    parser.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the split and of generated images")
+    parser.add_argument("--img-size", type=int, help="input side (default: the data set's, 64 for cluttered-digits)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per architecture (>= 2 for a std)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument("--device", help="cuda or cpu (default: the best available)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads per run (default 1: on a small shared CPU, more threads "
+                             "mostly wait on each other)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings run at once, each in its own process (default 1)")
+    parser.add_argument("--json", metavar="FILE", help="also write the scores and settings to FILE")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds} must be >= 1")
+
+    start = time.perf_counter()
+    load = functools.partial(load_dataset, args.dataset, root=args.data_root, seed=args.data_seed,
+                             img_size=args.img_size)
+    try:
+        data = load()
+    except ValueError as error:
+        parser.error(str(error))
+    architectures = contrasting_architectures()
+    print(f"{data.name}: {len(data.train)} train / {len(data.val)} val images, {data.img_size}x{data.img_size}; "
+          f"{len(architectures)} architectures x {args.seeds} seeds, {args.epochs} epochs each, {args.jobs} at a time",
+          flush=True)
+    scores = score_architectures(
+        architectures, load, args.seeds, jobs=args.jobs, progress=lambda line: print(line, flush=True),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device, num_threads=args.threads,
+    )
+    pairs = separated_pairs(scores)
+    wall = time.perf_counter() - start
+    print()
+    print(format_report(scores, pairs))
+    print(f"\nwall time {wall:.0f}s")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(dict(settings=vars(args), wall_seconds=wall,
+                           scores=[dict(asdict(s), mean=s.mean, std=s.std) for s in scores],
+                           separated=[[a.name, b.name] for a, b in pairs],
+                           architectures={name: config.to_dict() for name, config in architectures}), out, indent=2)
+    return 0 if pairs else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Proxy training on the embedded digits with tiny models: learning, determinism, early stop, eval."""
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from experiments import separability
+from litv2 import LITConfig
+from search.data import load_dataset
+from search.train import TrainResult, evaluate, resolve_precision, train_proxy
+
+TINY = LITConfig(
+    embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=(0, 0, 2, 1),
+    merge="patch", drop_path_rate=0.1,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_proxy_learns_and_reports(digits):
+    calls = []
+    result = train_proxy(TINY, digits, epochs=2, batch_size=64, lr=2e-3, warmup_epochs=0.5, seed=0,
+                         on_epoch=lambda epoch, acc: calls.append((epoch, acc)), num_threads=1)
+    assert isinstance(result, TrainResult)
+    assert result.accuracy > 50  # percent; chance is 10
+    assert [epoch for epoch, _ in calls] == [1, 2]
+    assert result.epoch_accuracies == tuple(acc for _, acc in calls) and result.accuracy == calls[-1][1]
+    assert (result.epochs_run, result.stopped_early, result.device) == (2, False, "cpu")
+    assert result.params == sum(p.numel() for p in _model(digits).parameters())
+    assert result.train_seconds > 0
+
+
+def _model(data) -> nn.Module:
+    from litv2 import build_model
+
+    return build_model(TINY, num_classes=data.num_classes, img_size=data.img_size, in_chans=data.in_chans)
+
+
+def test_same_call_same_accuracy_other_seed_differs(digits):
+    run = lambda seed: train_proxy(TINY, digits, epochs=1, seed=seed, num_threads=1)  # noqa: E731
+    first, again, other = run(3), run(3), run(4)
+    assert first.epoch_accuracies == again.epoch_accuracies
+    assert other.accuracy != first.accuracy
+
+
+def test_on_epoch_true_stops_early(digits):
+    result = train_proxy(TINY, digits, epochs=5, on_epoch=lambda epoch, acc: epoch >= 1)
+    assert (result.epochs_run, result.stopped_early, len(result.epoch_accuracies)) == (1, True, 1)
+    last = train_proxy(TINY, digits, epochs=1, on_epoch=lambda epoch, acc: True)
+    assert not last.stopped_early  # nothing was cut short
+
+
+def test_threads_are_restored_and_bad_arguments_rejected(digits):
+    before = torch.get_num_threads()
+    train_proxy(TINY, digits, epochs=1, num_threads=1)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="epochs"):
+        train_proxy(TINY, digits, epochs=0)
+    with pytest.raises(ValueError, match="precision"):
+        train_proxy(TINY, digits, epochs=1, precision="fp8")
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+class _AlwaysClass(nn.Module):
+    def __init__(self, label: int) -> None:
+        super().__init__()
+        self.label = label
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(torch.full((len(x),), self.label), 10).float()
+
+
+def test_evaluate_is_top1_percent_for_tensor_and_loader_datasets(digits):
+    labels = digits.val.tensors[1]
+    expected = 100.0 * (labels == 3).float().mean().item()
+    assert evaluate(_AlwaysClass(3), digits.val, batch_size=100, device="cpu") == pytest.approx(expected)
+    subset = Subset(digits.val, range(50))  # not a TensorDataset: goes through a DataLoader
+    assert evaluate(_AlwaysClass(3), subset, batch_size=16) == pytest.approx(100.0 * (labels[:50] == 3).float().mean().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_path_trains_with_amp(digits):
+    result = train_proxy(TINY, digits, epochs=2, device="cuda")
+    assert result.device.startswith("cuda") and result.accuracy > 50
+    fp16 = train_proxy(TINY, digits, epochs=1, device="cuda", precision="fp16")  # GradScaler path
+    assert 0 <= fp16.accuracy <= 100
+
+
+def test_separated_pairs_uses_twice_the_larger_std():
+    score = lambda name, *acc: separability.ArchScore(name, 1, acc, (1.0,) * len(acc))  # noqa: E731
+    a, b, c = score("a", 80, 82), score("b", 70, 71), score("c", 79, 81)
+    pairs = {(x.name, y.name) for x, y in separability.separated_pairs([a, b, c])}
+    assert pairs == {("a", "b"), ("c", "b")}
+
+
+def test_separability_check_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "sep.json"
+    separability.main(["--dataset", "digits", "--seeds", "1", "--epochs", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "mlp-only" in printed and "wall time" in printed
+    report = json.loads(out.read_text())
+    assert [s["name"] for s in report["scores"]] == [name for name, _ in separability.contrasting_architectures()]
