@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     run.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: a local Ray instance)")
     run.add_argument("--sampler", default="tpe", help="tpe, nsga2, gp or random")
-    run.add_argument("--epochs", type=int, default=4, help="proxy training epochs")
+    run.add_argument("--epochs", type=int, default=2, help="proxy training epochs")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--trials-per-device", type=int, default=1, help="GPU budgets: trials sharing one GPU")
     run.add_argument("--cpus-per-trial", type=int, default=1, help="CPU budgets: cores per training trial")

@@ -29,7 +29,7 @@ class SearchSettings:
     tracking_uri: str
     workdir: str
     sampler: str = "tpe"
-    epochs: int = 4
+    epochs: int = 2
     seed: int = 0
     address: str | None = None
     data_root: str | None = None
