@@ -87,7 +87,8 @@ def _cluttered_digest() -> str:
         "import hashlib; from search.data import load_dataset; b = load_dataset('cluttered-digits', img_size=32);"
         "print(hashlib.sha256(b.train.tensors[0].numpy().tobytes() + b.val.tensors[0].numpy().tobytes()).hexdigest())"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 def test_cluttered_digits_identical_across_processes():

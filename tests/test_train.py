@@ -1,4 +1,5 @@
 """Proxy training on the embedded digits with tiny models: learning, determinism, early stop, eval."""
+import functools
 import json
 
 import pytest
@@ -7,7 +8,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from experiments import separability
-from litv2 import LITConfig
+from litv2 import LITConfig, build_model
 from search.data import load_dataset
 from search.train import TrainResult, evaluate, resolve_precision, train_proxy
 
@@ -15,6 +16,8 @@ TINY = LITConfig(
     embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=(0, 0, 2, 1),
     merge="patch", drop_path_rate=0.1,
 )
+# One thread: on a small shared CPU, two threads mostly wait on each other.
+train = functools.partial(train_proxy, TINY, num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -24,45 +27,39 @@ def digits():
 
 def test_proxy_learns_and_reports(digits):
     calls = []
-    result = train_proxy(TINY, digits, epochs=2, batch_size=64, lr=2e-3, warmup_epochs=0.5, seed=0,
-                         on_epoch=lambda epoch, acc: calls.append((epoch, acc)), num_threads=1)
+    result = train(digits, epochs=2, batch_size=64, lr=2e-3, warmup_epochs=0.5, seed=0,
+                   on_epoch=lambda epoch, acc: calls.append((epoch, acc)))
     assert isinstance(result, TrainResult)
     assert result.accuracy > 50  # percent; chance is 10
     assert [epoch for epoch, _ in calls] == [1, 2]
     assert result.epoch_accuracies == tuple(acc for _, acc in calls) and result.accuracy == calls[-1][1]
     assert (result.epochs_run, result.stopped_early, result.device) == (2, False, "cpu")
-    assert result.params == sum(p.numel() for p in _model(digits).parameters())
+    model = build_model(TINY, num_classes=10, img_size=digits.img_size, in_chans=digits.in_chans)
+    assert result.params == sum(p.numel() for p in model.parameters())
     assert result.train_seconds > 0
 
 
-def _model(data) -> nn.Module:
-    from litv2 import build_model
-
-    return build_model(TINY, num_classes=data.num_classes, img_size=data.img_size, in_chans=data.in_chans)
-
-
 def test_same_call_same_accuracy_other_seed_differs(digits):
-    run = lambda seed: train_proxy(TINY, digits, epochs=1, seed=seed, num_threads=1)  # noqa: E731
-    first, again, other = run(3), run(3), run(4)
+    first, again, other = (train(digits, epochs=1, seed=seed) for seed in (3, 3, 4))
     assert first.epoch_accuracies == again.epoch_accuracies
     assert other.accuracy != first.accuracy
 
 
 def test_on_epoch_true_stops_early(digits):
-    result = train_proxy(TINY, digits, epochs=5, on_epoch=lambda epoch, acc: epoch >= 1)
+    result = train(digits, epochs=5, on_epoch=lambda epoch, acc: epoch >= 1)
     assert (result.epochs_run, result.stopped_early, len(result.epoch_accuracies)) == (1, True, 1)
-    last = train_proxy(TINY, digits, epochs=1, on_epoch=lambda epoch, acc: True)
+    last = train(digits, epochs=1, on_epoch=lambda epoch, acc: True)
     assert not last.stopped_early  # nothing was cut short
 
 
 def test_threads_are_restored_and_bad_arguments_rejected(digits):
     before = torch.get_num_threads()
-    train_proxy(TINY, digits, epochs=1, num_threads=1)
+    train(digits, epochs=1)
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="epochs"):
-        train_proxy(TINY, digits, epochs=0)
+        train(digits, epochs=0)
     with pytest.raises(ValueError, match="precision"):
-        train_proxy(TINY, digits, epochs=1, precision="fp8")
+        train(digits, epochs=1, precision="fp8")
 
 
 def test_precision_auto_is_fp32_on_cpu():
@@ -84,7 +81,8 @@ def test_evaluate_is_top1_percent_for_tensor_and_loader_datasets(digits):
     expected = 100.0 * (labels == 3).float().mean().item()
     assert evaluate(_AlwaysClass(3), digits.val, batch_size=100, device="cpu") == pytest.approx(expected)
     subset = Subset(digits.val, range(50))  # not a TensorDataset: goes through a DataLoader
-    assert evaluate(_AlwaysClass(3), subset, batch_size=16) == pytest.approx(100.0 * (labels[:50] == 3).float().mean().item())
+    expected = 100.0 * (labels[:50] == 3).float().mean().item()
+    assert evaluate(_AlwaysClass(3), subset, batch_size=16) == pytest.approx(expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
