@@ -252,7 +252,7 @@ class Search:
         kind, pending = self.in_flight.pop(ref)
         try:
             result = ray.get(ref)
-        except (ray.exceptions.RayError, Exception) as error:  # noqa: BLE001 - a trial's failure must not stop the search
+        except Exception as error:  # noqa: BLE001 - a trial's failure (task error, dead worker) must not stop the search
             self._fail(pending, kind, error)
             return
         self.failures_in_a_row = 0
