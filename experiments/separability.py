@@ -7,8 +7,8 @@ standard deviations; the default data set passes when at least one pair does.
 
     python -m experiments.separability [--dataset cluttered-digits] [--seeds 3] [--epochs N] [--jobs 2] [--json FILE]
 
-The architectures are :func:`contrasting_architectures`; :func:`score_architectures` takes
-any list of ``(name, LITConfig)``, e.g. points of a search space.
+The architectures are :func:`contrasting_architectures`, points of the ``tiny`` space trained
+as the search trains them; :func:`score_architectures` takes any list of ``(name, LITConfig)``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+import optuna
+
 from litv2 import LITConfig
+from space import get_space
 from search.data import DEFAULT_DATASET, DataBundle, load_dataset
 from search.train import TrainResult, train_proxy
 
@@ -37,26 +40,28 @@ BATCH_SIZE = 64
 LR = 2e-3
 
 
-def contrasting_architectures() -> list[tuple[str, LITConfig]]:
-    """Tiny LITv2s that differ only in their attention: HiLo (global + local), local only, none.
+# Points of the ``tiny`` space (Optuna parameters as `python -m space show tiny` lists them):
+# three that differ only in their attention (HiLo = global + local, local windows only, none)
+# and LITv2's layout with plain patch merging instead of DTM.
+CONTRASTING_POINTS = {
+    "hilo-a0.9": dict(mlp_only_s2=False, mlp_only_s3=False, ws_s3=1, alpha=0.9, merge="dtm"),
+    "hilo-a0.0": dict(mlp_only_s2=False, mlp_only_s3=False, ws_s3=2, alpha=0.0, merge="dtm"),
+    "mlp-only": dict(mlp_only_s2=True, mlp_only_s3=True, merge="dtm"),
+    "hilo-a0.9-patch": dict(mlp_only_s2=False, mlp_only_s3=False, ws_s3=1, alpha=0.9, merge="patch"),
+}
 
-    Embed 16, depths 1-1-2-1, heads 1-2-4-8 (16 channels per head), 4x4 patches: a 64x64
-    input gives 16, 8, 4 and 2 wide stage maps. HiLo's windows of 2 split stage 3's map into
-    four local windows; stage 4's 2x2 map is a single window, so stage 4 attends globally
-    wherever it has attention. Every variant keeps LITv2's ConvFFN, so all of them also mix
-    neighbouring tokens through its 3x3 depthwise convs. Plain patch merging stands in for
-    DTM (held fixed across variants), whose deformable convolution doubles CPU training
-    time; half the tiny space's width keeps 20 epochs x 3 architectures x 3 seeds in minutes.
+
+def contrasting_architectures(space_name: str = "tiny") -> list[tuple[str, LITConfig]]:
+    """The proxies the search itself would train for :data:`CONTRASTING_POINTS` of ``space_name``.
+
+    In the ``tiny`` space (embed 32, depths 1-1-2-1, DTM, ConvFFN, 64x64 proxy input) stage
+    3's 4x4 map is split by HiLo's 2x2 windows into four local windows, and stage 4's 2x2 map
+    is a single window, so stage 4 attends globally wherever it has attention. Every point
+    keeps ConvFFN, so all of them also mix neighbouring tokens through 3x3 depthwise convs.
     """
-    base = LITConfig(
-        embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), patch_size=4, merge="patch",
-        drop_path_rate=0.0, attention=(False, False, True, True),
-    )
-    return [
-        ("hilo-a0.9", base.replace(window_size=(0, 0, 2, 1), alpha=(0.9,) * 4)),
-        ("hilo-a0.0", base.replace(window_size=(0, 0, 2, 2), alpha=(0.0,) * 4)),
-        ("mlp-only", base.replace(attention=(False,) * 4)),
-    ]
+    space = get_space(space_name)
+    return [(name, space.proxy_of(space.sample(optuna.trial.FixedTrial(params))))
+            for name, params in CONTRASTING_POINTS.items()]
 
 
 @dataclass(frozen=True)

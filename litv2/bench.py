@@ -8,6 +8,7 @@ gain of the fused-attention path is measured, not assumed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -110,16 +111,33 @@ def _layer(name: str, side: int) -> nn.Module:
     return build_attention(spec.pop("kind"), DIM, HEADS, max_size=(side, side), **spec)
 
 
-def _throughput(module: nn.Module, inputs: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> dict:
-    module = module.to(device).eval()
+def _round_robin(modules: dict[str, nn.Module], inputs: torch.Tensor, device: torch.device, warmup: int,
+                 repeats: int) -> dict[str, dict]:
+    """Time every module once per round, ``repeats`` rounds, after warming each up.
+
+    Interleaving puts every module's samples in the same stretch of time, so a background
+    burst on a shared machine slows all of them alike instead of sinking whichever module
+    happened to be timed during it; the speed-up ratios stay meaningful.
+    """
     inputs = inputs.to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    calls = {name: functools.partial(module.to(device).eval(), inputs) for name, module in modules.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in modules}
+    peaks: dict[str, float | None] = {}
     with torch.inference_mode():
-        seconds = time_callable(lambda: module(inputs), device, warmup, repeats, iters=1)
-    rates = sorted(inputs.shape[0] / s for s in seconds)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return dict(img_s=rates[len(rates) // 2], spread=(rates[-1] - rates[0]) / 2, peak_mb=peak)
+        for name, call in calls.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            time_callable(call, device, warmup, repeats=0)
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        for _ in range(repeats):
+            for name, call in calls.items():
+                seconds[name] += time_callable(call, device, warmup=0, repeats=1, iters=1, min_warmup_seconds=0.0)
+    results = {}
+    for name, times in seconds.items():
+        rates = sorted(inputs.shape[0] / t for t in times)
+        results[name] = dict(img_s=rates[len(rates) // 2], spread=(rates[-1] - rates[0]) / 2, peak_mb=peaks[name],
+                             seconds=times)
+    return results
 
 
 def run(device: torch.device, warmup: int, repeats: int, model_batch: int, quick: bool = False) -> list[dict]:
@@ -127,18 +145,19 @@ def run(device: torch.device, warmup: int, repeats: int, model_batch: int, quick
     names = list(LAYER_KINDS) + list(NAIVE_LAYERS)
     settings = LAYER_SETTINGS[:1] if quick else LAYER_SETTINGS
     for side, batch in settings:
-        for name in names:
-            torch.manual_seed(0)
-            layer = TokenLayer(_layer(name, side), side)
+        torch.manual_seed(0)
+        layers = {name: TokenLayer(_layer(name, side), side) for name in names}
+        timings = _round_robin(layers, torch.randn(batch, side * side, DIM), device, warmup, repeats)
+        for name, layer in layers.items():
             row = dict(name=name, input=f"{side}x{side} b{batch}", params=count_params(layer),
-                       flops=count_flops(layer, input_size=(side * side, DIM)))
-            row.update(_throughput(layer, torch.randn(batch, side * side, DIM), device, warmup, repeats))
+                       flops=count_flops(layer, input_size=(side * side, DIM)), **timings[name])
             rows.append(row)
             print(_format_row(row), file=sys.stderr, flush=True)
-    for name in () if quick else MODELS:
-        model = timm.create_model(name)
-        row = dict(name=name, input=f"224x224 b{model_batch}", params=count_params(model), flops=count_flops(model))
-        row.update(_throughput(model, torch.randn(model_batch, 3, 224, 224), device, warmup, repeats))
+    models = {name: timm.create_model(name) for name in (() if quick else MODELS)}
+    timings = _round_robin(models, torch.randn(model_batch, 3, 224, 224), device, warmup, repeats) if models else {}
+    for name, model in models.items():
+        row = dict(name=name, input=f"224x224 b{model_batch}", params=count_params(model), flops=count_flops(model),
+                   **timings[name])
         rows.append(row)
         print(_format_row(row), file=sys.stderr, flush=True)
     return rows
@@ -150,15 +169,21 @@ def _format_row(row: dict) -> str:
             f"| {row['img_s']:9.1f} +- {row['spread']:6.1f} | {peak:>7} |")
 
 
+def _paired_speedup(rows: dict[str, dict], ours: str, other: str) -> float:
+    """Median over rounds of ``other``'s time / ``ours`` in the same round (see :func:`_round_robin`)."""
+    ratios = sorted(b / a for a, b in zip(rows[ours]["seconds"], rows[other]["seconds"]))
+    return ratios[len(ratios) // 2]
+
+
 def _ratio_lines(rows: list[dict]) -> list[str]:
-    """The speed-ups the project promises: our HiLo vs the naive HiLo and vs MSA."""
+    """The speed-ups the project promises: our HiLo vs the naive HiLo and vs MSA, paired per round."""
     lines = []
     for setting in dict.fromkeys(r["input"] for r in rows if r["name"].startswith("HiLo")):
-        by_name = {r["name"]: r["img_s"] for r in rows if r["input"] == setting}
-        ours = by_name["HiLo (ws 2, a 0.9)"]
-        lines.append(f"{setting}: HiLo / naive HiLo = {ours / by_name['HiLo naive (official)']:.2f}x, "
-                     f"HiLo / naive MSA = {ours / by_name['MSA naive (official)']:.2f}x, "
-                     f"HiLo / MSA (SDPA) = {ours / by_name['MSA']:.2f}x")
+        by_name = {r["name"]: r for r in rows if r["input"] == setting}
+        speedup = functools.partial(_paired_speedup, by_name, "HiLo (ws 2, a 0.9)")
+        lines.append(f"{setting}: HiLo / naive HiLo = {speedup('HiLo naive (official)'):.2f}x, "
+                     f"HiLo / naive MSA = {speedup('MSA naive (official)'):.2f}x, "
+                     f"HiLo / MSA (SDPA) = {speedup('MSA'):.2f}x")
     return lines
 
 
@@ -167,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--warmup", type=int, default=3, help="untimed forwards before timing (default 3)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed forwards; the median is reported (default 7)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed rounds (every layer once per round, interleaved); the median is reported (default 7)")
     parser.add_argument("--model-batch", type=int, default=None, help="batch for whole models (default 64 on cuda, 8 on cpu)")
     parser.add_argument("--quick", action="store_true", help="14x14 layers only, no whole models")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -186,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(_format_row(row))
+    print("speed-ups, median over rounds of the paired times:")
     for line in _ratio_lines(rows):
         print(line)
     if args.json:

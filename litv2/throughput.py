@@ -7,6 +7,7 @@ interval) instead of one lucky number.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,13 +67,15 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return table[precision]
 
 
-def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, iters: int,
-                  min_warmup_seconds: float = 0.5) -> list[float]:
+def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, iters: int | None = None,
+                  min_warmup_seconds: float = 0.5, min_repeat_seconds: float = 0.2) -> list[float]:
     """Seconds per call of ``fn`` for each of ``repeats`` runs of ``iters`` calls, after warm-up.
 
     Warm-up runs at least ``warmup`` calls and at least ``min_warmup_seconds``: a fresh
     worker process pays one-off kernel selection and allocation on its first calls, which a
-    fixed small count does not cover for fast models.
+    fixed small count does not cover for fast models. With ``iters=None`` each timed run
+    repeats the call until it lasts about ``min_repeat_seconds`` (sized from the warm-up), so a
+    10 ms batch-1 forward is not timed from one call that a single scheduler tick can double.
     """
     start = time.perf_counter()
     done = 0
@@ -80,6 +83,9 @@ def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, r
         fn()
         done += 1
     _synchronize(device)
+    if iters is None:
+        per_call = (time.perf_counter() - start) / done
+        iters = max(1, math.ceil(min_repeat_seconds / per_call))
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -98,12 +104,13 @@ def measure_throughput(
     precision: str = "fp32",
     warmup: int = 10,
     repeats: int = 5,
-    iters: int = 3,
+    iters: int | None = None,
     in_chans: int = 3,
     channels_last: bool | None = None,
 ) -> Throughput:
     """Measure ``model``'s inference throughput (img/s) on ``device``.
 
+    ``iters`` forwards make one timed run; None sizes runs to about 0.2 s each.
     ``channels_last`` defaults to True on CUDA, where convolutions (patch embedding, DTM,
     ConvFFN) run faster in that layout.
     """

@@ -24,6 +24,8 @@ from typing import Any
 
 import ray
 
+from .target import Target
+
 BENCH_RESOURCE = "bench"
 
 
@@ -61,7 +63,7 @@ def train_job(job: TrainJob) -> dict[str, Any]:
 
     from litv2 import LITConfig
 
-    start = time.perf_counter()
+    start, began = time.perf_counter(), time.time()
     torch.set_num_threads(max(1, job.threads))
     data = _worker_data(job.dataset, job.data_root, job.data_seed, job.img_size)
     result = _resolve(job.trainer)(
@@ -72,32 +74,37 @@ def train_job(job: TrainJob) -> dict[str, Any]:
         accuracy=float(result.accuracy), epoch_accuracies=list(result.epoch_accuracies),
         train_seconds=float(result.train_seconds), proxy_params=int(getattr(result, "params", 0)),
         wall_seconds=time.perf_counter() - start, node=socket.gethostname(), pid=os.getpid(),
+        interval=(began, time.time()),
     )
 
 
-def measure_job(config_json: str, target_key: str, repeats: int, warmup: int, threads: int) -> dict[str, Any]:
-    """Build the full-size model, count its params/FLOPs and measure it on the target."""
+def measure_job(config_json: str, target_key: str, repeats: int, warmup: int) -> dict[str, Any]:
+    """Build the full-size model, count its params/FLOPs and measure it on the target.
+
+    The task holds the whole device (see ``plan_resources``) but runs the target's own thread
+    count, so a CPU target's idle cores absorb the node's background work.
+    """
     import torch
 
     from litv2 import LITConfig, build_model, count_flops, count_params
     from litv2.throughput import measure_throughput
     from search.target import parse_target
 
-    start = time.perf_counter()
-    torch.set_num_threads(max(1, threads))
+    start, began = time.perf_counter(), time.time()
     target = parse_target(target_key)
+    torch.set_num_threads(target.threads or 1)
     config = LITConfig.from_json(config_json)
     model = build_model(config, num_classes=1000, img_size=target.img_size)
     params = count_params(model)
     flops = count_flops(model, (3, target.img_size, target.img_size))
     measured = measure_throughput(
         model, batch_size=target.batch_size, img_size=target.img_size, device=target.device,
-        precision=target.precision, warmup=warmup, repeats=repeats, iters=1,
+        precision=target.precision, warmup=warmup, repeats=repeats,
     )
     return dict(
         throughput=measured.median, throughput_spread=measured.spread, samples=list(measured.samples),
         peak_memory_mb=measured.peak_memory_mb, params=params, flops=flops,
-        wall_seconds=time.perf_counter() - start, node=socket.gethostname(),
+        wall_seconds=time.perf_counter() - start, node=socket.gethostname(), interval=(began, time.time()),
     )
 
 
@@ -109,17 +116,18 @@ class Resources:
     train_devices: float
     measure_options: dict[str, Any]
     measure_devices: float
-    measure_threads: int
     train_threads: int
     use_gpu: bool
 
 
-def plan_resources(budget_kind: str, target_device: str, trials_per_device: int, cpus_per_trial: int) -> Resources:
-    """Ray resource requests for the budget's device kind and the target's device.
+def plan_resources(budget_kind: str, target: Target, trials_per_device: int, cpus_per_trial: int) -> Resources:
+    """Ray resource requests for the budget's device kind and the target.
 
     Raises ValueError when the connected cluster cannot satisfy them (no GPU for a GPU
-    budget or a cuda target, no node offering the ``bench`` resource).
+    budget or a cuda target, no node offering the ``bench`` resource, fewer cores on the
+    measuring node than the target's threads).
     """
+    target_device = target.device
     total = ray.cluster_resources()
     if budget_kind == "gpu" and total.get("GPU", 0) < 1:
         raise ValueError("budget is in GPU-hours but the Ray cluster has no GPU; use a cpu-h budget or add GPU nodes")
@@ -132,6 +140,9 @@ def plan_resources(budget_kind: str, target_device: str, trials_per_device: int,
             f"target node with: ray start ... --resources='{{\"{BENCH_RESOURCE}\": 1}}'"
         )
     bench_cpus = int(min(n["Resources"].get("CPU", 1) for n in bench_nodes))
+    if target_device == "cpu" and (target.threads or 1) > bench_cpus:
+        raise ValueError(f"target {target} uses {target.threads} threads but the measuring node has "
+                         f"{bench_cpus} CPUs; lower the target's :tTHREADS")
     if budget_kind == "gpu":
         train = dict(num_gpus=1.0 / trials_per_device, num_cpus=1)
         train_devices, train_threads = 1.0 / trials_per_device, 1
@@ -141,15 +152,15 @@ def plan_resources(budget_kind: str, target_device: str, trials_per_device: int,
         train_devices, train_threads = float(cpus), cpus
     if target_device == "cuda":
         measure = dict(num_gpus=1, num_cpus=1, resources={BENCH_RESOURCE: 1})
-        measure_devices, measure_threads = 1.0, 1
+        measure_devices = 1.0
     else:
         measure = dict(num_cpus=bench_cpus, resources={BENCH_RESOURCE: 1})
-        measure_devices, measure_threads = float(bench_cpus), bench_cpus
+        measure_devices = float(bench_cpus)
     if budget_kind == "gpu" and target_device == "cpu":
         measure_devices = 0.0  # CPU time does not draw on a GPU budget
     if budget_kind == "cpu" and target_device == "cuda":
         measure_devices = 0.0
-    return Resources(train, train_devices, measure, measure_devices, measure_threads, train_threads, budget_kind == "gpu")
+    return Resources(train, train_devices, measure, measure_devices, train_threads, budget_kind == "gpu")
 
 
 _remote_train = ray.remote(max_retries=2)(train_job)
@@ -161,6 +172,4 @@ def submit_train(job: TrainJob, resources: Resources) -> ray.ObjectRef:
 
 
 def submit_measure(config_json: str, target_key: str, resources: Resources, repeats: int = 5, warmup: int = 3) -> ray.ObjectRef:
-    return _remote_measure.options(**resources.measure_options).remote(
-        config_json, target_key, repeats, warmup, resources.measure_threads
-    )
+    return _remote_measure.options(**resources.measure_options).remote(config_json, target_key, repeats, warmup)

@@ -4,8 +4,9 @@ One driver owns the study (ask/tell). Per trial: the space samples a full-size a
 an architecture the study already evaluated is answered from the study without training;
 otherwise its proxy is trained on a Ray worker and the full-size network is measured on the
 target (or taken from the throughput cache). The loop never starts a trial that its cost
-estimate (the costliest trial so far) says would overrun the budget, and it drains pending
-measurements before starting new training so that measurements run on idle devices.
+estimate (the costliest trial so far) says would overrun the budget. Measurements go out one
+at a time, each only after the driver has logged the previous one, and new training waits
+until they are done: a measurement then runs on an idle device beside an idle driver.
 """
 from __future__ import annotations
 
@@ -84,8 +85,8 @@ class Search:
         self.budget = parse_budget(settings.budget)
         self.target = parse_target(settings.target)
         self.workdir = Path(settings.workdir)
-        self.cache = ThroughputCache(self.workdir / "throughput_cache.db")
         self.in_flight: dict[ray.ObjectRef, tuple[str, _Pending]] = {}
+        self.measure_queue: list[_Pending] = []
         self.max_cost = 0.0
         self.failures_in_a_row = 0
         self.duplicates_in_a_row = 0
@@ -137,13 +138,14 @@ class Search:
                 ray.init(address=self.settings.address, log_to_driver=False)
             else:
                 ray.init(resources={executor.BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
-        return executor.plan_resources(self.budget.kind, self.target.device, self.settings.trials_per_device,
+        return executor.plan_resources(self.budget.kind, self.target, self.settings.trials_per_device,
                                        self.settings.cpus_per_trial)
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> int:
+        self.resources = self.connect()  # first: a cluster that cannot serve the search leaves nothing behind
         study = self.open_study(resume)
-        self.resources = self.connect()
+        self.cache = ThroughputCache(self.workdir / "throughput_cache.db")
         self.tracker = StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
         run_id = self.tracker.start(self.settings.study, self._parent_params(), study.user_attrs.get(RUN_ID_ATTR))
         study.set_user_attr(RUN_ID_ATTR, run_id)
@@ -178,7 +180,7 @@ class Search:
         return 0
 
     def _can_start(self) -> bool:
-        if self.exhausted or any(kind == "measure" for kind, _ in self.in_flight.values()):
+        if self.exhausted or self.measure_queue or self._measuring():
             return False
         if self.settings.max_trials is not None and self.trained_here >= self.settings.max_trials:
             return False
@@ -189,6 +191,9 @@ class Search:
             return False
         left = self.budget.seconds - budget_used(self.study)
         return (trainings + 1) * self.max_cost <= left
+
+    def _measuring(self) -> bool:
+        return any(kind == "measure" for kind, _ in self.in_flight.values())
 
     def _capacity(self) -> int:
         total = ray.cluster_resources()
@@ -254,22 +259,31 @@ class Search:
             result = ray.get(ref)
         except Exception as error:  # noqa: BLE001 - a trial's failure (task error, dead worker) must not stop the search
             self._fail(pending, kind, error)
-            return
-        self.failures_in_a_row = 0
-        if kind == "train":
-            pending.train = result
-            pending.cost += result["wall_seconds"] * self.resources.train_devices
-            cached = self.cache.get(pending.arch, self.target.key)
-            if cached is not None:
-                self._finish(pending, cached, measured_now=False)
-            else:
-                ref = executor.submit_measure(pending.config.to_json(), self.target.key, self.resources,
-                                              repeats=self.settings.measure_repeats)
-                self.in_flight[ref] = ("measure", pending)
         else:
-            pending.cost += result["wall_seconds"] * self.resources.measure_devices
-            self.cache.put(pending.arch, self.target.key, result)
-            self._finish(pending, result, measured_now=True)
+            self.failures_in_a_row = 0
+            if kind == "train":
+                self._trained(pending, result)
+            else:
+                pending.cost += result["wall_seconds"] * self.resources.measure_devices
+                self.cache.put(pending.arch, self.target.key, result)
+                self._finish(pending, result, measured_now=True)
+        self._submit_next_measurement()
+
+    def _trained(self, pending: _Pending, result: dict[str, Any]) -> None:
+        pending.train = result
+        pending.cost += result["wall_seconds"] * self.resources.train_devices
+        cached = self.cache.get(pending.arch, self.target.key)
+        if cached is not None:
+            self._finish(pending, cached, measured_now=False)
+        else:
+            self.measure_queue.append(pending)
+
+    def _submit_next_measurement(self) -> None:
+        if self.measure_queue and not self._measuring():
+            pending = self.measure_queue.pop(0)
+            ref = executor.submit_measure(pending.config.to_json(), self.target.key, self.resources,
+                                          repeats=self.settings.measure_repeats)
+            self.in_flight[ref] = ("measure", pending)
 
     def _fail(self, pending: _Pending, kind: str, error: BaseException) -> None:
         message = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
@@ -289,6 +303,8 @@ class Search:
             device_seconds=pending.cost, throughput_cached=not measured_now,
             trial_wall_seconds=time.perf_counter() - pending.started,
             busy_seconds=train["train_seconds"] + (measured["wall_seconds"] if measured_now else 0.0),
+            # (start, end) in epoch seconds on the worker's clock: what ran when, for audits of exclusivity
+            train_interval=list(train["interval"]), measure_interval=list(measured["interval"]) if measured_now else None,
         )
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -319,11 +335,13 @@ class Search:
                   f"{self.budget.kind}-s ({100 * used / self.budget.seconds:.0f}%) | front {len(front)} | HV {volume:.1f}")
 
     def _interrupt(self) -> None:
-        for ref, (_, pending) in list(self.in_flight.items()):
+        for ref in self.in_flight:
             ray.cancel(ref, force=True)
+        for pending in [p for _, p in self.in_flight.values()] + self.measure_queue:
             pending.trial.set_user_attr("interrupted", True)
             self.study.tell(pending.trial, state=TrialState.FAIL)
         self.in_flight.clear()
+        self.measure_queue.clear()
 
     # ------------------------------------------------------------------ helpers
     def _count(self, state: TrialState) -> int:

@@ -4,7 +4,7 @@ import torch
 
 from litv2.bench import NaiveHiLo, NaiveMSA
 from litv2.layers import (AttentionBlock, ConvFFN, DeformableTokenMerging, FFNBlock, HiLo, Mlp, PatchMerging,
-                          build_attention, lofi_heads)
+                          build_attention, lofi_heads, sampled_deform_conv2d)
 from litv2.layers.attention import Attention
 
 KINDS = [
@@ -136,3 +136,25 @@ def test_dtm_starts_as_a_strided_conv():
     plain = torch.nn.functional.conv2d(grid, dtm.dconv.weight, dtm.dconv.bias, stride=2)
     assert torch.allclose(dtm.dconv(grid), plain, atol=1e-5)
     assert not dtm.dconv.conv_offset.weight.any()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (3, 4, 9, 9), (1, 2, 3, 6), (2, 4, 8, 8)])
+def test_cpu_deform_conv_equals_torchvision(shape):
+    """Random offsets reach outside the map: zero padding must agree corner by corner, gradients too."""
+    from torchvision.ops import deform_conv2d
+
+    torch.manual_seed(0)
+    batch, channels, height, width = shape
+    out_h, out_w = (height - 2) // 2 + 1, (width - 2) // 2 + 1
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    offset = (3 * torch.randn(batch, 8, out_h, out_w, dtype=torch.float64)).requires_grad_()
+    weight = torch.randn(2 * channels, channels, 2, 2, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2 * channels, dtype=torch.float64, requires_grad=True)
+    reference = deform_conv2d(x, offset, weight, bias, stride=2)
+    ours = sampled_deform_conv2d(x, offset, weight, bias, stride=2)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
+    upstream = torch.randn_like(reference)
+    for mine, theirs in zip(torch.autograd.grad(ours, (x, offset, weight, bias), upstream),
+                            torch.autograd.grad(reference, (x, offset, weight, bias), upstream)):
+        torch.testing.assert_close(mine, theirs, atol=1e-10, rtol=0)

@@ -133,3 +133,12 @@ def test_config_json_round_trip_and_unknown_field():
         LITConfig.from_dict({"heads": 3})
     with pytest.raises(ValueError, match="config must be a litv2.LITConfig"):
         build_model({"embed_dim": 96})
+
+
+def test_bench_times_layers_round_robin_and_pairs_their_speedups():
+    from litv2.bench import _paired_speedup, _round_robin
+
+    layers = {"small": torch.nn.Linear(8, 8), "large": torch.nn.Sequential(*[torch.nn.Linear(8, 8)] * 200)}
+    rows = _round_robin(layers, torch.randn(4, 8), torch.device("cpu"), warmup=1, repeats=5)
+    assert all(len(rows[name]["seconds"]) == 5 and rows[name]["img_s"] > 0 for name in layers)
+    assert _paired_speedup(rows, "small", "large") > 1.0

@@ -66,6 +66,20 @@ def test_two_trial_search_end_to_end(tmp_path, capsys):
     assert "[trial 1] top-1" in output and "--max-trials 2 reached" in output
 
 
+def test_measurements_run_alone(tmp_path):
+    """After the first trial, two proxies may train at once on the two cores; each measurement
+    runs with no training and no other measurement beside it."""
+    settings = make_settings(tmp_path, max_trials=3)
+    assert Search(settings).run() == 0
+    trained = [t for t in load(settings).trials if t.user_attrs.get("measure_interval")]
+    assert len(trained) == 3
+    trains = [t.user_attrs["train_interval"] for t in trained]
+    measures = [t.user_attrs["measure_interval"] for t in trained]
+    overlaps = lambda a, b: a[0] < b[1] and b[0] < a[1]  # noqa: E731
+    assert not any(overlaps(a, b) for i, a in enumerate(measures) for b in measures[i + 1:])
+    assert not any(overlaps(m, t) for m in measures for t in trains)
+
+
 def test_an_architecture_is_never_trained_twice(tmp_path):
     space_file = tmp_path / "two.yaml"
     space_file.write_text(
@@ -144,6 +158,8 @@ def test_status_and_front_commands(tmp_path, capsys):
     ("--tracking-uri", "mlflow.db", "tracking URI 'mlflow.db'"),
     ("--space", "nonexistent-space", "nonexistent-space"),
     ("--sampler", "cmaes", "sampler 'cmaes'"),
+    ("--target", "cpu:bs1:64:t64", "64 threads"),
+    ("--target", "cuda:bs64:224:fp16", "no GPU"),
 ])
 def test_bad_run_options_exit_2_and_create_nothing(tmp_path, capsys, option, value, needle):
     code = main(["run", option, value, "--workdir", str(tmp_path), "--dataset", "digits"]

@@ -34,15 +34,17 @@ def test_budgets_add_up_in_one_kind():
 
 
 @pytest.mark.parametrize("text,key", [
-    ("cpu:bs1:224", "cpu:bs1:224:fp32"), ("cuda:bs64:224:fp16", "cuda:bs64:224:fp16"),
-    ("cuda:bs64:384:bf16", "cuda:bs64:384:bf16"), ("cpu:bs8:224:bf16", "cpu:bs8:224:bf16"),
+    ("cpu:bs1:224", "cpu:bs1:224:fp32:t1"), ("cuda:bs64:224:fp16", "cuda:bs64:224:fp16"),
+    ("cuda:bs64:384:bf16", "cuda:bs64:384:bf16"), ("cpu:bs8:224:bf16", "cpu:bs8:224:bf16:t1"),
+    ("cpu:bs8:224:t4", "cpu:bs8:224:fp32:t4"), ("cpu:bs1:224:fp32:t1", "cpu:bs1:224:fp32:t1"),
 ])
 def test_target_parses_to_a_canonical_key(text, key):
     assert parse_target(text).key == key
 
 
 @pytest.mark.parametrize("text", ["cpu", "gpu:bs1:224", "cuda:64:224", "cuda:bs0:224", "cuda:bs64:224:int8",
-                                  "cpu:bs1:224:fp16", "cuda:bs64", "cpu:bs1:224:fp32:x"])
+                                  "cpu:bs1:224:fp16", "cuda:bs64", "cpu:bs1:224:fp32:x",
+                                  "cpu:bs1:224:t0", "cuda:bs64:224:fp16:t4", "cpu:bs1:224:t4:fp32"])
 def test_bad_target_is_a_one_line_error(text):
     with pytest.raises(ValueError) as error:
         parse_target(text)

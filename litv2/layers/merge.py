@@ -2,15 +2,15 @@
 
 DTM (deformable token merging, LITv1) is a 2x2 stride-2 deformable conv whose sampling
 offsets come from an ordinary 2x2 stride-2 conv initialised to zero (so it starts as a plain
-strided conv), followed by BatchNorm and GELU. Plain Swin patch merging is the alternative.
+strided conv), followed by BatchNorm and GELU; the deformable conv itself lives in ``deform``.
+Plain Swin patch merging is the alternative.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
-from torchvision.ops import deform_conv2d
+
+from .deform import DeformConv2d
 
 
 class PatchEmbed(nn.Module):
@@ -28,26 +28,6 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         height, width = x.shape[-2:]
         return self.norm(x.flatten(2).transpose(1, 2)), height, width
-
-
-class DeformConv2d(nn.Module):
-    """Deformable conv with its own offset predictor (``conv_offset``), mmcv's layout."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 2, stride: int = 2) -> None:
-        super().__init__()
-        self.stride = stride
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels))
-        self.conv_offset = nn.Conv2d(in_channels, 2 * kernel_size * kernel_size, kernel_size, stride=stride)
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        bound = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
-        nn.init.uniform_(self.bias, -bound, bound)
-        nn.init.zeros_(self.conv_offset.weight)
-        nn.init.zeros_(self.conv_offset.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offset = self.conv_offset(x)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride)
 
 
 class DeformableTokenMerging(nn.Module):
