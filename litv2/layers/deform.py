@@ -10,6 +10,7 @@ CPU kernels, which makes DTM 3-5x faster to train on a CPU with identical result
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -30,9 +31,9 @@ def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
     kernel_h, kernel_w = weight.shape[-2:]
     out_h, out_w = offset.shape[-2:]
     shifts = offset.view(batch, kernel_h, kernel_w, 2, out_h, out_w).permute(0, 3, 4, 1, 5, 2)
-    arange = lambda n: torch.arange(n, device=x.device, dtype=x.dtype)  # noqa: E731
-    rows = (arange(out_h) * stride).view(out_h, 1, 1, 1) + arange(kernel_h).view(1, kernel_h, 1, 1)
-    cols = (arange(out_w) * stride).view(1, 1, out_w, 1) + arange(kernel_w).view(1, 1, 1, kernel_w)
+    steps = functools.partial(torch.arange, device=x.device, dtype=x.dtype)
+    rows = (steps(out_h) * stride).view(out_h, 1, 1, 1) + steps(kernel_h).view(1, kernel_h, 1, 1)
+    cols = (steps(out_w) * stride).view(1, 1, out_w, 1) + steps(kernel_w).view(1, 1, 1, kernel_w)
     # (batch, out_h, kernel_h, out_w, kernel_w): tap (a, b) of output (i, j) lands at [i*kh + a, j*kw + b]
     ys, xs = shifts[:, 0] + rows, shifts[:, 1] + cols
     grid = torch.stack(((2 * xs + 1) / width - 1, (2 * ys + 1) / height - 1), dim=-1)
