@@ -31,10 +31,10 @@ from space import get_space
 from search.data import DEFAULT_DATASET, DataBundle, load_dataset
 from search.train import TrainResult, train_proxy
 
-# Proxy recipe tuned on cluttered-digits so the whole check (3 architectures x 3 seeds) runs in
-# under ten minutes on two CPU cores (--jobs 2): shorter runs stop on the steep part of the
-# learning curve, where the seed std (2-3 points) hides every architecture difference; by 20
-# epochs the proxies plateau and the std falls to about 1 point.
+# Proxy recipe tuned on cluttered-digits (the whole check, 4 points x 3 seeds, takes about 17
+# minutes on two CPU cores with --jobs 2): shorter runs stop on the steep part of the learning
+# curve, where the seed std (2-3 points) hides architecture differences; by 20 epochs the
+# proxies plateau and the std falls to about half a point (DTM) or two points (patch merging).
 EPOCHS = 20
 BATCH_SIZE = 64
 LR = 2e-3

@@ -127,7 +127,7 @@ def _round_robin(modules: dict[str, nn.Module], inputs: torch.Tensor, device: to
         for name, call in calls.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            time_callable(call, device, warmup, repeats=0)
+            time_callable(call, device, warmup, repeats=0, iters=1)  # warm-up only
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         for _ in range(repeats):
             for name, call in calls.items():

@@ -37,7 +37,7 @@ def _deform_conv_flops(inputs: list, outputs: list) -> int:
 
 
 def _uncounted(inputs: list, outputs: list) -> int:
-    """Ops the papers' convention leaves out (fvcore would count 4 per sampled value)."""
+    """Ops the papers' convention leaves out (fvcore counts grid sampling as elementwise work)."""
     return 0
 
 

@@ -78,14 +78,16 @@ def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, r
     10 ms batch-1 forward is not timed from one call that a single scheduler tick can double.
     """
     start = time.perf_counter()
-    done = 0
-    while done < warmup or time.perf_counter() - start < min_warmup_seconds:
+    done, last_call = 0, 0.0
+    while done < warmup or time.perf_counter() - start < min_warmup_seconds or (iters is None and done == 0):
+        call_start = time.perf_counter()
         fn()
+        _synchronize(device)
+        last_call = time.perf_counter() - call_start
         done += 1
-    _synchronize(device)
     if iters is None:
-        per_call = (time.perf_counter() - start) / done
-        iters = max(1, math.ceil(min_repeat_seconds / per_call))
+        # Sized from the last warm-up call: the first calls of a fresh process are the slow ones.
+        iters = max(1, math.ceil(min_repeat_seconds / max(last_call, 1e-9)))
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", default="cluttered-digits",
                      help="digits, cluttered-digits, cifar10, cifar100 or imagefolder:PATH")
     run.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
-    run.add_argument("--target", help="deployment target, e.g. cpu:bs1:224 or cuda:bs64:224:fp16 (default: local)")
+    run.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS], e.g. cpu:bs1:224 "
+                          "(1 thread), cpu:bs8:224:t4 or cuda:bs64:224:fp16 (default: the local device)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     run.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: a local Ray instance)")
     run.add_argument("--sampler", default="tpe", help="tpe, nsga2, gp or random")

@@ -118,6 +118,7 @@ class Resources:
     measure_devices: float
     train_threads: int
     use_gpu: bool
+    measure_slots: int = 1  # measurements at once: one per node offering the bench resource
 
 
 def plan_resources(budget_kind: str, target: Target, trials_per_device: int, cpus_per_trial: int) -> Resources:
@@ -160,7 +161,8 @@ def plan_resources(budget_kind: str, target: Target, trials_per_device: int, cpu
         measure_devices = 0.0  # CPU time does not draw on a GPU budget
     if budget_kind == "cpu" and target_device == "cuda":
         measure_devices = 0.0
-    return Resources(train, train_devices, measure, measure_devices, train_threads, budget_kind == "gpu")
+    return Resources(train, train_devices, measure, measure_devices, train_threads, budget_kind == "gpu",
+                     measure_slots=len(bench_nodes))
 
 
 _remote_train = ray.remote(max_retries=2)(train_job)

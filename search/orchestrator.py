@@ -4,9 +4,10 @@ One driver owns the study (ask/tell). Per trial: the space samples a full-size a
 an architecture the study already evaluated is answered from the study without training;
 otherwise its proxy is trained on a Ray worker and the full-size network is measured on the
 target (or taken from the throughput cache). The loop never starts a trial that its cost
-estimate (the costliest trial so far) says would overrun the budget. Measurements go out one
-at a time, each only after the driver has logged the previous one, and new training waits
-until they are done: a measurement then runs on an idle device beside an idle driver.
+estimate (the costliest trial so far) says would overrun the budget. Trained trials queue for
+measurement, one per measuring node at a time (on one node: each only after the driver has
+logged the previous one), and new training waits until the queue is empty: a measurement
+then runs on an idle device beside an idle driver.
 """
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ class Search:
         return 0
 
     def _can_start(self) -> bool:
-        if self.exhausted or self.measure_queue or self._measuring():
+        if self.exhausted or self.measure_queue or self._measurements_running():
             return False
         if self.settings.max_trials is not None and self.trained_here >= self.settings.max_trials:
             return False
@@ -192,8 +193,8 @@ class Search:
         left = self.budget.seconds - budget_used(self.study)
         return (trainings + 1) * self.max_cost <= left
 
-    def _measuring(self) -> bool:
-        return any(kind == "measure" for kind, _ in self.in_flight.values())
+    def _measurements_running(self) -> int:
+        return sum(1 for kind, _ in self.in_flight.values() if kind == "measure")
 
     def _capacity(self) -> int:
         total = ray.cluster_resources()
@@ -228,7 +229,7 @@ class Search:
         """Tell the study an architecture's known result instead of training it again."""
         done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.user_attrs.get("arch_id") == arch]
-        running = any(p.arch == arch for _, p in self.in_flight.values())
+        running = any(p.arch == arch for p in [p for _, p in self.in_flight.values()] + self.measure_queue)
         if not done and not running:
             return False
         self.duplicates_in_a_row += 1
@@ -272,15 +273,16 @@ class Search:
     def _trained(self, pending: _Pending, result: dict[str, Any]) -> None:
         pending.train = result
         pending.cost += result["wall_seconds"] * self.resources.train_devices
-        cached = self.cache.get(pending.arch, self.target.key)
-        if cached is not None:
-            self._finish(pending, cached, measured_now=False)
-        else:
-            self.measure_queue.append(pending)
+        self.measure_queue.append(pending)
 
     def _submit_next_measurement(self) -> None:
-        if self.measure_queue and not self._measuring():
+        """Finish queued trials in order: from the throughput cache, or by a measurement task."""
+        while self.measure_queue and self._measurements_running() < self.resources.measure_slots:
             pending = self.measure_queue.pop(0)
+            cached = self.cache.get(pending.arch, self.target.key)
+            if cached is not None:
+                self._finish(pending, cached, measured_now=False)
+                continue
             ref = executor.submit_measure(pending.config.to_json(), self.target.key, self.resources,
                                           repeats=self.settings.measure_repeats)
             self.in_flight[ref] = ("measure", pending)

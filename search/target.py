@@ -25,7 +25,11 @@ class Target:
     batch_size: int
     img_size: int
     precision: str = "fp32"
-    threads: int | None = None  # CPU intra-op threads; None on cuda
+    threads: int | None = None  # CPU intra-op threads (default 1); always None on cuda
+
+    def __post_init__(self) -> None:
+        # One canonical form, so that a Target built in code and its parsed key share cache entries.
+        object.__setattr__(self, "threads", (self.threads or 1) if self.device == "cpu" else None)
 
     @property
     def key(self) -> str:
@@ -51,9 +55,9 @@ def parse_target(text: str) -> Target:
         raise ValueError(f"target {text!r} is invalid: fp16 inference is for cuda targets; use fp32 or bf16 on cpu")
     if match["device"] == "cuda" and threads is not None:
         raise ValueError(f"target {text!r} is invalid: a thread count applies to cpu targets only")
-    return Target(match["device"], batch, res, precision, (threads or 1) if match["device"] == "cpu" else None)
+    return Target(match["device"], batch, res, precision, threads)
 
 
 def default_target(budget_kind: str) -> Target:
     """The local device of the budget's kind: a batch-64 fp16 GPU, or batch-1 CPU inference."""
-    return Target("cuda", 64, 224, "fp16") if budget_kind == "gpu" else Target("cpu", 1, 224, "fp32", 1)
+    return Target("cuda", 64, 224, "fp16") if budget_kind == "gpu" else Target("cpu", 1, 224, "fp32")

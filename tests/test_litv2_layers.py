@@ -158,3 +158,15 @@ def test_cpu_deform_conv_equals_torchvision(shape):
     for mine, theirs in zip(torch.autograd.grad(ours, (x, offset, weight, bias), upstream),
                             torch.autograd.grad(reference, (x, offset, weight, bias), upstream)):
         torch.testing.assert_close(mine, theirs, atol=1e-10, rtol=0)
+
+
+def test_cpu_deform_conv_samples_in_float32_under_bf16():
+    """Low-precision inputs keep exact sampling positions: only the values are rounded."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 64, 64)
+    offset = torch.full((1, 8, 32, 32), 0.3)
+    weight, bias = torch.randn(8, 4, 2, 2), torch.randn(8)
+    exact = sampled_deform_conv2d(x, offset, weight, bias, stride=2)
+    rounded = sampled_deform_conv2d(x.bfloat16(), offset.bfloat16(), weight.bfloat16(), bias.bfloat16(), stride=2)
+    assert rounded.dtype == torch.bfloat16
+    assert (rounded.float() - exact).abs().max() <= 0.02 * exact.abs().max()

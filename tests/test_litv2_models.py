@@ -1,5 +1,6 @@
 """Whole models: config validation, timm registry, official checkpoints, params and FLOPs."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,13 @@ def test_bench_times_layers_round_robin_and_pairs_their_speedups():
     rows = _round_robin(layers, torch.randn(4, 8), torch.device("cpu"), warmup=1, repeats=5)
     assert all(len(rows[name]["seconds"]) == 5 and rows[name]["img_s"] > 0 for name in layers)
     assert _paired_speedup(rows, "small", "large") > 1.0
+
+
+def test_timed_runs_are_sized_from_the_warm_up():
+    from litv2.throughput import time_callable
+
+    calls = []
+    samples = time_callable(lambda: calls.append(time.sleep(0.01)), torch.device("cpu"), warmup=0, repeats=3,
+                            min_warmup_seconds=0.0, min_repeat_seconds=0.05)
+    assert len(samples) == 3 and all(s >= 0.01 for s in samples)
+    assert len(calls) >= 1 + 3 * 4  # one sizing call, then about 5 calls per 0.05 s run

@@ -3,7 +3,7 @@ import pytest
 
 from search.budget import parse_budget
 from search.storage import check_storage_url
-from search.target import parse_target
+from search.target import Target, parse_target
 from search.tracking import check_tracking_uri
 
 
@@ -40,6 +40,11 @@ def test_budgets_add_up_in_one_kind():
 ])
 def test_target_parses_to_a_canonical_key(text, key):
     assert parse_target(text).key == key
+
+
+def test_targets_built_in_code_share_the_parsed_key():
+    assert Target("cpu", 1, 224) == parse_target("cpu:bs1:224") and Target("cpu", 1, 224).threads == 1
+    assert Target("cuda", 64, 224, "fp16", threads=8).key == "cuda:bs64:224:fp16"
 
 
 @pytest.mark.parametrize("text", ["cpu", "gpu:bs1:224", "cuda:64:224", "cuda:bs0:224", "cuda:bs64:224:int8",

@@ -6,7 +6,7 @@ Without padding or dilation a deformable conv is exactly "bilinearly sample ever
 at its shifted position, then apply an ordinary conv with stride = kernel size to the
 sampled taps laid out side by side". ``grid_sample`` and ``conv2d`` both have vectorised
 CPU kernels, which makes DTM 3-5x faster to train on a CPU with identical results (equal to
-1e-12 in float64, gradients included, tested). FLOP counters see the conv either way.
+1e-10 in float64, gradients included, tested). FLOP counters see the conv either way.
 """
 from __future__ import annotations
 
@@ -25,21 +25,24 @@ def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
 
     ``offset`` has torchvision's layout: for kernel tap ``k`` (row-major), channel ``2k`` is
     the row shift and ``2k + 1`` the column shift. Samples outside the map read zeros, as in
-    torchvision, which ``grid_sample``'s zero padding reproduces corner by corner.
+    torchvision, which ``grid_sample``'s zero padding reproduces corner by corner. Positions
+    and sampling stay in float32 (or float64) under bf16/fp16 autocast: a bf16 coordinate
+    near pixel 50 is only good to a quarter pixel.
     """
     batch, _, height, width = x.shape
     kernel_h, kernel_w = weight.shape[-2:]
     out_h, out_w = offset.shape[-2:]
     shifts = offset.view(batch, kernel_h, kernel_w, 2, out_h, out_w).permute(0, 3, 4, 1, 5, 2)
-    steps = functools.partial(torch.arange, device=x.device, dtype=x.dtype)
+    exact = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    steps = functools.partial(torch.arange, device=x.device, dtype=exact)
     rows = (steps(out_h) * stride).view(out_h, 1, 1, 1) + steps(kernel_h).view(1, kernel_h, 1, 1)
     cols = (steps(out_w) * stride).view(1, 1, out_w, 1) + steps(kernel_w).view(1, 1, 1, kernel_w)
     # (batch, out_h, kernel_h, out_w, kernel_w): tap (a, b) of output (i, j) lands at [i*kh + a, j*kw + b]
-    ys, xs = shifts[:, 0] + rows, shifts[:, 1] + cols
+    ys, xs = shifts[:, 0].to(exact) + rows, shifts[:, 1].to(exact) + cols
     grid = torch.stack(((2 * xs + 1) / width - 1, (2 * ys + 1) / height - 1), dim=-1)
     grid = grid.reshape(batch, out_h * kernel_h, out_w * kernel_w, 2)
-    taps = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return F.conv2d(taps, weight, bias, stride=(kernel_h, kernel_w))
+    taps = F.grid_sample(x.to(exact), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.conv2d(taps.to(x.dtype), weight, bias, stride=(kernel_h, kernel_w))
 
 
 class DeformConv2d(nn.Module):
