@@ -159,9 +159,11 @@ class Search:
         try:
             while True:
                 self._launch()
-                if not self.in_flight:
+                self._submit_next_measurement()
+                if self.in_flight:
+                    self._collect()
+                elif not self._can_start():
                     break
-                self._collect()
         except KeyboardInterrupt:
             status = "KILLED"
             self._interrupt()
@@ -214,6 +216,12 @@ class Search:
                 continue
             self.duplicates_in_a_row = 0
             pending = _Pending(trial, config, arch, text, time.perf_counter())
+            earlier = self._earlier_training(trial)
+            if earlier is not None:
+                self._trained(pending, earlier)
+                self._say(f"[trial {trial.number}] {arch} {text}: trained before the interruption, "
+                          f"measuring only")
+                continue
             proxy = self.space.proxy_of(config)
             job = executor.TrainJob(
                 proxy_json=proxy.to_json(), dataset=self.settings.dataset, data_root=self.settings.data_root,
@@ -224,6 +232,14 @@ class Search:
             self.in_flight[executor.submit_train(job, self.resources)] = ("train", pending)
             self.trained_here += 1
             self._say(f"[trial {trial.number}] started {arch} {text}")
+
+    def _earlier_training(self, trial: optuna.trial.Trial) -> dict[str, Any] | None:
+        """The finished proxy training of the interrupted trial this one re-runs, if any:
+        a driver stopped between training and measurement loses no training."""
+        rerun_of = trial.user_attrs.get("rerun_of")
+        if rerun_of is None:
+            return None
+        return self.study.get_trials(deepcopy=False)[rerun_of].user_attrs.get("train_result")
 
     def _answer_duplicate(self, trial: optuna.trial.Trial, arch: str) -> bool:
         """Tell the study an architecture's known result instead of training it again."""
@@ -271,6 +287,7 @@ class Search:
         self._submit_next_measurement()
 
     def _trained(self, pending: _Pending, result: dict[str, Any]) -> None:
+        pending.trial.set_user_attr("train_result", result)
         pending.train = result
         pending.cost += result["wall_seconds"] * self.resources.train_devices
         self.measure_queue.append(pending)

@@ -135,6 +135,29 @@ def test_resume_reruns_interrupted_trials_and_keeps_the_run(tmp_path):
     assert len(child_runs(settings, parent_id)) == 2
 
 
+def test_resume_measures_a_trial_trained_before_the_interruption(tmp_path):
+    settings = make_settings(tmp_path, max_trials=1)
+    assert Search(settings).run() == 0
+    study = load(settings)
+    from space import get_space
+
+    done = study.trials[0]
+    other = dict(done.params, merge="patch" if done.params["merge"] == "dtm" else "dtm")  # another network
+    study.enqueue_trial(other)
+    stopped = study.ask()  # trained, then Ctrl-C arrived while it waited for its measurement
+    config = get_space("tiny").sample(stopped)
+    training = dict(done.user_attrs["train_result"], accuracy=12.5, epoch_accuracies=[12.5])
+    stopped.set_user_attr("train_result", training)
+    stopped.set_user_attr("interrupted", True)
+    study.tell(stopped, state=TrialState.FAIL)
+    assert Search(make_settings(tmp_path, max_trials=1)).run(resume=True) == 0
+    rerun = next(t for t in load(settings).trials if t.user_attrs.get("rerun_of") == stopped.number)
+    assert rerun.state == TrialState.COMPLETE and rerun.values[0] == 12.5
+    assert rerun.user_attrs["train_interval"] == done.user_attrs["train_interval"]  # not trained again
+    assert rerun.user_attrs["measure_interval"] is not None
+    assert rerun.user_attrs["config"] == config.to_json() and rerun.user_attrs["arch_id"] != done.user_attrs["arch_id"]
+
+
 def test_status_and_front_commands(tmp_path, capsys):
     settings = make_settings(tmp_path, max_trials=2)
     Search(settings).run()
