@@ -141,7 +141,7 @@ def plan_resources(budget_kind: str, target: Target, trials_per_device: int, cpu
             f"target node with: ray start ... --resources='{{\"{BENCH_RESOURCE}\": 1}}'"
         )
     bench_cpus = int(min(n["Resources"].get("CPU", 1) for n in bench_nodes))
-    if target_device == "cpu" and (target.threads or 1) > bench_cpus:
+    if target_device == "cpu" and target.threads > bench_cpus:
         raise ValueError(f"target {target} uses {target.threads} threads but the measuring node has "
                          f"{bench_cpus} CPUs; lower the target's :tTHREADS")
     if budget_kind == "gpu":

@@ -195,6 +195,10 @@ class Search:
         left = self.budget.seconds - budget_used(self.study)
         return (trainings + 1) * self.max_cost <= left
 
+    def _unfinished(self) -> list[_Pending]:
+        """Trials training, measuring or queued for measurement."""
+        return [pending for _, pending in self.in_flight.values()] + self.measure_queue
+
     def _measurements_running(self) -> int:
         return sum(1 for kind, _ in self.in_flight.values() if kind == "measure")
 
@@ -245,7 +249,7 @@ class Search:
         """Tell the study an architecture's known result instead of training it again."""
         done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.user_attrs.get("arch_id") == arch]
-        running = any(p.arch == arch for p in [p for _, p in self.in_flight.values()] + self.measure_queue)
+        running = any(p.arch == arch for p in self._unfinished())
         if not done and not running:
             return False
         self.duplicates_in_a_row += 1
@@ -356,7 +360,7 @@ class Search:
     def _interrupt(self) -> None:
         for ref in self.in_flight:
             ray.cancel(ref, force=True)
-        for pending in [p for _, p in self.in_flight.values()] + self.measure_queue:
+        for pending in self._unfinished():
             pending.trial.set_user_attr("interrupted", True)
             self.study.tell(pending.trial, state=TrialState.FAIL)
         self.in_flight.clear()
