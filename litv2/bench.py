@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import random
 import sys
 
 import timm
@@ -74,8 +75,7 @@ class NaiveHiLo(HiLo):
         bias = self.h_rel_pos(ws, ws) if self.h_rel_pos is not None else None
         out = self._attend(qkv[0], qkv[1], qkv[2], bias)
         out = out.transpose(2, 3).reshape(batch, hg, wg, ws, ws, self.h_dim)
-        out = out.transpose(2, 3).reshape(batch, hg * ws, wg * ws, self.h_dim)[:, :height, :width]
-        return self.h_proj(out)
+        return out.transpose(2, 3).reshape(batch, hg * ws, wg * ws, self.h_dim)[:, :height, :width]
 
     def lofi(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
@@ -83,8 +83,11 @@ class NaiveHiLo(HiLo):
         if self.window_size > 1:
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.window_size, ceil_mode=True).reshape(batch, channels, -1).permute(0, 2, 1)
         kv = self.l_kv(x).reshape(batch, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = self._attend(q, kv[0], kv[1]).transpose(1, 2).reshape(batch, height, width, self.l_dim)
-        return self.l_proj(out)
+        return self._attend(q, kv[0], kv[1]).transpose(1, 2).reshape(batch, height, width, self.l_dim)
+
+    def join(self, hifi: torch.Tensor, lofi: torch.Tensor) -> torch.Tensor:
+        """The official ``torch.cat`` of the two projected paths."""
+        return torch.cat((self.h_proj(hifi), self.l_proj(lofi)), dim=-1)
 
 
 class TokenLayer(nn.Module):
@@ -117,7 +120,10 @@ def _round_robin(modules: dict[str, nn.Module], inputs: torch.Tensor, device: to
 
     Interleaving puts every module's samples in the same stretch of time, so a background
     burst on a shared machine slows all of them alike instead of sinking whichever module
-    happened to be timed during it; the speed-up ratios stay meaningful.
+    happened to be timed during it; the speed-up ratios stay meaningful. The order is
+    shuffled every round (with a fixed seed) because on the CPU a module's time also depends
+    on its predecessor: what that one freed decides whether the allocator hands back warm
+    memory or fresh pages that fault in (about 10 ms per 38 MB tensor here).
     """
     inputs = inputs.to(device)
     calls = {name: functools.partial(module.to(device).eval(), inputs) for name, module in modules.items()}
@@ -129,9 +135,12 @@ def _round_robin(modules: dict[str, nn.Module], inputs: torch.Tensor, device: to
                 torch.cuda.reset_peak_memory_stats(device)
             time_callable(call, device, warmup, repeats=0, iters=1)  # warm-up only
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        order = list(calls)
+        shuffler = random.Random(0)
         for _ in range(repeats):
-            for name, call in calls.items():
-                seconds[name] += time_callable(call, device, warmup=0, repeats=1, iters=1, min_warmup_seconds=0.0)
+            shuffler.shuffle(order)
+            for name in order:
+                seconds[name] += time_callable(calls[name], device, warmup=0, repeats=1, iters=1, min_warmup_seconds=0.0)
     results = {}
     for name, times in seconds.items():
         rates = sorted(inputs.shape[0] / t for t in times)

@@ -39,14 +39,25 @@ def test_attention_forward_backward(spec, size):
 
 @pytest.mark.parametrize("alpha,window", [(0.9, 2), (0.5, 2), (0.0, 2), (1.0, 2), (0.5, 1), (0.7, 3)])
 @pytest.mark.parametrize("size", [(8, 8), (6, 10), (7, 5)])
-def test_hilo_fast_path_equals_matmul_softmax(alpha, window, size):
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
+def test_hilo_fast_path_equals_matmul_softmax(alpha, window, size, grad):
+    """Inference writes both projections into one buffer instead of concatenating: check it too."""
     torch.manual_seed(0)
     fast = HiLo(48, 6, window_size=window, alpha=alpha)
     naive = NaiveHiLo(48, 6, window_size=window, alpha=alpha)
     naive.load_state_dict(fast.state_dict())
     height, width = size
     x = torch.randn(3, height * width, 48)
-    assert (fast(x, height, width) - naive(x, height, width)).abs().max() <= 1e-5
+    with torch.set_grad_enabled(grad):
+        assert (fast(x, height, width) - naive(x, height, width)).abs().max() <= 1e-5
+
+
+def test_hilo_inference_join_follows_autocast():
+    """Under autocast the projections must run in the autocast dtype, as with autograd."""
+    hilo = HiLo(48, 6, window_size=2, alpha=0.5).eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = hilo(torch.randn(2, 16, 48), 4, 4)
+    assert out.dtype == torch.bfloat16
 
 
 def test_msa_with_rpe_equals_matmul_softmax():
