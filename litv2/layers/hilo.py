@@ -30,7 +30,8 @@ def lofi_heads(num_heads: int, alpha: float, window_size: int) -> int:
 
 
 def project_side_by_side(paths: tuple[tuple[torch.Tensor, nn.Linear], ...]) -> torch.Tensor:
-    """``torch.cat([proj(x) for x, proj in paths], -1)``, without the concatenation when it can.
+    """``torch.cat([proj(x) for x, proj in paths], -1)`` for biased projections, without the
+    concatenation when it can.
 
     In eager inference each projection writes straight into its channel slice of one output
     buffer. On the CPU the concatenation is not a detail: at the paper's 14x14, batch-64
@@ -46,11 +47,7 @@ def project_side_by_side(paths: tuple[tuple[torch.Tensor, nn.Linear], ...]) -> t
     out = first.new_empty(*first.shape[:-1], sum(widths))
     flat_out = out.view(-1, out.shape[-1])
     for (x, proj), start, width in zip(paths, itertools.accumulate([0] + widths), widths):
-        flat_x = x.reshape(-1, x.shape[-1])
-        if proj.bias is None:
-            torch.mm(flat_x, proj.weight.t(), out=flat_out[:, start:start + width])
-        else:
-            torch.addmm(proj.bias, flat_x, proj.weight.t(), out=flat_out[:, start:start + width])
+        torch.addmm(proj.bias, x.reshape(-1, x.shape[-1]), proj.weight.t(), out=flat_out[:, start:start + width])
     return out
 
 
