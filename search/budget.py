@@ -43,3 +43,101 @@ def parse_budget(text: str) -> Budget:
     if seconds <= 0:
         raise ValueError(f"budget {text!r} is invalid: it must be more than zero")
     return Budget(seconds, match["kind"], text.strip())
+
+
+# Before anything has run, a proxy epoch is assumed to cost this many device-seconds per
+# proxy GFLOP (forward, one image) per thousand training images. Measured here: 400-1000 for
+# the tiny and default spaces' proxies on one CPU core (small proxies are overhead-bound), so
+# the CPU prior sits at the slow end; a GPU is assumed 50x faster. The first job therefore
+# starts only if it surely fits, and the rate learned from it replaces the prior.
+PRIOR_EPOCH_SECONDS_PER_GFLOP_KIMAGE = {"cpu": 1000.0, "gpu": 20.0}
+PRIOR_MEASURE_SECONDS = 30.0
+PRIOR_COUNT_SECONDS = 20.0
+
+
+class CostModel:
+    """Device-seconds a job will cost, learned from the jobs that finished.
+
+    Training cost scales with the architecture: seconds per proxy epoch are fitted as one
+    rate per (proxy GFLOP x thousand training images), a ratio estimator over every finished
+    training job, so a deep stage-3 variant is charged several times a shallow one. Proxy
+    FLOPs are the full-size count scaled by ``proxy_scale`` (width_mult^2 x resolution^2 ratio:
+    the proxy has the same structure), so nothing is counted twice.
+    Measurements and counts are charged the largest cost seen so far. Until a kind of job has
+    finished once, a conservative prior applies.
+    """
+
+    def __init__(self, kind: str, train_images: int, proxy_scale: float) -> None:
+        self.kind = kind
+        self.kimages = max(train_images, 1) / 1000.0
+        self.proxy_scale = proxy_scale
+        self._work = 0.0
+        self._train_seconds = 0.0
+        self._flops_sum = 0.0
+        self._flops_n = 0
+        self._measure = PRIOR_MEASURE_SECONDS
+        self._measured_once = False
+        self._count = PRIOR_COUNT_SECONDS
+        self._counted_once = False
+
+    def _epoch_work(self, flops: float) -> float:
+        return max(flops * self.proxy_scale, 1e6) / 1e9 * self.kimages
+
+    def typical_flops(self) -> float | None:
+        """Mean full-size FLOPs of the architectures trained so far (None before any)."""
+        return self._flops_sum / self._flops_n if self._flops_n else None
+
+    def observe_train(self, flops: float, epochs: int, device_seconds: float) -> None:
+        self._flops_sum += flops
+        self._flops_n += 1
+        self._work += self._epoch_work(flops) * epochs
+        self._train_seconds += device_seconds
+
+    def observe_measure(self, device_seconds: float) -> None:
+        self._measure = device_seconds if not self._measured_once else max(self._measure, device_seconds)
+        self._measured_once = True
+
+    def observe_count(self, device_seconds: float) -> None:
+        self._count = device_seconds if not self._counted_once else max(self._count, device_seconds)
+        self._counted_once = True
+
+    def train(self, flops: float, epochs: int, devices: float) -> float:
+        """Device-seconds of ``epochs`` proxy epochs of an architecture of ``flops`` (full size)."""
+        if self._work > 0:
+            rate = self._train_seconds / self._work
+        else:
+            rate = PRIOR_EPOCH_SECONDS_PER_GFLOP_KIMAGE[self.kind] * devices
+        return rate * self._epoch_work(flops) * epochs
+
+    def measure(self) -> float:
+        return self._measure
+
+    def count(self) -> float:
+        return self._count
+
+
+class Ledger:
+    """What a budget has spent and promised: the hard cap that no job may break.
+
+    ``spent`` is what finished (or was interrupted) work really cost; ``committed`` holds the
+    estimates of jobs running now. A job starts only if spent + committed + its estimate fits.
+    """
+
+    def __init__(self, budget: Budget, spent: float) -> None:
+        self.budget = budget
+        self.spent = spent
+        self.committed: dict[object, float] = {}
+
+    @property
+    def left(self) -> float:
+        return self.budget.seconds - self.spent - sum(self.committed.values())
+
+    def fits(self, estimate: float) -> bool:
+        return estimate <= self.left
+
+    def commit(self, key: object, estimate: float) -> None:
+        self.committed[key] = estimate
+
+    def settle(self, key: object, device_seconds: float) -> None:
+        self.committed.pop(key, None)
+        self.spent += device_seconds

@@ -1,31 +1,49 @@
-"""Throughput cache keyed by (architecture id, target), shared by every study in a work dir.
+"""Caches shared by every study in a work dir: throughput by (architecture id, target), and
+params/FLOPs by (architecture id, resolution).
 
-A full-size network's speed on a target does not depend on the study that asked, so a
-measurement is made once and reused (sqlite: safe for several driver processes).
+A full-size network's speed on a target and its size do not depend on the study that
+asked, so each is computed once and reused (sqlite: safe for several driver processes).
+Every call opens and closes its own connection.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 class ThroughputCache:
     def __init__(self, path: Path) -> None:
         self.path = path
-        with self._connect() as db:
+        with self._db() as db:
             db.execute("CREATE TABLE IF NOT EXISTS throughput (arch_id TEXT, target TEXT, result TEXT, "
                        "PRIMARY KEY (arch_id, target))")
+            db.execute("CREATE TABLE IF NOT EXISTS figures (arch_id TEXT, img_size INTEGER, result TEXT, "
+                       "PRIMARY KEY (arch_id, img_size))")
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection that commits on success and is always closed (``with sqlite3.connect``
+        alone commits but leaves the connection open)."""
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as db, db:
+            yield db
 
     def get(self, arch_id: str, target: str) -> dict[str, Any] | None:
-        with self._connect() as db:
+        with self._db() as db:
             row = db.execute("SELECT result FROM throughput WHERE arch_id = ? AND target = ?", (arch_id, target)).fetchone()
         return json.loads(row[0]) if row else None
 
     def put(self, arch_id: str, target: str, result: dict[str, Any]) -> None:
-        with self._connect() as db:
+        with self._db() as db:
             db.execute("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?)", (arch_id, target, json.dumps(result)))
+
+    def get_figures(self, arch_id: str, img_size: int) -> dict[str, Any] | None:
+        with self._db() as db:
+            row = db.execute("SELECT result FROM figures WHERE arch_id = ? AND img_size = ?", (arch_id, img_size)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_figures(self, arch_id: str, img_size: int, figures: dict[str, Any]) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO figures VALUES (?, ?, ?)", (arch_id, img_size, json.dumps(figures)))

@@ -37,11 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--trials-per-device", type=int, default=1, help="GPU budgets: trials sharing one GPU")
     run.add_argument("--cpus-per-trial", type=int, default=1, help="CPU budgets: cores per training trial")
-    run.add_argument("--measure-repeats", type=int, default=5, help="timed runs per throughput measurement")
     run.add_argument("--max-trials", type=int, help="stop after this many trained architectures (default: budget only)")
+    run.add_argument("--scheduler", help="mo-asha (successive halving) or full (default: mo-asha when "
+                     "--epochs allows two rungs)")
+    run.add_argument("--min-epochs", type=int, default=1, help="mo-asha: epochs of the first rung")
+    run.add_argument("--eta", type=int, default=3, help="mo-asha: reduction factor between rungs")
+    run.add_argument("--seeds", type=int, default=1, help="fixed-point spaces: trainings per point, one per seed")
+    run.add_argument("--min-throughput", help="constraint: img/s on the target, at least")
+    run.add_argument("--max-latency-ms", help="constraint: milliseconds per batch on the target, at most")
+    run.add_argument("--max-params", help="constraint: parameters, at most (e.g. 30M)")
+    run.add_argument("--max-flops", help="constraint: FLOPs at the target resolution, at most (e.g. 4G)")
+    run.add_argument("--checkpoint-dir", help="rung checkpoints, readable by every node (default WORKDIR/checkpoints)")
+    run.add_argument("--keep-checkpoints", action="store_true", help="keep rung checkpoints of finished trials")
     resume = commands.add_parser("resume", help="continue an interrupted or finished study")
     _common(resume)
     resume.add_argument("--budget", help="extra budget to add, e.g. 1gpu-h")
+    resume.add_argument("--tracking-uri", help="MLflow tracking URI (default: the stored one, or WORKDIR/mlflow.db)")
     status = commands.add_parser("status", help="trials, budget and current front of a study")
     _common(status)
     front = commands.add_parser("front", help="the Pareto front of a study")
@@ -55,6 +66,17 @@ def _storage(args: argparse.Namespace) -> str:
     return args.storage or default_storage_url(Path(args.workdir))
 
 
+def _constraints(args: argparse.Namespace):
+    from .constraints import Constraints, parse_count, parse_positive
+
+    return Constraints(
+        min_throughput=parse_positive(args.min_throughput, "--min-throughput") if args.min_throughput else None,
+        max_latency_ms=parse_positive(args.max_latency_ms, "--max-latency-ms") if args.max_latency_ms else None,
+        max_params=parse_count(args.max_params, "--max-params") if args.max_params else None,
+        max_flops=parse_count(args.max_flops, "--max-flops") if args.max_flops else None,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from .orchestrator import Search
     from .settings import build_settings
@@ -64,7 +86,9 @@ def _run(args: argparse.Namespace) -> int:
         budget=args.budget, dataset=args.dataset, target=args.target, storage=args.storage,
         tracking_uri=args.tracking_uri, workdir=args.workdir, sampler=args.sampler, epochs=args.epochs,
         seed=args.seed, address=args.address, data_root=args.data_root, trials_per_device=args.trials_per_device,
-        cpus_per_trial=args.cpus_per_trial, measure_repeats=args.measure_repeats, max_trials=args.max_trials,
+        cpus_per_trial=args.cpus_per_trial, max_trials=args.max_trials, scheduler=args.scheduler,
+        min_epochs=args.min_epochs, eta=args.eta, seeds=args.seeds, constraints=_constraints(args),
+        checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
     )
     return Search(settings).run(resume=False)
 
@@ -74,7 +98,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     if not args.study:
         raise ValueError("resume needs --study NAME")
-    settings = load_settings(args.study, _storage(args))
+    settings = load_settings(args.study, _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
     if args.budget:
         settings = settings.with_budget(str(parse_budget(settings.budget).plus(parse_budget(args.budget))))
     return Search(settings).run(resume=True)
@@ -101,8 +125,13 @@ def _front(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _run, "resume": _resume, "status": _status, "front": _front}[args.command]
+    from .lease import LeaseHeld
+
     try:
         return handler(args)
-    except ValueError as error:
+    except (ValueError, LeaseHeld) as error:
         print(f"search: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as error:  # SearchError and failures of the services behind a search
+        print(f"search: error: {error}", file=sys.stderr)
+        return 1

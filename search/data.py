@@ -68,6 +68,27 @@ class DataBundle:
     name: str
 
 
+_DIGITS_TRAIN = 1437  # load_digits' 1,797 minus the 20 % validation split
+_CIFAR_TRAIN = 50000
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def train_size(spec: str, root: str | None = None) -> int:
+    """Training images of a data set, found without loading it (the budget's cost model)."""
+    parsed = parse_dataset_spec(spec)
+    if parsed.kind == "digits":
+        return _DIGITS_TRAIN
+    if parsed.kind == "cluttered-digits":
+        return _DIGITS_TRAIN * ClutterRecipe.train_per_digit
+    if parsed.kind in CIFAR:
+        return _CIFAR_TRAIN
+    folder = Path(parsed.path)
+    if (folder / "train").is_dir():
+        return sum(1 for p in (folder / "train").rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    total = sum(1 for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    return round(total * (1 - VAL_FRACTION))
+
+
 def parse_dataset_spec(spec: str) -> DatasetSpec:
     """Validate a spec string early, so a typo fails before any worker starts."""
     if not isinstance(spec, str):

@@ -1,177 +1,302 @@
-"""Ray side of the search: proxy training and exclusive throughput measurement as Ray tasks.
+"""Executors run jobs and report their completion; the driver never talks to Ray itself.
 
-Why Ray core tasks with Optuna's ask/tell in the driver (rather than Ray Tune): the study
-stays the single source of truth (resume = reopen the storage), multi-objective values and
-per-epoch reports are kept, and the driver can dedupe architectures and check the budget
-before anything starts. Ray provides what it is good at: placing tasks on devices across a
-cluster, resource accounting, and retrying tasks whose worker died.
+:class:`RayExecutor` places jobs on a Ray cluster; :class:`InProcessExecutor` runs them in
+the driver's process on a simulated clock, so the driver's policies (promotion, budget,
+dedupe) are tested in milliseconds and search strategies can be replayed at no training
+cost. Both share :class:`Placement`, the one rule of where work may go:
 
-Exclusivity of measurements comes from resources, not from hope: a measurement asks for a
-whole device (one GPU, or every CPU of the node for CPU targets) plus the custom ``bench``
-resource, so Ray never runs it beside a training task on that device, and never runs two
-measurements on one node at once. Data sets are cached per worker process, so a worker loads
-its data once and reuses it for every trial it runs.
+* a measurement holds a whole device of a node offering the ``bench`` resource (every CPU
+  for a cpu target, one GPU for a cuda target), never beside training or another
+  measurement there;
+* a node with a measurement waiting or running takes no new work until it is done, so the
+  measurement is never starved - but every other node goes on training (a measurement
+  blocks only its own node);
+* training and counting fill the other slots: ``cpus // cpus_per_trial`` per node for CPU
+  budgets, ``gpus * trials_per_device`` for GPU budgets.
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import os
-import socket
+import heapq
+import itertools
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
 
-import ray
-
-from .target import Target
+from .jobs import RUNNERS, Job
 
 BENCH_RESOURCE = "bench"
 
 
 @dataclass(frozen=True)
-class TrainJob:
-    """Everything a worker needs to train one proxy (plain data: it crosses process borders)."""
+class Node:
+    """A node as placement sees it: work slots and whether it measures."""
 
-    proxy_json: str
-    dataset: str
-    data_root: str | None
-    data_seed: int
-    img_size: int
-    epochs: int
-    seed: int
-    use_gpu: bool
-    threads: int
-    trainer: str = "search.train:train_proxy"
-
-
-@functools.lru_cache(maxsize=4)
-def _worker_data(dataset: str, root: str | None, seed: int, img_size: int):
-    from search.data import load_dataset
-
-    return load_dataset(dataset, root=root, seed=seed, img_size=img_size)
-
-
-def _resolve(path: str):
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def train_job(job: TrainJob) -> dict[str, Any]:
-    """Train a proxy and return its accuracy and timings (runs inside a Ray worker)."""
-    import torch
-
-    from litv2 import LITConfig
-
-    start, began = time.perf_counter(), time.time()
-    torch.set_num_threads(max(1, job.threads))
-    data = _worker_data(job.dataset, job.data_root, job.data_seed, job.img_size)
-    result = _resolve(job.trainer)(
-        LITConfig.from_json(job.proxy_json), data, epochs=job.epochs, seed=job.seed,
-        device="cuda" if job.use_gpu else "cpu",
-    )
-    return dict(
-        accuracy=float(result.accuracy), epoch_accuracies=list(result.epoch_accuracies),
-        train_seconds=float(result.train_seconds), proxy_params=int(getattr(result, "params", 0)),
-        wall_seconds=time.perf_counter() - start, node=socket.gethostname(), pid=os.getpid(),
-        interval=(began, time.time()),
-    )
-
-
-def measure_job(config_json: str, target_key: str, repeats: int, warmup: int) -> dict[str, Any]:
-    """Build the full-size model, count its params/FLOPs and measure it on the target.
-
-    The task holds the whole device (see ``plan_resources``) but runs the target's own thread
-    count, so a CPU target's idle cores absorb the node's background work.
-    """
-    import torch
-
-    from litv2 import LITConfig, build_model, count_flops, count_params
-    from litv2.throughput import measure_throughput
-    from search.target import parse_target
-
-    start, began = time.perf_counter(), time.time()
-    target = parse_target(target_key)
-    torch.set_num_threads(target.threads or 1)
-    config = LITConfig.from_json(config_json)
-    model = build_model(config, num_classes=1000, img_size=target.img_size)
-    params = count_params(model)
-    flops = count_flops(model, (3, target.img_size, target.img_size))
-    measured = measure_throughput(
-        model, batch_size=target.batch_size, img_size=target.img_size, device=target.device,
-        precision=target.precision, warmup=warmup, repeats=repeats,
-    )
-    return dict(
-        throughput=measured.median, throughput_spread=measured.spread, samples=list(measured.samples),
-        peak_memory_mb=measured.peak_memory_mb, params=params, flops=flops,
-        wall_seconds=time.perf_counter() - start, node=socket.gethostname(), interval=(began, time.time()),
-    )
+    id: str
+    slots: int
+    bench: bool
 
 
 @dataclass(frozen=True)
+class Event:
+    """A finished job: its result, or the error that ended it."""
+
+    job: Job
+    result: dict[str, Any] | None
+    error: str | None = None
+    node: str | None = None
+    submitted: float = 0.0  # time.time() at submission (charged in full when the job failed)
+
+
+class Placement:
+    """Which node a job may start on now (pure bookkeeping; see the module docstring)."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self.nodes = {n.id: n for n in nodes}
+        self.work: dict[str, int] = {n: 0 for n in self.nodes}
+        self.measuring: dict[str, int] = {n: 0 for n in self.nodes}
+
+    def place(self, kind: str) -> str | None:
+        """A node for a job of ``kind`` (count / train / measure), or None if none is free."""
+        if kind == "measure":
+            free = [n for n in self.nodes.values() if n.bench and self.measuring[n.id] == 0]
+        else:
+            free = [n for n in self.nodes.values()
+                    if self.measuring[n.id] == 0 and self.work[n.id] < n.slots]
+        if not free:
+            return None
+        # Work goes where the most slots are free; measurements to the least busy bench node.
+        return max(free, key=lambda n: (n.slots - self.work[n.id], not n.bench, n.id)).id
+
+    def start(self, kind: str, node: str) -> None:
+        (self.measuring if kind == "measure" else self.work)[node] += 1
+
+    def end(self, kind: str, node: str) -> None:
+        (self.measuring if kind == "measure" else self.work)[node] -= 1
+
+    def drop(self, node: str) -> None:
+        """A node that died takes nothing more."""
+        self.nodes.pop(node, None)
+
+    @property
+    def capacity(self) -> int:
+        return sum(n.slots for n in self.nodes.values())
+
+    @property
+    def measure_slots(self) -> int:
+        return sum(1 for n in self.nodes.values() if n.bench)
+
+
+class Executor(Protocol):
+    """Runs jobs where :attr:`placement` puts them. ``devices``: budget devices one job of each
+    kind holds (count / measure / train); ``train_threads``: CPU threads of one training."""
+
+    placement: Placement
+    devices: dict[str, float]
+    train_threads: int
+
+    def submit(self, job: Job, node: str) -> None: ...
+
+    def wait(self) -> list[Event]: ...
+
+    def running(self) -> list[Job]: ...
+
+    def cancel_all(self) -> list[tuple[Job, float]]: ...
+
+
+def try_submit(executor: Executor, job: Job) -> bool:
+    """Start ``job`` if placement has a node for it now."""
+    node = executor.placement.place(job.kind)
+    if node is None:
+        return False
+    executor.placement.start(job.kind, node)
+    executor.submit(job, node)
+    return True
+
+
+# ---------------------------------------------------------------------- in process
+class InProcessExecutor:
+    """Runs each job in the driver's process when submitted and reports it at its simulated
+    end time: ``duration(job, result)`` seconds after the later of its submission and the
+    clock. Events come back in simulated-time order, one at a time, so completions interleave
+    as they would on real workers (asynchronous promotion is testable)."""
+
+    def __init__(self, nodes: Iterable[Node], runners: dict[str, Callable[[Job], dict[str, Any]]] | None = None,
+                 duration: Callable[[Job, dict[str, Any]], float] | None = None,
+                 devices: dict[str, float] | None = None, train_threads: int = 1) -> None:
+        self.placement = Placement(nodes)
+        self.devices = devices or dict(count=1.0, measure=1.0, train=1.0)
+        self.train_threads = train_threads
+        self.runners = runners or RUNNERS
+        self.duration = duration or (lambda job, result: float(result.get("wall_seconds", 1.0)))
+        self.clock = 0.0
+        self._queue: list[tuple[float, int, Event, float]] = []
+        self._order = itertools.count()
+
+    def submit(self, job: Job, node: str) -> None:
+        try:
+            result, error = self.runners[job.kind](job), None
+        except Exception as exc:  # noqa: BLE001 - reported as the job's failure, like a worker's
+            result, error = None, f"{type(exc).__name__}: {exc}"
+        seconds = self.duration(job, result or {})
+        if result is not None:
+            result = {**result, "wall_seconds": seconds, "interval": (self.clock, self.clock + seconds), "node": node}
+        event = Event(job, result, error, node, submitted=time.time())
+        heapq.heappush(self._queue, (self.clock + seconds, next(self._order), event, self.clock))
+
+    def wait(self) -> list[Event]:
+        end, _, event, _ = heapq.heappop(self._queue)
+        self.clock = max(self.clock, end)
+        self.placement.end(event.job.kind, event.node)
+        return [event]
+
+    def running(self) -> list[Job]:
+        return [event.job for _, _, event, _ in self._queue]
+
+    def cancel_all(self) -> list[tuple[Job, float]]:
+        cancelled = [(event.job, self.clock - started) for _, _, event, started in self._queue]
+        for _, _, event, _ in self._queue:
+            self.placement.end(event.job.kind, event.node)
+        self._queue.clear()
+        return cancelled
+
+
+# ---------------------------------------------------------------------- Ray
+@dataclass(frozen=True)
 class Resources:
-    """What one training and one measurement hold, and how many devices that counts as."""
+    """What one job of each kind holds on Ray, and how many budget devices that counts as."""
 
     train_options: dict[str, Any]
     train_devices: float
     measure_options: dict[str, Any]
     measure_devices: float
+    count_devices: float
     train_threads: int
     use_gpu: bool
-    measure_slots: int = 1  # measurements at once: one per node offering the bench resource
+    nodes: tuple[Node, ...] = field(default=())
 
 
-def plan_resources(budget_kind: str, target: Target, trials_per_device: int, cpus_per_trial: int) -> Resources:
-    """Ray resource requests for the budget's device kind and the target.
+def plan_resources(budget_kind: str, target, trials_per_device: int, cpus_per_trial: int) -> Resources:
+    """Ray resource requests for the budget's device kind and the target, from the live cluster.
 
-    Raises ValueError when the connected cluster cannot satisfy them (no GPU for a GPU
-    budget or a cuda target, no node offering the ``bench`` resource, fewer cores on the
-    measuring node than the target's threads).
+    Raises ValueError when the cluster cannot serve them: no GPU for a GPU budget, no node
+    offering ``bench`` (with a GPU, for a cuda target), fewer cores on a measuring node than
+    the target's threads, or more cores per trial than any node has.
     """
-    target_device = target.device
-    total = ray.cluster_resources()
-    if budget_kind == "gpu" and total.get("GPU", 0) < 1:
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    total_gpus = sum(n["Resources"].get("GPU", 0) for n in alive)
+    if budget_kind == "gpu" and total_gpus < 1:
         raise ValueError("budget is in GPU-hours but the Ray cluster has no GPU; use a cpu-h budget or add GPU nodes")
-    if target_device == "cuda" and total.get("GPU", 0) < 1:
-        raise ValueError("target is a cuda device but the Ray cluster has no GPU; use a cpu:... target")
-    bench_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get(BENCH_RESOURCE)]
-    if not bench_nodes:
+    bench = [n for n in alive if n["Resources"].get(BENCH_RESOURCE)]
+    if target.device == "cuda":
+        bench = [n for n in bench if n["Resources"].get("GPU", 0) >= 1]
+    if not bench:
+        need = " and a GPU" if target.device == "cuda" else ""
         raise ValueError(
-            f"no Ray node offers the {BENCH_RESOURCE!r} resource that throughput measurement needs; start the "
+            f"no Ray node offers the {BENCH_RESOURCE!r} resource{need} that measuring on {target} needs; start the "
             f"target node with: ray start ... --resources='{{\"{BENCH_RESOURCE}\": 1}}'"
         )
-    bench_cpus = int(min(n["Resources"].get("CPU", 1) for n in bench_nodes))
-    if target_device == "cpu" and target.threads > bench_cpus:
+    bench_cpus = int(min(n["Resources"].get("CPU", 1) for n in bench))
+    if target.device == "cpu" and target.threads > bench_cpus:
         raise ValueError(f"target {target} uses {target.threads} threads but the measuring node has "
                          f"{bench_cpus} CPUs; lower the target's :tTHREADS")
+    most_cpus = int(max(n["Resources"].get("CPU", 0) for n in alive))
+    if budget_kind == "cpu" and cpus_per_trial > most_cpus:
+        raise ValueError(f"--cpus-per-trial {cpus_per_trial} is more than the {most_cpus} CPUs of the largest node")
+    bench_ids = {n["NodeID"] for n in bench}
+    nodes = []
+    for n in alive:
+        if budget_kind == "gpu":
+            slots = int(n["Resources"].get("GPU", 0) * trials_per_device)
+        else:
+            slots = int(n["Resources"].get("CPU", 0) // cpus_per_trial)
+        nodes.append(Node(n["NodeID"], slots, n["NodeID"] in bench_ids))
     if budget_kind == "gpu":
         train = dict(num_gpus=1.0 / trials_per_device, num_cpus=1)
         train_devices, train_threads = 1.0 / trials_per_device, 1
     else:
-        cpus = min(cpus_per_trial, int(total.get("CPU", 1)))
-        train = dict(num_cpus=cpus)
-        train_devices, train_threads = float(cpus), cpus
-    if target_device == "cuda":
+        train = dict(num_cpus=cpus_per_trial)
+        train_devices, train_threads = float(cpus_per_trial), cpus_per_trial
+    if target.device == "cuda":
         measure = dict(num_gpus=1, num_cpus=1, resources={BENCH_RESOURCE: 1})
-        measure_devices = 1.0
+        measure_devices = 1.0 if budget_kind == "gpu" else 0.0  # device time of the budget's kind only
     else:
         measure = dict(num_cpus=bench_cpus, resources={BENCH_RESOURCE: 1})
-        measure_devices = float(bench_cpus)
-    if budget_kind == "gpu" and target_device == "cpu":
-        measure_devices = 0.0  # CPU time does not draw on a GPU budget
-    if budget_kind == "cpu" and target_device == "cuda":
-        measure_devices = 0.0
-    return Resources(train, train_devices, measure, measure_devices, train_threads, budget_kind == "gpu",
-                     measure_slots=len(bench_nodes))
+        measure_devices = float(bench_cpus) if budget_kind == "cpu" else 0.0
+    count_devices = 1.0 if budget_kind == "cpu" else 0.0
+    return Resources(train, train_devices, measure, measure_devices, count_devices, train_threads,
+                     budget_kind == "gpu", tuple(nodes))
 
 
-_remote_train = ray.remote(max_retries=2)(train_job)
-_remote_measure = ray.remote(max_retries=2)(measure_job)
+def _run(job: Job) -> dict[str, Any]:
+    return RUNNERS[job.kind](job)
 
 
-def submit_train(job: TrainJob, resources: Resources) -> ray.ObjectRef:
-    return _remote_train.options(**resources.train_options).remote(job)
+class RayExecutor:
+    """Jobs as Ray tasks pinned to the node :class:`Placement` chose.
 
+    GPU work runs in tasks declared with ``num_gpus``, for which Ray starts a fresh worker
+    per task (``max_calls=1``): a worker whose CUDA context lives on one GPU is never handed a
+    task placed on another, and a finished job's GPU memory is freed with its process. CPU
+    work reuses warm workers (and their cached data sets). Tasks whose worker died are
+    retried by Ray (``max_retries``).
+    """
 
-def submit_measure(config_json: str, target_key: str, resources: Resources, repeats: int = 5, warmup: int = 3) -> ray.ObjectRef:
-    return _remote_measure.options(**resources.measure_options).remote(config_json, target_key, repeats, warmup)
+    def __init__(self, resources: Resources, max_retries: int = 2) -> None:
+        import ray
+
+        self.ray = ray
+        self.resources = resources
+        self.placement = Placement(resources.nodes)
+        self.devices = dict(count=resources.count_devices, measure=resources.measure_devices,
+                            train=resources.train_devices)
+        self.train_threads = resources.train_threads
+        self._cpu_task = ray.remote(max_retries=max_retries)(_run)
+        self._gpu_task = ray.remote(num_gpus=1, max_calls=1, max_retries=max_retries)(_run)
+        self._refs: dict[Any, tuple[Job, str, float]] = {}
+
+    def _options(self, job: Job) -> tuple[Any, dict[str, Any]]:
+        if job.kind == "measure":
+            options = self.resources.measure_options
+        elif job.kind == "train":
+            options = self.resources.train_options
+        else:
+            options = dict(num_cpus=1)
+        task = self._gpu_task if options.get("num_gpus") else self._cpu_task
+        return task, options
+
+    def submit(self, job: Job, node: str) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task, options = self._options(job)
+        strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        ref = task.options(**options, scheduling_strategy=strategy).remote(job)
+        self._refs[ref] = (job, node, time.time())
+
+    def wait(self) -> list[Event]:
+        ready, _ = self.ray.wait(list(self._refs), num_returns=1)
+        events = []
+        for ref in ready:
+            job, node, submitted = self._refs.pop(ref)
+            self.placement.end(job.kind, node)
+            try:
+                events.append(Event(job, self.ray.get(ref), node=node, submitted=submitted))
+            except Exception as error:  # noqa: BLE001 - a job's failure (task error, dead worker) is an event
+                text = str(error).strip()
+                message = f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
+                events.append(Event(job, None, message, node, submitted))
+        return events
+
+    def running(self) -> list[Job]:
+        return [job for job, _, _ in self._refs.values()]
+
+    def cancel_all(self) -> list[tuple[Job, float]]:
+        now = time.time()
+        cancelled = []
+        for ref, (job, node, started) in self._refs.items():
+            self.ray.cancel(ref, force=True)
+            self.placement.end(job.kind, node)
+            cancelled.append((job, now - started))
+        self._refs.clear()
+        return cancelled

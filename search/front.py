@@ -1,8 +1,10 @@
 """Pareto fronts of (proxy accuracy, measured throughput): rows, hypervolume, CSV and plot.
 
-Both objectives are maximised. Hypervolume is the area dominated by the front above the
-reference point (0 % accuracy, 0 img/s), in %-img/s; it only grows as the search improves,
-which makes it a readable progress metric per trial.
+The front is Optuna's own ``Study.best_trials`` (feasible COMPLETE trials only, so trials
+stopped early by successive halving, infeasible ones and duplicates answered from the
+study never appear), and the hypervolume is Optuna's, against the reference point
+(0 % accuracy, 0 img/s): it only grows as the search improves, which makes it a readable
+progress metric per trial. Objectives come from :data:`search.objectives.OBJECTIVES`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
+from optuna._hypervolume import compute_hypervolume
+
+from .objectives import OBJECTIVES
 
 FRONT_COLUMNS = ("trial", "arch_id", "accuracy", "throughput", "params", "flops", "summary")
 
@@ -27,39 +33,29 @@ class Point:
     summary: str
 
 
+def _point(trial: optuna.trial.FrozenTrial) -> Point:
+    attrs = trial.user_attrs
+    return Point(trial.number, attrs.get("arch_id", ""), trial.values[0], trial.values[1],
+                 int(attrs.get("params", 0)), int(attrs.get("flops", 0)), attrs.get("summary", ""))
+
+
 def evaluated_points(study: optuna.Study) -> list[Point]:
-    """One point per distinct architecture that finished (duplicates of earlier trials skipped)."""
-    points = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        attrs = trial.user_attrs
-        if "duplicate_of" in attrs or "arch_id" not in attrs:
-            continue
-        points.append(Point(trial.number, attrs["arch_id"], trial.values[0], trial.values[1],
-                            int(attrs.get("params", 0)), int(attrs.get("flops", 0)), attrs.get("summary", "")))
-    return points
+    """Every architecture trained to full fidelity (duplicates are never COMPLETE)."""
+    return [_point(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
 
 
-def pareto_front(points: list[Point]) -> list[Point]:
-    """Points not dominated by any other (>= on both objectives, > on one), by throughput."""
-    front = [
-        p for p in points
-        if not any(q.accuracy >= p.accuracy and q.throughput >= p.throughput
-                   and (q.accuracy > p.accuracy or q.throughput > p.throughput) for q in points)
-    ]
-    return sorted(front, key=lambda p: (p.throughput, p.accuracy))
+def pareto_front(study: optuna.Study) -> list[Point]:
+    """The study's feasible Pareto set, by throughput."""
+    return sorted((_point(t) for t in study.best_trials), key=lambda p: (p.throughput, p.accuracy))
 
 
 def hypervolume(front: list[Point]) -> float:
-    """Area dominated by a 2-objective front above (0, 0)."""
-    area, last_throughput = 0.0, 0.0
-    for point in sorted(front, key=lambda p: p.throughput):
-        if point.throughput > last_throughput and point.accuracy > 0:
-            # Each strip to the right of the previous point is bounded by this point's accuracy,
-            # which is the highest accuracy available at that throughput or above.
-            area += (point.throughput - last_throughput) * max(
-                q.accuracy for q in front if q.throughput >= point.throughput)
-            last_throughput = point.throughput
-    return area
+    """Area the front dominates above the reference point (0, 0), in %-img/s."""
+    if not front:
+        return 0.0
+    signs = np.array([o.sign for o in OBJECTIVES])
+    losses = -signs * np.array([[p.accuracy, p.throughput] for p in front])
+    return float(compute_hypervolume(losses, np.zeros(len(OBJECTIVES))))
 
 
 def front_csv(front: list[Point]) -> str:
@@ -97,8 +93,9 @@ def plot_front(points: list[Point], front: list[Point], path: Path, title: str, 
             if p.arch_id == arch_id:
                 ax.scatter([p.throughput], [p.accuracy], marker="*", s=160, color="C0", zorder=5, label=label)
                 ax.annotate(label, (p.throughput, p.accuracy), textcoords="offset points", xytext=(6, 6))
-    ax.set_xlabel(f"measured throughput on {target} (img/s)")
-    ax.set_ylabel("proxy top-1 (%)")
+    accuracy, throughput = OBJECTIVES
+    ax.set_xlabel(f"{throughput.label} on {target} ({throughput.unit})")
+    ax.set_ylabel(f"{accuracy.label} ({accuracy.unit})")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)

@@ -1,34 +1,37 @@
-"""The search loop: Optuna asks, Ray trains and measures, MLflow records, the budget decides.
+"""The search driver: Optuna asks, the executor counts, measures and trains, the scheduler
+decides, the budget caps, MLflow records.
 
-One driver owns the study (ask/tell). Per trial: the space samples a full-size architecture;
-an architecture the study already evaluated is answered from the study without training;
-otherwise its proxy is trained on a Ray worker and the full-size network is measured on the
-target (or taken from the throughput cache). The loop never starts a trial that its cost
-estimate (the costliest trial so far) says would overrun the budget. Trained trials queue for
-measurement, one per measuring node at a time (on one node: each only after the driver has
-logged the previous one), and new training waits until the queue is empty: a measurement
-then runs on an idle device beside an idle driver.
+A trial's story: the space samples a full-size architecture; one the study has already
+evaluated is answered from the study. Otherwise its params and FLOPs are counted and its
+throughput measured on the target (or read from the caches) *before* any training, so an
+architecture that breaks a deployment constraint is recorded and never trained. Its proxy
+then trains rung by rung; after each rung the scheduler continues it, stops it (it keeps
+its partial fidelity and never reaches the front) or completes it. No job starts that the
+cost model says would overrun the budget, and everything that ran - interrupted work
+included - is charged to the trial it ran for.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import optuna
-import ray
 
-from litv2 import LITV2_S, LITConfig
+from litv2 import LITConfig
 
-from . import executor
-from .budget import parse_budget
+from .budget import CostModel, Ledger, parse_budget
 from .cache import ThroughputCache
-from .front import evaluated_points, front_csv, hypervolume, pareto_front, plot_front
-from .settings import SearchSettings
+from .constraints import latency_ms, violated
+from .executor import Event, Executor, try_submit
+from .jobs import CountJob, Job, MeasureJob, TrainJob
+from .lease import TTL_SECONDS, Lease
+from .objectives import OBJECTIVES, create_objective_study
+from .scheduler import Decision, RungResult, make_scheduler
+from .settings import SearchSettings, stored
 from .storage import open_storage
 from .target import parse_target
 from .tracking import StudyTracker
@@ -36,11 +39,12 @@ from .tracking import StudyTracker
 SETTINGS_ATTR = "search_settings"
 RUN_ID_ATTR = "mlflow_run_id"
 MAX_CONSECUTIVE_DUPLICATES = 200
+MAX_UNAFFORDABLE_IN_A_ROW = 10
 TrialState = optuna.trial.TrialState
 
 
 class SearchError(RuntimeError):
-    """A search that cannot go on (all trials failing, an unusable cluster)."""
+    """A search that cannot go on (all trials failing, an unusable cluster, a held study)."""
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -57,26 +61,60 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def budget_used(study: optuna.Study) -> float:
-    """Device-seconds recorded on the study's trials (interrupted work is not recorded)."""
+    """Device-seconds charged to the study's trials: finished, stopped, failed and interrupted work."""
     return sum(t.user_attrs.get("device_seconds", 0.0) for t in study.get_trials(deepcopy=False))
 
 
+def open_study(storage_url: str, name: str) -> optuna.Study:
+    """An existing study, or a one-line ValueError naming the storage."""
+    storage = open_storage(storage_url)
+    if name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        raise ValueError(f"study {name!r} does not exist in {storage_url}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def load_settings(study_name: str, storage_url: str) -> SearchSettings:
+    """The settings a study was started with (for resume and status)."""
+    return SearchSettings.from_json(open_study(storage_url, study_name).user_attrs[SETTINGS_ATTR])
+
+
 @dataclass
-class _Pending:
+class Candidate:
+    """One trial on its way through count -> measure -> rungs of training."""
+
     trial: optuna.trial.Trial
     config: LITConfig
     arch: str
     summary: str
+    seed: int
     started: float
-    train: dict[str, Any] | None = None
-    cost: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] | None = None
+    measured: dict[str, Any] | None = None
+    measured_now: bool = False
+    epochs_done: int = 0
+    accuracies: list[float] = field(default_factory=list)
+    costs: dict[str, float] = field(default_factory=dict)  # device-seconds by job kind
+    busy: float = 0.0  # seconds its jobs ran
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    def charge(self, kind: str, device_seconds: float) -> None:
+        self.costs[kind] = self.costs.get(kind, 0.0) + device_seconds
+        self.trial.set_user_attr("device_seconds", sum(self.costs.values()))
+        self.trial.set_user_attr("costs", self.costs)
 
 
 class Search:
-    """Runs (or resumes) one study to the end of its budget."""
+    """Runs (or resumes) one study until its budget, its space or its points are used up.
 
-    def __init__(self, settings: SearchSettings, out: TextIO | None = None) -> None:
+    ``executor`` builds the executor from the settings (default: Ray); tests pass an
+    in-process one.
+    """
+
+    def __init__(self, settings: SearchSettings, out: TextIO | None = None,
+                 executor: Callable[["Search"], Executor] | None = None, lease_ttl: float = TTL_SECONDS) -> None:
         from space import arch_id, get_space, summary
 
         self.settings = settings
@@ -86,294 +124,533 @@ class Search:
         self.budget = parse_budget(settings.budget)
         self.target = parse_target(settings.target)
         self.workdir = Path(settings.workdir)
-        self.in_flight: dict[ray.ObjectRef, tuple[str, _Pending]] = {}
-        self.measure_queue: list[_Pending] = []
-        self.max_cost = 0.0
+        self.scheduler = make_scheduler(settings.scheduler, settings.epochs, settings.min_epochs, settings.eta,
+                                        self.space.fixed_points)
+        self.constraints = settings.constraint_set
+        self._make_executor = executor or _ray_executor
+        self.lease_ttl = lease_ttl
+        self.queues: dict[str, list[Candidate]] = {"count": [], "measure": [], "train": []}
+        self.active: dict[int, Candidate] = {}  # trial number -> candidate, until finalised
+        self.rung_results: dict[int, dict[tuple[str, int], RungResult]] = {}
         self.failures_in_a_row = 0
         self.duplicates_in_a_row = 0
+        self.unaffordable_in_a_row = 0
         self.exhausted = False
-        self.trained_here = 0
+        self.tally = dict(trained=0, duplicates=0, reruns=0, infeasible=0, stopped=0, completed=0, failed=0,
+                          unaffordable=0)
 
-    # ------------------------------------------------------------------ setup
-    def open_study(self, resume: bool) -> optuna.Study:
-        storage = open_storage(self.settings.storage)
+    # ================================================================== the story
+    def run(self, resume: bool = False) -> int:
+        study = self._open(resume)
+        with Lease(study, ttl=self.lease_ttl) as lease:
+            if resume:
+                self._recover(lease.previous)
+            if not resume:
+                study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
+            self._prepare()
+            status = "FAILED"
+            try:
+                while self._step():
+                    pass
+                status = "FINISHED"
+            except KeyboardInterrupt:
+                status = "KILLED"
+                self._interrupt()
+                self._say("interrupted: running trials were stopped and will continue on 'search resume'")
+                return 130
+            finally:
+                self.tracker.finish(status)
+        self._say(self._closing_line())
+        return 0
+
+    def _step(self) -> bool:
+        """Start what can start; wait for one job to end and react. False when all is done."""
+        self._start_work()
+        if not self.executor.running():
+            return False
+        for event in self.executor.wait():
+            self._on_event(event)
+        return True
+
+    # ================================================================== setup
+    def _open(self, resume: bool) -> optuna.Study:
+        """The study (created only after the cluster was found able to serve it)."""
         sampler = make_sampler(self.settings.sampler, self.settings.seed)
+        storage = open_storage(self.settings.storage)
         names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
         if resume:
             if self.settings.study not in names:
                 raise ValueError(f"study {self.settings.study!r} does not exist in {self.settings.storage}")
-            study = optuna.load_study(study_name=self.settings.study, storage=storage, sampler=sampler)
-            self._requeue_interrupted(study)
-        else:
-            if self.settings.study in names:
-                raise ValueError(f"study {self.settings.study!r} already exists; continue it with "
-                                 f"'python -m search resume --study {self.settings.study}' or pick another --study")
-            study = optuna.create_study(study_name=self.settings.study, storage=storage, sampler=sampler,
-                                        directions=["maximize", "maximize"])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(["proxy_top1", "throughput"])
-            if self.space.fixed_points:
-                # Ablation tables: every point exactly once, in the table's order.
-                for params in self.space.grid_params():
-                    study.enqueue_trial(params)
-        study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
-        self.study = study
-        return study
+            self.study = optuna.load_study(study_name=self.settings.study, storage=storage, sampler=sampler)
+            self.executor = None  # connected after the lease is held
+            return self.study
+        if self.settings.study in names:
+            raise ValueError(f"study {self.settings.study!r} already exists; continue it with "
+                             f"'python -m search resume --study {self.settings.study}' or pick another --study")
+        self.executor = self._make_executor(self)  # first: a cluster that cannot serve the search leaves nothing
+        self.study = create_objective_study(self.settings.study, storage, sampler)
+        if self.space.fixed_points:
+            # Ablation tables: every (point, seed) exactly once, in the table's order.
+            for params in self.space.grid_params():
+                for seed in range(self.settings.seed, self.settings.seed + self.settings.seeds):
+                    self.study.enqueue_trial(params, user_attrs={"seed": seed})
+        return self.study
 
-    def _requeue_interrupted(self, study: optuna.Study) -> None:
-        """Trials still RUNNING in the storage (the driver died) or stopped by Ctrl-C run again."""
-        trials = study.get_trials(deepcopy=False)
+    def _prepare(self) -> None:
+        if self.executor is None:
+            self.executor = self._make_executor(self)
+        self.cache = ThroughputCache(self.workdir / "throughput_cache.db")
+        self.tracker = StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
+        run_id = self.tracker.start(self.settings.study, self._parent_params(), self.study.user_attrs.get(RUN_ID_ATTR))
+        self.study.set_user_attr(RUN_ID_ATTR, run_id)
+        self.devices = {**self.executor.devices, "lost": 0.0}
+        proxy = self.space.proxy
+        self.costs = CostModel(self.budget.kind, _train_images(self.settings),
+                               proxy.width_mult ** 2 * (proxy.img_size / self.target.img_size) ** 2)
+        self.ledger = Ledger(self.budget, budget_used(self.study))
+        self._rebuild_rungs()
+        self._say(f"study {self.settings.study}: space {self.settings.space}, budget {self.budget} "
+                  f"({self.budget.seconds:.0f} {self.budget.kind}-s), used {self.ledger.spent:.0f}, "
+                  f"target {self.target}, data {self.settings.dataset}, scheduler {self.scheduler.name} "
+                  f"(rungs {', '.join(map(str, self.scheduler.rungs))}); storage {self.settings.storage}; "
+                  f"MLflow run {run_id}")
+
+    def _recover(self, previous_lease: dict[str, Any] | None) -> None:
+        """Trials left RUNNING by a dead driver or interrupted by Ctrl-C run again.
+
+        A dead driver's running jobs are charged up to its last heartbeat; the re-run keeps
+        the trial's seed and continues from its last rung checkpoint.
+        """
+        last_beat = previous_lease["heartbeat"] if previous_lease else time.time()
+        trials = self.study.get_trials(deepcopy=False)
         already = {t.user_attrs.get("rerun_of") for t in trials}
         for trial in trials:
             if trial.state == TrialState.RUNNING:
-                study.tell(trial.number, state=TrialState.FAIL)
+                # Reopened by id: the dead driver's Trial objects are gone with it.
+                orphan = optuna.trial.Trial(self.study, trial._trial_id)
+                job = trial.user_attrs.get("job")
+                if job:
+                    costs = dict(trial.user_attrs.get("costs", {}))
+                    costs["lost"] = costs.get("lost", 0.0) + max(0.0, last_beat - job["started"]) * job["devices"]
+                    orphan.set_user_attr("costs", costs)
+                    orphan.set_user_attr("device_seconds", sum(costs.values()))
+                orphan.set_user_attr("interrupted", True)
+                self.study.tell(trial.number, state=TrialState.FAIL)
             elif not (trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")):
                 continue
             if trial.number not in already:
-                study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+                attrs = {"rerun_of": trial.number, "seed": trial.user_attrs.get("seed", self.settings.seed)}
+                self.study.enqueue_trial(trial.params, user_attrs=attrs)
 
-    def connect(self) -> executor.Resources:
-        if not ray.is_initialized():
-            if self.settings.address:
-                ray.init(address=self.settings.address, log_to_driver=False)
-            else:
-                ray.init(resources={executor.BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
-        return executor.plan_resources(self.budget.kind, self.target, self.settings.trials_per_device,
-                                       self.settings.cpus_per_trial)
+    def _rebuild_rungs(self) -> None:
+        """Rung results recorded by earlier drivers (for asynchronous promotion after resume)."""
+        for trial in self.study.get_trials(deepcopy=False):
+            accuracies = trial.user_attrs.get("epoch_accuracies")
+            throughput = trial.user_attrs.get("throughput")
+            if accuracies and throughput and "duplicate_of" not in trial.user_attrs:
+                self._record_rungs(trial.user_attrs["arch_id"], trial.user_attrs.get("seed", 0), trial.number,
+                                   accuracies, throughput)
 
-    # ------------------------------------------------------------------ the loop
-    def run(self, resume: bool = False) -> int:
-        self.resources = self.connect()  # first: a cluster that cannot serve the search leaves nothing behind
-        study = self.open_study(resume)
-        self.cache = ThroughputCache(self.workdir / "throughput_cache.db")
-        self.tracker = StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
-        run_id = self.tracker.start(self.settings.study, self._parent_params(), study.user_attrs.get(RUN_ID_ATTR))
-        study.set_user_attr(RUN_ID_ATTR, run_id)
-        self.max_cost = max((t.user_attrs.get("device_seconds", 0.0) for t in study.get_trials(deepcopy=False)), default=0.0)
-        self._say(f"study {self.settings.study}: space {self.settings.space}, budget {self.budget} "
-                  f"({self.budget.seconds:.0f} {self.budget.kind}-s), used {budget_used(study):.0f}, "
-                  f"target {self.target}, data {self.settings.dataset}; storage {self.settings.storage}; "
-                  f"MLflow run {run_id}")
-        status = "FINISHED"
-        try:
-            while True:
-                self._launch()
-                self._submit_next_measurement()
-                if self.in_flight:
-                    self._collect()
-                elif not self._can_start():
-                    break
-        except KeyboardInterrupt:
-            status = "KILLED"
-            self._interrupt()
-            self._say("interrupted: running trials were stopped and will re-run on 'search resume'")
-            return 130
-        finally:
-            self.tracker.finish(status)
-        used = budget_used(study)
-        if self.exhausted:
-            reason = "the space is exhausted"
-        elif self.settings.max_trials is not None and self.trained_here >= self.settings.max_trials:
-            reason = f"--max-trials {self.settings.max_trials} reached"
-        else:
-            reason = "the budget is spent"
-        self._say(f"done ({reason}): used {used:.0f} of {self.budget.seconds:.0f} {self.budget.kind}-s "
-                  f"({100 * used / self.budget.seconds:.1f}%), {self._count(TrialState.COMPLETE)} trials complete")
-        return 0
+    def _record_rungs(self, arch: str, seed: int, number: int, accuracies: list[float], throughput: float) -> None:
+        for rung in self.scheduler.rungs:
+            if len(accuracies) >= rung:
+                self.rung_results.setdefault(rung, {})[(arch, seed)] = RungResult(number, accuracies[rung - 1], throughput)
 
-    def _can_start(self) -> bool:
-        if self.exhausted or self.measure_queue or self._measurements_running():
+    # ================================================================== starting work
+    def _start_work(self) -> None:
+        self._dispatch()
+        while self._may_ask():
+            candidate = self._ask()
+            if candidate is not None:
+                self._advance(candidate)
+            self._dispatch()
+
+    def _may_ask(self) -> bool:
+        """A new trial only when a training slot would be idle without it, and it can afford
+        at least its count and measurement."""
+        if self.exhausted or self.unaffordable_in_a_row >= MAX_UNAFFORDABLE_IN_A_ROW:
             return False
-        if self.settings.max_trials is not None and self.trained_here >= self.settings.max_trials:
+        if self.space.fixed_points and not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return False
-        trainings = sum(1 for kind, _ in self.in_flight.values() if kind == "train")
-        if self.max_cost == 0.0:
-            return trainings == 0  # no cost estimate yet: one trial first, to learn it
-        if trainings >= self._capacity():
+        if self.settings.max_trials is not None and self.tally["trained"] + self._before_training() >= self.settings.max_trials:
             return False
-        left = self.budget.seconds - budget_used(self.study)
-        return (trainings + 1) * self.max_cost <= left
+        if len(self.active) >= max(1, self.executor.placement.capacity):
+            return False  # every slot already has a trial on its way
+        estimate = self.costs.count() * self.devices["count"] + self.costs.measure() * self.devices["measure"]
+        typical = self.costs.typical_flops()
+        if typical is not None:  # and a first rung of a typical architecture
+            estimate += self.costs.train(typical, self.scheduler.rungs[0], self.devices["train"])
+        return self.ledger.fits(estimate)
 
-    def _unfinished(self) -> list[_Pending]:
-        """Trials training, measuring or queued for measurement."""
-        return [pending for _, pending in self.in_flight.values()] + self.measure_queue
+    def _before_training(self) -> int:
+        """Candidates not yet trained at all (counting, measuring or queued for a first rung)."""
+        return sum(1 for c in self.active.values() if c.epochs_done == 0 and not self._training(c))
 
-    def _measurements_running(self) -> int:
-        return sum(1 for kind, _ in self.in_flight.values() if kind == "measure")
+    def _training(self, candidate: Candidate) -> bool:
+        return any(job.trial == candidate.number and job.kind == "train" for job in self.executor.running())
 
-    def _capacity(self) -> int:
-        total = ray.cluster_resources()
-        if self.resources.use_gpu:
-            return max(1, int(total.get("GPU", 1) * self.settings.trials_per_device))
-        return max(1, int(total.get("CPU", 1) // self.resources.train_devices))
-
-    def _launch(self) -> None:
-        while self._can_start():
-            trial = self.study.ask()
-            config = self.space.sample(trial)
-            arch, text = self._arch_id(config), self._summary(config)
-            trial.set_user_attr("arch_id", arch)
-            trial.set_user_attr("summary", text)
-            trial.set_user_attr("config", config.to_json())
-            if self._answer_duplicate(trial, arch):
-                continue
-            self.duplicates_in_a_row = 0
-            pending = _Pending(trial, config, arch, text, time.perf_counter())
-            earlier = self._earlier_training(trial)
-            if earlier is not None:
-                self._trained(pending, earlier)
-                self._say(f"[trial {trial.number}] {arch} {text}: trained before the interruption, "
-                          f"measuring only")
-                continue
-            proxy = self.space.proxy_of(config)
-            job = executor.TrainJob(
-                proxy_json=proxy.to_json(), dataset=self.settings.dataset, data_root=self.settings.data_root,
-                data_seed=self.settings.seed, img_size=self.space.proxy.img_size, epochs=self.settings.epochs,
-                seed=self.settings.seed, use_gpu=self.resources.use_gpu, threads=self.resources.train_threads,
-                trainer=self.settings.trainer,
-            )
-            self.in_flight[executor.submit_train(job, self.resources)] = ("train", pending)
-            self.trained_here += 1
-            self._say(f"[trial {trial.number}] started {arch} {text}")
-
-    def _earlier_training(self, trial: optuna.trial.Trial) -> dict[str, Any] | None:
-        """The finished proxy training of the interrupted trial this one re-runs, if any:
-        a driver stopped between training and measurement loses no training."""
-        rerun_of = trial.user_attrs.get("rerun_of")
-        if rerun_of is None:
+    def _ask(self) -> Candidate | None:
+        trial = self.study.ask()
+        config = self.space.sample(trial)
+        arch, text = self._arch_id(config), self._summary(config)
+        seed = trial.user_attrs.get("seed", self.settings.seed)
+        for key, value in (("arch_id", arch), ("summary", text), ("config", config.to_json()), ("seed", seed)):
+            trial.set_user_attr(key, value)
+        if self._answer_duplicate(trial, arch, seed):
             return None
-        return self.study.get_trials(deepcopy=False)[rerun_of].user_attrs.get("train_result")
+        self.duplicates_in_a_row = 0
+        candidate = Candidate(trial, config, arch, text, seed, time.perf_counter())
+        rerun_of = trial.user_attrs.get("rerun_of")
+        if rerun_of is not None:
+            self._continue_interrupted(candidate, self.study.get_trials(deepcopy=False)[rerun_of])
+        self.active[trial.number] = candidate
+        return candidate
 
-    def _answer_duplicate(self, trial: optuna.trial.Trial, arch: str) -> bool:
-        """Tell the study an architecture's known result instead of training it again."""
-        done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("arch_id") == arch]
-        running = any(p.arch == arch for p in self._unfinished())
+    def _continue_interrupted(self, candidate: Candidate, earlier: optuna.trial.FrozenTrial) -> None:
+        """A re-run keeps what the interrupted trial finished: its rungs (from the checkpoint)."""
+        self.tally["reruns"] += 1
+        done = earlier.user_attrs.get("epochs_done", 0)
+        if done and self._checkpoint(candidate).is_file():
+            candidate.epochs_done = done
+            candidate.accuracies = list(earlier.user_attrs.get("epoch_accuracies", []))[:done]
+        self._say(f"[trial {candidate.number}] re-runs interrupted trial {earlier.number} ({candidate.arch}) "
+                  f"from epoch {candidate.epochs_done}")
+
+    def _answer_duplicate(self, trial: optuna.trial.Trial, arch: str, seed: int) -> bool:
+        """An architecture (and seed, for fixed points) the study already has is answered from it,
+        never trained again; it is recorded as PRUNED so it never doubles a point of the front."""
+        def same(t: optuna.trial.FrozenTrial) -> bool:
+            return (t.user_attrs.get("arch_id") == arch and "duplicate_of" not in t.user_attrs
+                    and (not self.space.fixed_points or t.user_attrs.get("seed") == seed))
+
+        done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                if same(t)]
+        running = [c.number for c in self.active.values() if c.arch == arch and (not self.space.fixed_points or c.seed == seed)]
         if not done and not running:
             return False
         self.duplicates_in_a_row += 1
+        self.tally["duplicates"] += 1
         if self.duplicates_in_a_row >= self._duplicate_limit():
             self.exhausted = True
-        if done:
-            trial.set_user_attr("duplicate_of", done[0].number)
-            self.study.tell(trial, done[0].values)
-        else:
-            trial.set_user_attr("duplicate_of", "in-flight")
-            self.study.tell(trial, state=TrialState.PRUNED)
+        trial.set_user_attr("duplicate_of", done[0].number if done else running[0])
+        for name, value in (done[0].constraints if done else {}).items():
+            trial.set_constraint(name, value)
+        self.study.tell(trial, state=TrialState.PRUNED)
         return True
 
     def _duplicate_limit(self) -> int:
         size = self.space.size()
-        if math.isfinite(size):
-            distinct = len({t.user_attrs.get("arch_id") for t in self.study.get_trials(deepcopy=False)
-                            if t.state == TrialState.COMPLETE})
-            if distinct >= size:
+        if size != float("inf"):
+            distinct = {t.user_attrs.get("arch_id") for t in self.study.get_trials(deepcopy=False)
+                        if "duplicate_of" not in t.user_attrs and t.state != TrialState.FAIL}
+            if len(distinct) >= size:
                 return 1
         return MAX_CONSECUTIVE_DUPLICATES
 
-    def _collect(self) -> None:
-        ready, _ = ray.wait(list(self.in_flight), num_returns=1)
-        ref = ready[0]
-        kind, pending = self.in_flight.pop(ref)
-        try:
-            result = ray.get(ref)
-        except Exception as error:  # noqa: BLE001 - a trial's failure (task error, dead worker) must not stop the search
-            self._fail(pending, kind, error)
-        else:
-            self.failures_in_a_row = 0
-            if kind == "train":
-                self._trained(pending, result)
-            else:
-                pending.cost += result["wall_seconds"] * self.resources.measure_devices
-                self.cache.put(pending.arch, self.target.key, result)
-                self._finish(pending, result, measured_now=True)
-        self._submit_next_measurement()
+    def _advance(self, candidate: Candidate) -> None:
+        """Move a candidate to its next step: count, check, measure, check, train a rung."""
+        if candidate.figures is None:
+            candidate.figures = self.cache.get_figures(candidate.arch, self.target.img_size)
+            if candidate.figures is None:
+                self.queues["count"].append(candidate)
+                return
+        if self._infeasible(candidate, self.constraints.static_violations(candidate.figures["params"],
+                                                                             candidate.figures["flops"])):
+            return
+        if candidate.measured is None:
+            candidate.measured = self.cache.get(candidate.arch, self.target.key)
+            if candidate.measured is None:
+                self.queues["measure"].append(candidate)
+                return
+        if self._infeasible(candidate, self.constraints.measured_violations(candidate.measured["throughput"],
+                                                                               self.target.batch_size)):
+            return
+        self.queues["train"].append(candidate)
 
-    def _trained(self, pending: _Pending, result: dict[str, Any]) -> None:
-        pending.trial.set_user_attr("train_result", result)
-        pending.train = result
-        pending.cost += result["wall_seconds"] * self.resources.train_devices
-        self.measure_queue.append(pending)
+    def _dispatch(self) -> None:
+        """Submit queued jobs wherever placement and the budget allow.
 
-    def _submit_next_measurement(self) -> None:
-        """Finish queued trials in order: from the throughput cache, or by a measurement task."""
-        while self.measure_queue and self._measurements_running() < self.resources.measure_slots:
-            pending = self.measure_queue.pop(0)
-            cached = self.cache.get(pending.arch, self.target.key)
-            if cached is not None:
-                self._finish(pending, cached, measured_now=False)
+        Measurements first (they free candidates for training), then rung continuations
+        before first rungs (successive halving spends on the promising), then counts.
+        """
+        for candidate in list(self.queues["measure"]):
+            if self._shared(candidate, "measure"):
                 continue
-            ref = executor.submit_measure(pending.config.to_json(), self.target.key, self.resources,
-                                          repeats=self.settings.measure_repeats)
-            self.in_flight[ref] = ("measure", pending)
+            if not self._submit(candidate, MeasureJob(candidate.number, candidate.config.to_json(), self.target.key),
+                                self.costs.measure() * self.devices["measure"], "measure"):
+                break
+        waiting = sorted(self.queues["train"], key=lambda c: (-c.epochs_done, c.number))
+        for candidate in waiting:
+            to_epoch = self.scheduler.next_rung(candidate.epochs_done)
+            estimate = self.costs.train(candidate.figures["flops"], to_epoch - candidate.epochs_done,
+                                        self.devices["train"])
+            if not self.ledger.fits(estimate):
+                self._unaffordable(candidate, estimate)
+                continue
+            if not self._submit(candidate, self._train_job(candidate, to_epoch), estimate, "train"):
+                break
+        for candidate in list(self.queues["count"]):
+            if self._shared(candidate, "count"):
+                continue
+            job = CountJob(candidate.number, candidate.config.to_json(), self.target.img_size)
+            if not self._submit(candidate, job, self.costs.count() * self.devices["count"], "count"):
+                break
 
-    def _fail(self, pending: _Pending, kind: str, error: BaseException) -> None:
-        message = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
-        pending.trial.set_user_attr("error", message[:2000])
-        pending.trial.set_user_attr("device_seconds", pending.cost)
-        self.study.tell(pending.trial, state=TrialState.FAIL)
+    def _shared(self, candidate: Candidate, kind: str) -> bool:
+        """Whether a queued count or measurement is answered by another trial of the same
+        architecture (other seeds, re-runs): from the cache once that one is done - the
+        candidate then moves on - or by waiting while it runs."""
+        if kind == "count":
+            candidate.figures = self.cache.get_figures(candidate.arch, self.target.img_size)
+            found = candidate.figures is not None
+        else:
+            candidate.measured = self.cache.get(candidate.arch, self.target.key)
+            found = candidate.measured is not None
+        if found:
+            self.queues[kind].remove(candidate)
+            self._advance(candidate)
+            return True
+        return any(job.kind == kind and self.active[job.trial].arch == candidate.arch for job in self.executor.running())
+
+    def _submit(self, candidate: Candidate, job: Job, estimate: float, kind: str) -> bool:
+        if not self.ledger.fits(estimate) or not try_submit(self.executor, job):
+            return False
+        self.queues[kind].remove(candidate)
+        self.ledger.commit((candidate.number, kind), estimate)
+        candidate.trial.set_user_attr("job", dict(kind=kind, started=time.time(), devices=self.devices[kind]))
+        if kind == "train":
+            self.unaffordable_in_a_row = 0
+            if candidate.epochs_done == 0:
+                self.tally["trained"] += 1
+            self._say(f"[trial {candidate.number}] training {candidate.arch} {candidate.summary} "
+                      f"epochs {candidate.epochs_done}->{job.to_epoch}")
+        return True
+
+    def _unaffordable(self, candidate: Candidate, estimate: float) -> None:
+        """A rung the budget cannot pay for: wait while running jobs may leave money over,
+        else give the trial up (cheaper architectures may still fit)."""
+        if any(job.kind != "count" for job in self.executor.running()):
+            return
+        self.queues["train"].remove(candidate)
+        self.unaffordable_in_a_row += 1
+        self.tally["unaffordable"] += 1
+        candidate.trial.set_user_attr("not_trained", f"its next rung would cost ~{estimate:.0f} {self.budget.kind}-s, "
+                                                     f"{max(self.ledger.left, 0):.0f} left")
+        self._say(f"[trial {candidate.number}] {candidate.arch}: not trained, the budget cannot pay its next rung "
+                  f"(~{estimate:.0f} of {max(self.ledger.left, 0):.0f} {self.budget.kind}-s left)")
+        self._close(candidate, state=TrialState.PRUNED if candidate.epochs_done else TrialState.FAIL)
+
+    def _train_job(self, candidate: Candidate, to_epoch: int) -> TrainJob:
+        return TrainJob(
+            trial=candidate.number, proxy_json=self.space.proxy_of(candidate.config).to_json(),
+            dataset=self.settings.dataset, data_root=self.settings.data_root, data_seed=self.settings.seed,
+            img_size=self.space.proxy.img_size, from_epoch=candidate.epochs_done, to_epoch=to_epoch,
+            max_epochs=self.scheduler.max_epochs, seed=candidate.seed, use_gpu=self.budget.kind == "gpu",
+            threads=self.executor.train_threads, checkpoint=str(self._checkpoint(candidate)),
+            trainer=self.settings.trainer,
+        )
+
+    def _checkpoint(self, candidate: Candidate) -> Path:
+        return self.settings.checkpoints / self.settings.study / f"{candidate.arch}-s{candidate.seed}.pt"
+
+    # ================================================================== events
+    def _on_event(self, event: Event) -> None:
+        candidate = self.active[event.job.trial]
+        kind = event.job.kind
+        candidate.trial.set_user_attr("job", None)
+        if event.error is not None:
+            # A failed job is charged what it ran: the whole time since it was submitted.
+            self._charge(candidate, kind, max(time.time() - event.submitted, 0.0) * self.devices[kind])
+            self._fail(candidate, kind, event.error)
+            return
+        result = event.result
+        self._charge(candidate, kind, result["wall_seconds"] * self.devices[kind])
+        candidate.busy += result["wall_seconds"]
+        self.failures_in_a_row = 0
+        if kind == "count":
+            self.costs.observe_count(result["wall_seconds"] * self.devices["count"])
+            candidate.figures = dict(params=result["params"], flops=result["flops"])
+            self.cache.put_figures(candidate.arch, self.target.img_size, candidate.figures)
+            self._advance(candidate)
+        elif kind == "measure":
+            self.costs.observe_measure(result["wall_seconds"] * self.devices["measure"])
+            candidate.measured, candidate.measured_now = result, True
+            candidate.trial.set_user_attr("measure_interval", list(result["interval"]))
+            self.cache.put(candidate.arch, self.target.key, result)
+            self._advance(candidate)
+        else:
+            self._trained(candidate, event.job, result)
+
+    def _charge(self, candidate: Candidate, kind: str, device_seconds: float) -> None:
+        candidate.charge(kind, device_seconds)
+        self.ledger.settle((candidate.number, kind), device_seconds)
+
+    def _trained(self, candidate: Candidate, job: TrainJob, result: dict[str, Any]) -> None:
+        self.costs.observe_train(candidate.figures["flops"], job.to_epoch - job.from_epoch,
+                                 result["wall_seconds"] * self.devices["train"])
+        candidate.epochs_done = job.to_epoch
+        candidate.accuracies = list(result["epoch_accuracies"])
+        trial = candidate.trial
+        trial.set_user_attr("epochs_done", candidate.epochs_done)
+        trial.set_user_attr("epoch_accuracies", candidate.accuracies)
+        trial.set_user_attr("checkpoint_seconds", trial.user_attrs.get("checkpoint_seconds", 0.0)
+                            + result.get("checkpoint_seconds", 0.0))
+        intervals = trial.user_attrs.get("train_intervals", []) + [list(result["interval"])]
+        trial.set_user_attr("train_intervals", intervals)
+        throughput = candidate.measured["throughput"]
+        self._record_rungs(candidate.arch, candidate.seed, candidate.number, candidate.accuracies, throughput)
+        rung = job.to_epoch
+        recorded = list(self.rung_results[rung].values())
+        mine = self.rung_results[rung][(candidate.arch, candidate.seed)]
+        decision = self.scheduler.decide(mine, rung, recorded)
+        if decision == Decision.CONTINUE:
+            self._say(f"[trial {candidate.number}] rung {rung}: top-1 {mine.accuracy:.2f}% -> continues "
+                      f"({len(recorded)} recorded at this rung)")
+            self.queues["train"].append(candidate)
+        elif decision == Decision.STOP:
+            self._stop(candidate, rung, len(recorded))
+        else:
+            self._complete(candidate)
+
+    # ================================================================== endings
+    def _infeasible(self, candidate: Candidate, violations: dict[str, float]) -> bool:
+        """Record a constraint violation (Optuna trial constraints) and end the trial untrained."""
+        trial = candidate.trial
+        for name, value in violations.items():
+            if name not in trial.user_attrs.get("constraint_values", {}):
+                trial.set_constraint(name, value)
+        trial.set_user_attr("constraint_values", {**trial.user_attrs.get("constraint_values", {}), **violations})
+        broken = violated(violations)
+        if not broken:
+            return False
+        self.tally["infeasible"] += 1
+        trial.set_user_attr("infeasible", broken)
+        figures = self._figures(candidate)
+        self._say(f"[trial {candidate.number}] {candidate.arch} {candidate.summary}: infeasible "
+                  f"({', '.join(broken)}: {self._figure_text(figures)}), not trained")
+        self._close(candidate, TrialState.PRUNED, figures, status="infeasible")
+        return True
+
+    def _stop(self, candidate: Candidate, rung: int, recorded: int) -> None:
+        self.tally["stopped"] += 1
+        candidate.trial.set_user_attr("stopped_at", rung)
+        self._say(f"[trial {candidate.number}] rung {rung}: top-1 {candidate.accuracies[-1]:.2f}% -> stopped "
+                  f"(not in the top 1/{getattr(self.scheduler, 'eta', 1)} of {recorded})")
+        self._close(candidate, TrialState.PRUNED, self._figures(candidate), status="stopped")
+
+    def _complete(self, candidate: Candidate) -> None:
+        self.tally["completed"] += 1
+        figures = self._figures(candidate)
+        values = [candidate.accuracies[-1], candidate.measured["throughput"]]
+        self._close(candidate, TrialState.COMPLETE, figures, values=values, status="complete")
+        self._publish_front()
+        used = budget_used(self.study)
+        self._say(f"[trial {candidate.number}] top-1 {values[0]:.2f}%  {values[1]:.1f} img/s  "
+                  f"{figures['params'] / 1e6:.2f}M params | budget {used:.0f}/{self.budget.seconds:.0f} "
+                  f"{self.budget.kind}-s ({100 * used / self.budget.seconds:.0f}%)")
+
+    def _fail(self, candidate: Candidate, kind: str, message: str) -> None:
+        self.tally["failed"] += 1
         self.failures_in_a_row += 1
-        self._say(f"[trial {pending.trial.number}] FAILED during {kind}: {message}")
+        candidate.trial.set_user_attr("error", message[:2000])
+        self._say(f"[trial {candidate.number}] FAILED during {kind}: {message}")
+        for queue in self.queues.values():
+            if candidate in queue:
+                queue.remove(candidate)
+        self._close(candidate, TrialState.FAIL, status="failed")
         if self.failures_in_a_row >= 3:
             raise SearchError(f"3 trials failed in a row; last error: {message}")
 
-    def _finish(self, pending: _Pending, measured: dict[str, Any], measured_now: bool) -> None:
-        trial, train = pending.trial, pending.train
-        attrs = dict(
-            params=measured["params"], flops=measured["flops"], throughput_spread=measured["throughput_spread"],
-            train_seconds=train["train_seconds"], epoch_accuracies=train["epoch_accuracies"],
-            device_seconds=pending.cost, throughput_cached=not measured_now,
-            trial_wall_seconds=time.perf_counter() - pending.started,
-            busy_seconds=train["train_seconds"] + (measured["wall_seconds"] if measured_now else 0.0),
-            # (start, end) in epoch seconds on the worker's clock: what ran when, for audits of exclusivity
-            train_interval=list(train["interval"]), measure_interval=list(measured["interval"]) if measured_now else None,
-        )
+    def _close(self, candidate: Candidate, state: TrialState, figures: dict[str, Any] | None = None,
+               values: list[float] | None = None, status: str = "") -> None:
+        """Store the trial's record, tell the study, log the child run, drop the checkpoint."""
+        trial = candidate.trial
+        attrs = dict(figures or {})
+        attrs.update(trial_wall_seconds=time.perf_counter() - candidate.started, busy_seconds=candidate.busy,
+                     fidelity=candidate.epochs_done, throughput_cached=not candidate.measured_now, status=status)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        values = [train["accuracy"], measured["throughput"]]
-        self.study.tell(trial, values)
-        self.max_cost = max(self.max_cost, pending.cost)
-        self._log_trial(pending, values, attrs)
+        self.study.tell(trial, values, state=state)
+        self.active.pop(candidate.number, None)
+        if not self.settings.keep_checkpoints:
+            self._checkpoint(candidate).unlink(missing_ok=True)
+        self._log_trial(candidate, attrs, values)
 
-    def _log_trial(self, pending: _Pending, values: list[float], attrs: dict[str, Any]) -> None:
-        trial = pending.trial
-        params = {f"arch.{k}": v for k, v in pending.config.to_dict().items()}
-        params.update(arch_id=pending.arch, summary=pending.summary, **{f"space.{k}": v for k, v in trial.params.items()})
-        metrics = dict(accuracy=values[0], throughput=values[1], params=attrs["params"], flops=attrs["flops"],
-                       throughput_spread=attrs["throughput_spread"], train_seconds=attrs["train_seconds"],
-                       device_seconds=attrs["device_seconds"])
-        self.tracker.log_trial(trial.number, params, metrics, {"arch_id": pending.arch, "summary": pending.summary})
+    def _figures(self, candidate: Candidate) -> dict[str, Any]:
+        out = dict(candidate.figures or {})
+        if candidate.measured is not None:
+            out.update(throughput=candidate.measured["throughput"],
+                       throughput_spread=candidate.measured.get("throughput_spread", 0.0),
+                       latency_ms=latency_ms(candidate.measured["throughput"], self.target.batch_size))
+        return out
+
+    @staticmethod
+    def _figure_text(figures: dict[str, Any]) -> str:
+        parts = [f"{figures['params'] / 1e6:.2f}M params", f"{figures['flops'] / 1e9:.3f} GFLOPs"]
+        if "throughput" in figures:
+            parts.append(f"{figures['throughput']:.1f} img/s")
+        return ", ".join(parts)
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: cancel every job, charge what it ran, leave the trials to re-run on resume."""
+        for job, seconds in self.executor.cancel_all():
+            candidate = self.active.get(job.trial)
+            if candidate is not None:
+                self._charge(candidate, job.kind, seconds * self.devices[job.kind])
+        for candidate in list(self.active.values()):
+            candidate.trial.set_user_attr("interrupted", True)
+            candidate.trial.set_user_attr("job", None)
+            self.study.tell(candidate.trial, state=TrialState.FAIL)
+        self.active.clear()
+
+    # ================================================================== reporting
+    def _log_trial(self, candidate: Candidate, attrs: dict[str, Any], values: list[float] | None) -> None:
+        params = {f"arch.{k}": v for k, v in candidate.config.to_dict().items()}
+        params.update(arch_id=candidate.arch, summary=candidate.summary, seed=candidate.seed,
+                      **{f"space.{k}": v for k, v in candidate.trial.params.items()})
+        metrics = {k: attrs[k] for k in ("params", "flops", "throughput", "throughput_spread", "latency_ms") if k in attrs}
+        metrics.update(fidelity_epochs=candidate.epochs_done, device_seconds=sum(candidate.costs.values()))
+        if values is not None:
+            metrics.update({o.name: v for o, v in zip(OBJECTIVES, values)})
+        tags = {"arch_id": candidate.arch, "summary": candidate.summary, "status": attrs["status"]}
+        history = {"val_top1": candidate.accuracies}
+        self.tracker.log_trial(candidate.number, params, metrics, tags, history)
+
+    def _publish_front(self) -> None:
+        from litv2 import LITV2_S
+
+        from .front import evaluated_points, front_csv, hypervolume, pareto_front, plot_front
+
         points = evaluated_points(self.study)
-        front = pareto_front(points)
+        front = pareto_front(self.study)
         volume = hypervolume(front)
-        used = budget_used(self.study)
-        complete = self._count(TrialState.COMPLETE)
-        self.tracker.log_progress(complete, dict(hypervolume=volume, front_size=len(front), budget_used=used))
+        self.tracker.log_progress(self.tally["completed"], dict(
+            hypervolume=volume, front_size=len(front), budget_used=budget_used(self.study)))
         marked = {self._arch_id(LITV2_S): "LITv2-S"}
         self.tracker.log_front(front_csv(front), lambda path: plot_front(
             points, front, path, f"study {self.settings.study}", self.target.key, marked))
-        self._say(f"[trial {trial.number}] top-1 {values[0]:.2f}%  {values[1]:.1f} img/s  "
-                  f"{attrs['params'] / 1e6:.2f}M params | budget {used:.0f}/{self.budget.seconds:.0f} "
-                  f"{self.budget.kind}-s ({100 * used / self.budget.seconds:.0f}%) | front {len(front)} | HV {volume:.1f}")
 
-    def _interrupt(self) -> None:
-        for ref in self.in_flight:
-            ray.cancel(ref, force=True)
-        for pending in self._unfinished():
-            pending.trial.set_user_attr("interrupted", True)
-            self.study.tell(pending.trial, state=TrialState.FAIL)
-        self.in_flight.clear()
-        self.measure_queue.clear()
-
-    # ------------------------------------------------------------------ helpers
-    def _count(self, state: TrialState) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(state,)))
+    def _closing_line(self) -> str:
+        used = budget_used(self.study)
+        if self.exhausted:
+            reason = "the space is exhausted"
+        elif self.space.fixed_points and not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            reason = "every point was run"
+        elif self.settings.max_trials is not None and self.tally["trained"] >= self.settings.max_trials:
+            reason = f"--max-trials {self.settings.max_trials} reached"
+        else:
+            reason = "the budget is spent"
+        t = self.tally
+        return (f"done ({reason}): used {used:.0f} of {self.budget.seconds:.0f} {self.budget.kind}-s "
+                f"({100 * used / self.budget.seconds:.1f}%); {t['trained']} architectures trained: "
+                f"{t['completed']} complete, {t['stopped']} stopped early, {t['failed']} failed; "
+                f"{t['infeasible']} infeasible, {t['duplicates']} duplicates answered from the study, "
+                f"{t['reruns']} interrupted trials re-run, {t['unaffordable']} left untrained for budget")
 
     def _parent_params(self) -> dict[str, Any]:
         import importlib.metadata as metadata
 
-        params = {k: v for k, v in vars(self.settings).items() if v is not None}
+        params = stored(self.settings)
         for package in ("torch", "timm", "optuna", "ray", "mlflow", "litv2-search"):
             try:
                 params[f"version.{package}"] = metadata.version(package)
@@ -385,11 +662,23 @@ class Search:
         print(line, file=self.out, flush=True)
 
 
-def load_settings(study_name: str, storage_url: str) -> SearchSettings:
-    """The settings a study was started with (for resume and status)."""
-    storage = open_storage(storage_url)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if study_name not in names:
-        raise ValueError(f"study {study_name!r} does not exist in {storage_url}")
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    return SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
+def _train_images(settings: SearchSettings) -> int:
+    from .data import train_size
+
+    return train_size(settings.dataset, settings.data_root)
+
+
+def _ray_executor(search: Search) -> Executor:
+    """Join (or start) Ray and build the executor; a cluster that cannot serve raises ValueError."""
+    import ray
+
+    from .executor import BENCH_RESOURCE, RayExecutor, plan_resources
+
+    if not ray.is_initialized():
+        if search.settings.address:
+            ray.init(address=search.settings.address, log_to_driver=False)
+        else:
+            ray.init(resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+    resources = plan_resources(search.budget.kind, search.target, search.settings.trials_per_device,
+                               search.settings.cpus_per_trial)
+    return RayExecutor(resources)

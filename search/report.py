@@ -1,51 +1,74 @@
 """Read-only views of a study for ``search status`` and ``search front``."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import optuna
 
 from .budget import parse_budget
 from .front import evaluated_points, front_csv, front_table, hypervolume, pareto_front, plot_front
-from .orchestrator import SETTINGS_ATTR, budget_used
+from .orchestrator import SETTINGS_ATTR, budget_used, open_study
+from .scheduler import make_scheduler, rung_counts
 from .settings import SearchSettings
-from .storage import open_storage
 
 TrialState = optuna.trial.TrialState
+COST_KINDS = (("train", "training"), ("measure", "measuring"), ("count", "counting"), ("lost", "lost to crashes"))
 
 
 def _load(study_name: str, storage_url: str) -> tuple[optuna.Study, SearchSettings]:
-    storage = open_storage(storage_url)
-    if study_name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        raise ValueError(f"study {study_name!r} does not exist in {storage_url}")
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = open_study(storage_url, study_name)
     return study, SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
 
 
 def status_text(study_name: str, storage_url: str) -> str:
+    """Trials by outcome, per-rung progress, the budget split and the current front."""
     study, settings = _load(study_name, storage_url)
     trials = study.get_trials(deepcopy=False)
-    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
-    duplicates = sum("duplicate_of" in t.user_attrs for t in trials)
+    duplicates = [t for t in trials if "duplicate_of" in t.user_attrs]
+    own = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    rerun = {t.user_attrs["rerun_of"] for t in own if "rerun_of" in t.user_attrs}
+    status = Counter(t.user_attrs.get("status") for t in own if t.state != TrialState.RUNNING)
+    interrupted = [t for t in own if t.user_attrs.get("interrupted")]
+    failed = [t for t in own if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")]
+    running = sum(t.state == TrialState.RUNNING for t in own)
+    waiting = sum(t.state == TrialState.WAITING for t in own)
     budget = parse_budget(settings.budget)
     used = budget_used(study)
-    front = pareto_front(evaluated_points(study))
+    split = Counter()
+    for trial in trials:
+        split.update(trial.user_attrs.get("costs", {}))
+    front = pareto_front(study)
     lines = [
-        f"study {study_name}: space {settings.space}, data {settings.dataset}, target {settings.target}",
-        f"trials: {counts[TrialState.COMPLETE] - duplicates} done, {duplicates} duplicates answered from the study, "
-        f"{counts[TrialState.RUNNING]} running, {counts[TrialState.FAIL]} failed, {counts[TrialState.WAITING]} queued",
+        f"study {study_name}: space {settings.space}, data {settings.dataset}, target {settings.target}, "
+        f"scheduler {settings.scheduler}",
+        f"trials: {status['complete']} complete, {status['stopped']} stopped early, {status['infeasible']} infeasible, "
+        f"{len(failed)} failed, {len(duplicates)} duplicates answered from the study, "
+        f"{len(interrupted)} interrupted (of which {len(rerun)} re-run), {running} running, {waiting} queued",
         f"budget: used {used:.0f} of {budget.seconds:.0f} {budget.kind}-s ({100 * used / budget.seconds:.1f}%), "
-        f"left {max(0.0, budget.seconds - used):.0f}",
-        f"front: {len(front)} architectures, hypervolume {hypervolume(front):.1f}",
-        front_table(front),
+        f"left {max(0.0, budget.seconds - used):.0f}; "
+        + ", ".join(f"{label} {split.get(key, 0.0):.0f}" for key, label in COST_KINDS),
     ]
+    scheduler = make_scheduler(settings.scheduler, settings.epochs, settings.min_epochs, settings.eta, False)
+    trained = [t for t in own if t.user_attrs.get("epochs_done")]
+    stopped_at = [t.user_attrs["stopped_at"] for t in own if "stopped_at" in t.user_attrs]
+    lines.append("rungs (epoch: reached / continued / stopped): " + "; ".join(
+        f"{rung}: {got} / {past} / {stopped}"
+        for rung, got, past, stopped in rung_counts(scheduler.rungs, [t.user_attrs["epochs_done"] for t in trained],
+                                                    stopped_at)))
+    violations = Counter(name for t in own for name in t.user_attrs.get("infeasible", []))
+    if settings.constraints:
+        lines.append("constraints " + ", ".join(f"{k}={v:g}" for k, v in settings.constraints.items())
+                     + ": violated by " + (", ".join(f"{n} ({k})" for k, n in violations.items()) or "none"))
+    lines += [f"front (full fidelity only): {len(front)} architectures, hypervolume {hypervolume(front):.1f}",
+              front_table(front)]
     return "\n".join(lines)
 
 
 def write_front(study_name: str, storage_url: str, csv_path: str | None, plot_path: str | None) -> str:
     study, settings = _load(study_name, storage_url)
     points = evaluated_points(study)
-    front = pareto_front(points)
+    front = pareto_front(study)
     if csv_path:
         Path(csv_path).write_text(front_csv(front))
     if plot_path:

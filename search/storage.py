@@ -38,9 +38,27 @@ def check_storage_url(url: str) -> None:
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url`` (validated by :func:`check_storage_url`)."""
+    """An Optuna storage for ``url`` (validated by :func:`check_storage_url`).
+
+    sqlite files run in write-ahead-log mode with ``synchronous=NORMAL``: every trial
+    attribute is a transaction, and the default rollback journal fsyncs each one (8 ms
+    apiece here, more than the driver's own work per trial). WAL stays safe against a
+    crash of the driver; only a power loss may drop the last transactions.
+    """
     check_storage_url(url)
     if url.startswith("journal:"):
         backend = optuna.storages.journal.JournalFileBackend(url[len("journal:"):])
         return optuna.storages.JournalStorage(backend)
-    return optuna.storages.RDBStorage(url)
+    storage = optuna.storages.RDBStorage(url)
+    if url.startswith("sqlite"):
+        import sqlalchemy
+
+        def _pragmas(connection, _record) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        sqlalchemy.event.listen(storage.engine, "connect", _pragmas)
+        storage.engine.dispose()  # connections made before the listener reconnect with it
+    return storage

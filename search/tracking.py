@@ -50,17 +50,21 @@ class StudyTracker:
         self.client.log_batch(self.run_id, params=[Param(k, _short(v)) for k, v in params.items()])
         return self.run_id
 
-    def log_trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str]) -> str:
-        """One finished nested child run under the parent."""
+    def log_trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str],
+                  history: dict[str, list[float]] | None = None) -> str:
+        """One finished nested child run under the parent; ``history`` holds per-epoch series
+        (logged with the epoch as the step, so MLflow draws learning curves)."""
         run = self.client.create_run(
             self.experiment_id, run_name=f"trial-{number}",
             tags={"mlflow.parentRunId": self.run_id, "trial": str(number), **tags},
         )
         now = _now_ms()
+        series = [Metric(name, float(v), now, epoch) for name, values in (history or {}).items()
+                  for epoch, v in enumerate(values, start=1)]
         self.client.log_batch(
             run.info.run_id,
             params=[Param(k, _short(v)) for k, v in params.items()],
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None] + series,
         )
         self.client.set_terminated(run.info.run_id)
         return run.info.run_id

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -45,6 +46,7 @@ class TrainResult:
     stopped_early: bool
     device: str
     params: int
+    checkpoint_seconds: float = 0.0
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -148,6 +150,9 @@ def train_proxy(
     on_epoch: Callable[[int, float], bool | None] | None = None,
     num_threads: int | None = None,
     num_workers: int = 0,
+    start_epoch: int = 0,
+    stop_epoch: int | None = None,
+    checkpoint: str | Path | None = None,
 ) -> TrainResult:
     """Train a fresh ``config`` model on ``data.train`` and score it on ``data.val``.
 
@@ -162,9 +167,21 @@ def train_proxy(
             hook for successive halving and pruners.
         num_threads: torch CPU threads for this run (restored afterwards); None leaves them.
         num_workers: DataLoader workers for on-disk data sets (the embedded ones need none).
+        start_epoch, stop_epoch: train only epochs ``start_epoch+1 .. stop_epoch`` of the
+            ``epochs``-long schedule (successive halving's rungs). ``start_epoch > 0`` resumes
+            from ``checkpoint``; a run that stops before ``epochs`` writes ``checkpoint``.
+            The learning-rate schedule always spans ``epochs``, and the checkpoint holds the
+            weights, optimiser, scheduler, loss scaler, every RNG and the data order, so 0->3
+            then 3->9 trains the same model as 0->9.
+        checkpoint: file for the rung state (written to a temporary name, then renamed).
     """
+    stop_epoch = epochs if stop_epoch is None else stop_epoch
     if epochs < 1:
         raise ValueError(f"epochs={epochs} must be >= 1")
+    if not 0 <= start_epoch < stop_epoch <= epochs:
+        raise ValueError(f"epochs {start_epoch}->{stop_epoch} are not a span of the {epochs}-epoch schedule")
+    if checkpoint is None and (start_epoch > 0 or stop_epoch < epochs):
+        raise ValueError("training part of the schedule needs a checkpoint file")
     target = resolve_device(device)
     precision = resolve_precision(precision, target)
     with _cpu_threads(num_threads):
@@ -186,9 +203,14 @@ def train_proxy(
         scaler = torch.amp.GradScaler(target.type, enabled=precision == "fp16")
         criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         accuracies: list[float] = []
+        checkpoint_seconds = 0.0
+        if start_epoch > 0:
+            tic = time.perf_counter()
+            accuracies = _load_state(Path(checkpoint), start_epoch, model, optimizer, scheduler, scaler, generator)
+            checkpoint_seconds += time.perf_counter() - tic
         stopped = False
         model.train()
-        for epoch in range(1, epochs + 1):
+        for epoch in range(start_epoch + 1, stop_epoch + 1):
             for step, (images, labels) in enumerate(train_batches(generator), start=(epoch - 1) * steps + 1):
                 with _autocast(target, precision):
                     loss = criterion(model(images), labels)
@@ -201,12 +223,60 @@ def train_proxy(
                 scheduler.step_update(step)
             accuracies.append(_accuracy(model, val_batches, precision))
             if on_epoch is not None and on_epoch(epoch, accuracies[-1]):
-                stopped = epoch < epochs  # a stop request after the last epoch cuts nothing short
+                stopped = epoch < stop_epoch  # a stop request after the last epoch cuts nothing short
                 break
+        if stop_epoch < epochs and not stopped:
+            tic = time.perf_counter()
+            _save_state(Path(checkpoint), stop_epoch, accuracies, model, optimizer, scheduler, scaler, generator)
+            checkpoint_seconds += time.perf_counter() - tic
         return TrainResult(
             accuracy=accuracies[-1], epoch_accuracies=tuple(accuracies), train_seconds=time.perf_counter() - start,
             epochs_run=len(accuracies), stopped_early=stopped, device=str(target), params=params,
+            checkpoint_seconds=checkpoint_seconds,
         )
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                 data_order=generator.get_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data_order"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_state(path: Path, epoch: int, accuracies: list[float], model: nn.Module, optimizer, scheduler, scaler,
+                generator: torch.Generator) -> None:
+    """Everything the next rung needs to continue as if never stopped, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = dict(epoch=epoch, accuracies=list(accuracies), model=model.state_dict(), optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=_rng_state(generator))
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _load_state(path: Path, epoch: int, model: nn.Module, optimizer, scheduler, scaler,
+                generator: torch.Generator) -> list[float]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no rung checkpoint at {path} to resume epoch {epoch} from")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["epoch"] != epoch:
+        raise ValueError(f"checkpoint {path} is at epoch {state['epoch']}, not {epoch}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"], generator)
+    return list(state["accuracies"])
 
 
 @contextlib.contextmanager

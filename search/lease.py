@@ -1,0 +1,74 @@
+"""One driver per study: a lease stored on the study, kept alive by a heartbeat.
+
+Two drivers on one study would tell each other's trials and train architectures twice, so
+a driver takes the lease before it touches anything and refuses if another live driver
+holds it. A driver that died stops beating: once its heartbeat is older than ``ttl``, the
+lease is free and ``search resume`` takes it over. The last heartbeat also tells resume
+until when the dead driver's jobs were running (their cost is charged to the budget).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import optuna
+
+LEASE_ATTR = "driver_lease"
+HEARTBEAT_SECONDS = 5.0
+TTL_SECONDS = 30.0
+
+
+class LeaseHeld(RuntimeError):
+    """Another live driver holds the study."""
+
+
+class Lease:
+    def __init__(self, study: optuna.Study, heartbeat: float = HEARTBEAT_SECONDS, ttl: float = TTL_SECONDS) -> None:
+        self.study = study
+        self.heartbeat = heartbeat
+        self.ttl = ttl
+        self.id = uuid.uuid4().hex
+        self.previous: dict[str, Any] | None = None  # the lease this one took over, if any
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self) -> dict[str, Any]:
+        return dict(id=self.id, host=socket.gethostname(), pid=os.getpid(), heartbeat=time.time())
+
+    def acquire(self) -> None:
+        held = self.study.user_attrs.get(LEASE_ATTR)
+        if held and held.get("id") != self.id:
+            age = time.time() - held["heartbeat"]
+            if age < self.ttl:
+                raise LeaseHeld(
+                    f"study {self.study.study_name!r} is being run by another driver (pid {held['pid']} on "
+                    f"{held['host']}, heartbeat {age:.0f} s ago); stop it first, or wait {self.ttl:.0f} s after it died"
+                )
+            self.previous = held
+        self.study.set_user_attr(LEASE_ATTR, self._record())
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                self.study.set_user_attr(LEASE_ATTR, self._record())
+            except Exception:  # noqa: BLE001 - a storage hiccup must not kill the driver; the next beat retries
+                continue
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.study.set_user_attr(LEASE_ATTR, None)
+
+    def __enter__(self) -> "Lease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

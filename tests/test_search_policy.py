@@ -1,0 +1,198 @@
+"""The driver's policies on an in-process executor: promotion, constraints, budget, dedupe.
+
+Jobs run in the test process on a simulated clock with made-up figures, so each search
+takes well under a second of training; the storage (sqlite) and MLflow store are real.
+"""
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from litv2 import LITConfig
+from search.constraints import Constraints
+from search.executor import InProcessExecutor, Node, Placement
+from search.orchestrator import Search, budget_used
+from search.scheduler import MOASHA, Decision, RungResult, promotion_order
+from search.settings import build_settings
+
+TrialState = optuna.trial.TrialState
+
+
+# ---------------------------------------------------------------------- pure scheduler
+def test_moasha_rungs_and_a_dominated_trial_stops():
+    scheduler = MOASHA(epochs=9, min_epochs=1, eta=3)
+    assert scheduler.rungs == (1, 3, 9)
+    recorded = [RungResult(0, 50.0, 100.0), RungResult(1, 60.0, 120.0), RungResult(2, 40.0, 90.0)]
+    # Trial 1 dominates both others: with 3 results and eta 3 only it goes on.
+    assert scheduler.decide(recorded[1], 1, recorded) == Decision.CONTINUE
+    assert scheduler.decide(recorded[0], 1, recorded) == Decision.STOP
+    assert scheduler.decide(recorded[2], 1, recorded) == Decision.STOP
+    assert scheduler.decide(recorded[2], 9, recorded) == Decision.COMPLETE
+
+
+def test_moasha_is_asynchronous_the_first_result_continues():
+    scheduler = MOASHA(epochs=9, min_epochs=1, eta=3)
+    only = RungResult(7, 10.0, 5.0)
+    assert scheduler.decide(only, 1, [only]) == Decision.CONTINUE
+
+
+def test_promotion_prefers_non_dominated_then_hypervolume_contribution():
+    points = [(50.0, 100.0), (60.0, 80.0), (40.0, 120.0), (30.0, 50.0), (59.0, 81.0)]
+    order = promotion_order(points)
+    assert order[-1] == 3  # the only dominated point is last
+    # (59, 81) sits between (60, 80) and (50, 100) and adds little area of its own.
+    assert order.index(4) > order.index(0) and order.index(4) > order.index(2)
+    # Scaling one objective does not change the order (products of gaps).
+    assert promotion_order([(a, t * 1000) for a, t in points]) == order
+
+
+def test_placement_blocks_only_the_measuring_node():
+    placement = Placement([Node("head", 2, bench=True), Node("worker", 2, bench=False)])
+    node = placement.place("measure")
+    assert node == "head"
+    placement.start("measure", node)
+    assert placement.place("measure") is None  # one measurement per bench node
+    for _ in range(2):
+        node = placement.place("train")
+        assert node == "worker"  # training goes on elsewhere
+        placement.start("train", node)
+    assert placement.place("train") is None
+    placement.end("measure", "head")
+    assert placement.place("train") == "head"
+
+
+# ---------------------------------------------------------------------- the driver, in process
+def _figures(config: LITConfig) -> tuple[float, float, float]:
+    """Made-up but architecture-dependent (params, flops, throughput)."""
+    depth = sum(config.depths)
+    attention = sum(1 for a in config.attention if a)
+    flops = 1e8 * depth * (1 + attention)
+    return 1e6 * depth, flops, 4000.0 / (1 + attention) / depth
+
+
+class FakeJobs:
+    """Count, measure and train runners with known answers; records what ran."""
+
+    def __init__(self, epoch_seconds: float = 10.0) -> None:
+        self.trained: list[tuple[str, int, int]] = []
+        self.measured: list[str] = []
+        self.epoch_seconds = epoch_seconds
+
+    def runners(self):
+        return {"count": self.count, "measure": self.measure, "train": self.train}
+
+    def count(self, job):
+        params, flops, _ = _figures(LITConfig.from_json(job.config_json))
+        return dict(params=params, flops=flops, wall_seconds=0.1)
+
+    def measure(self, job):
+        self.measured.append(job.config_json)
+        return dict(throughput=_figures(LITConfig.from_json(job.config_json))[2], throughput_spread=0.1,
+                    wall_seconds=2.0)
+
+    def train(self, job):
+        config = LITConfig.from_json(job.proxy_json)
+        self.trained.append((job.proxy_json, job.from_epoch, job.to_epoch))
+        quality = (hash(job.proxy_json) % 1000) / 20.0
+        accuracies = [quality + 2 * e for e in range(1, job.to_epoch + 1)]
+        return dict(accuracy=accuracies[-1], epoch_accuracies=accuracies, train_seconds=1.0,
+                    wall_seconds=self.epoch_seconds * (job.to_epoch - job.from_epoch) * sum(config.depths) / 5)
+
+
+def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, **changes) -> optuna.Study:
+    options = dict(study="s", space="tiny", budget="20000cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
+                   tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=9, seed=0, address=None,
+                   data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=None)
+    options.update(changes)
+    settings = build_settings(**options)
+
+    def executor(search):
+        return InProcessExecutor([Node("local", slots, bench=True)], jobs.runners(),
+                                 devices=dict(count=1.0, measure=2.0, train=1.0))
+
+    assert Search(settings, executor=executor).run() == 0
+    return optuna.load_study(study_name=settings.study, storage=settings.storage)
+
+
+def test_mo_asha_stops_trials_at_each_rung_and_keeps_them_off_the_front(tmp_path):
+    jobs = FakeJobs()
+    study = run_in_process(tmp_path, jobs, scheduler="mo-asha", max_trials=18)
+    own = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    stopped = [t for t in own if "stopped_at" in t.user_attrs]
+    complete = [t for t in own if t.state == TrialState.COMPLETE]
+    assert {t.user_attrs["stopped_at"] for t in stopped} == {1, 3}
+    assert all(t.state == TrialState.PRUNED and t.values is None for t in stopped)
+    assert complete and all(t.user_attrs["epochs_done"] == 9 and len(t.user_attrs["epoch_accuracies"]) == 9
+                            for t in complete)
+    assert {t.number for t in study.best_trials} <= {t.number for t in complete}
+    # A stopped trial keeps its fidelity: the curve up to the rung it reached.
+    assert all(len(t.user_attrs["epoch_accuracies"]) == t.user_attrs["stopped_at"] for t in stopped)
+    # Rung-wise jobs: each continuation resumes where the last rung ended.
+    spans = {}
+    for proxy, start, end in jobs.trained:
+        spans.setdefault(proxy, []).append((start, end))
+    assert all(s[0][0] == 0 and all(a[1] == b[0] for a, b in zip(s, s[1:])) for s in spans.values())
+    assert any(len(s) == 3 for s in spans.values())
+
+
+def test_an_infeasible_architecture_is_never_trained(tmp_path):
+    jobs = FakeJobs()
+    limit = 700.0  # img/s: the fake throughput is 4000 / (1 + attention stages) / depth
+    study = run_in_process(tmp_path, jobs, scheduler="full", epochs=1, max_trials=4,
+                           constraints=Constraints(min_throughput=limit))
+    infeasible = [t for t in study.trials if t.user_attrs.get("infeasible")]
+    feasible = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert infeasible and feasible
+    trained = {LITConfig.from_json(proxy) for proxy, _, _ in jobs.trained}
+    space_proxy = lambda t: LITConfig.from_json(t.user_attrs["config"])  # noqa: E731
+    for trial in infeasible:
+        assert trial.state == TrialState.PRUNED and trial.user_attrs["infeasible"] == ["min_throughput"]
+        assert trial.constraints["min_throughput"] > 0 and trial.user_attrs["throughput"] < limit
+        assert trial.user_attrs.get("epochs_done", 0) == 0
+        assert not any(_figures(space_proxy(trial)) == _figures(c) for c in trained if c.depths == space_proxy(trial).depths
+                       and c.attention == space_proxy(trial).attention)
+    assert all(t.user_attrs["throughput"] >= limit for t in feasible)
+    assert {t.number for t in study.best_trials} <= {t.number for t in feasible}
+
+
+def _points_space(tmp_path: Path, depths: list[list[int]]) -> str:
+    points = [{"label": f"d{i}", "fixed": {"depths": d}} for i, d in enumerate(depths)]
+    space = {"name": "budgeted", "base": "litv2_s", "fixed_points": True, "deploy_img_size": 224,
+             "fixed": {"embed_dim": 32, "num_heads": [2, 4, 8, 16], "drop_path_rate": 0.0},
+             "proxy": {"img_size": 64, "width_mult": 1.0}, "points": points}
+    path = tmp_path / "budgeted.json"
+    path.write_text(json.dumps(space))
+    return str(path)
+
+
+def test_a_budget_that_fits_two_cheap_trials_but_not_one_expensive_starts_the_cheap_ones(tmp_path):
+    jobs = FakeJobs()
+    space = _points_space(tmp_path, [[2, 2, 30, 2], [1, 1, 1, 1], [1, 1, 2, 1]])
+    # Prior before any training: 1000 s per (proxy GFLOP x 1000 images) per epoch.
+    study = run_in_process(tmp_path, jobs, space=space, budget="5000cpu-s", epochs=1, slots=1)
+    by_label = {t.params["point"]: t for t in study.trials}
+    assert "not_trained" in by_label["d0"].user_attrs and by_label["d0"].user_attrs.get("epochs_done", 0) == 0
+    assert by_label["d1"].state == TrialState.COMPLETE and by_label["d2"].state == TrialState.COMPLETE
+    assert len(jobs.trained) == 2
+    assert budget_used(study) <= 5000
+
+
+def test_fixed_points_times_seeds_run_exactly_once_each(tmp_path, capsys):
+    jobs = FakeJobs()
+    study = run_in_process(tmp_path, jobs, space="table5", seeds=2, epochs=1, budget="1000000cpu-s")
+    assert len(study.trials) == 8  # 4 rows x 2 seeds, and nothing asked of the sampler
+    pairs = [(t.params["point"], t.user_attrs["seed"]) for t in study.trials]
+    assert len(set(pairs)) == 8 and {s for _, s in pairs} == {0, 1}
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len(jobs.trained) == 8
+    assert len(jobs.measured) == 4  # one measurement per architecture, shared by its seeds
+    assert "every point was run" in capsys.readouterr().out
+
+
+def test_budget_is_a_hard_cap_with_priors(tmp_path, capsys):
+    jobs = FakeJobs()
+    study = run_in_process(tmp_path, jobs, budget="1cpu-s", epochs=1)
+    assert budget_used(study) <= 1.0
+    assert not jobs.trained
+    assert "the budget is spent" in capsys.readouterr().out
