@@ -188,6 +188,8 @@ def plan_resources(budget_kind: str, target, trials_per_device: int, cpus_per_tr
     total_gpus = sum(n["Resources"].get("GPU", 0) for n in alive)
     if budget_kind == "gpu" and total_gpus < 1:
         raise ValueError("budget is in GPU-hours but the Ray cluster has no GPU; use a cpu-h budget or add GPU nodes")
+    if target.device == "cuda" and total_gpus < 1:
+        raise ValueError("target is a cuda device but the Ray cluster has no GPU; use a cpu:... target")
     bench = [n for n in alive if n["Resources"].get(BENCH_RESOURCE)]
     if target.device == "cuda":
         bench = [n for n in bench if n["Resources"].get("GPU", 0) >= 1]

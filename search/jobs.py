@@ -76,10 +76,20 @@ def _resolve(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _node_id() -> str | None:
+    """The Ray node a job runs on (hosts of a one-machine test cluster share one name)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - outside Ray (in-process executor) there is no node id
+        return None
+
+
 def _stamp(result: dict[str, Any], start: float, began: float) -> dict[str, Any]:
-    """Where and when a job ran: wall seconds (what the budget is charged), node, interval."""
-    result.update(wall_seconds=time.perf_counter() - start, node=socket.gethostname(), pid=os.getpid(),
-                  interval=(began, time.time()))
+    """Where and when a job ran: wall seconds (what the budget is charged), host, node, interval."""
+    result.update(wall_seconds=time.perf_counter() - start, host=socket.gethostname(), node_id=_node_id(),
+                  pid=os.getpid(), interval=(began, time.time()))
     return result
 
 

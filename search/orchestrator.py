@@ -158,6 +158,9 @@ class Search:
                 self._interrupt()
                 self._say("interrupted: running trials were stopped and will continue on 'search resume'")
                 return 130
+            except BaseException:
+                self._interrupt()  # whatever else was running re-runs on resume
+                raise
             finally:
                 self.tracker.finish(status)
         self._say(self._closing_line())
@@ -176,18 +179,18 @@ class Search:
     def _open(self, resume: bool) -> optuna.Study:
         """The study (created only after the cluster was found able to serve it)."""
         sampler = make_sampler(self.settings.sampler, self.settings.seed)
+        # A cluster that cannot serve the search must leave nothing behind, not even a storage.
+        self.executor = None if resume else self._make_executor(self)
         storage = open_storage(self.settings.storage)
         names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
         if resume:
             if self.settings.study not in names:
                 raise ValueError(f"study {self.settings.study!r} does not exist in {self.settings.storage}")
             self.study = optuna.load_study(study_name=self.settings.study, storage=storage, sampler=sampler)
-            self.executor = None  # connected after the lease is held
-            return self.study
+            return self.study  # the executor is made once the lease is held
         if self.settings.study in names:
             raise ValueError(f"study {self.settings.study!r} already exists; continue it with "
                              f"'python -m search resume --study {self.settings.study}' or pick another --study")
-        self.executor = self._make_executor(self)  # first: a cluster that cannot serve the search leaves nothing
         self.study = create_objective_study(self.settings.study, storage, sampler)
         if self.space.fixed_points:
             # Ablation tables: every (point, seed) exactly once, in the table's order.
@@ -466,7 +469,6 @@ class Search:
         result = event.result
         self._charge(candidate, kind, result["wall_seconds"] * self.devices[kind])
         candidate.busy += result["wall_seconds"]
-        self.failures_in_a_row = 0
         if kind == "count":
             self.costs.observe_count(result["wall_seconds"] * self.devices["count"])
             candidate.figures = dict(params=result["params"], flops=result["flops"])
@@ -475,7 +477,7 @@ class Search:
         elif kind == "measure":
             self.costs.observe_measure(result["wall_seconds"] * self.devices["measure"])
             candidate.measured, candidate.measured_now = result, True
-            candidate.trial.set_user_attr("measure_interval", list(result["interval"]))
+            candidate.trial.set_user_attr("measure_interval", [*result["interval"], result.get("node_id")])
             self.cache.put(candidate.arch, self.target.key, result)
             self._advance(candidate)
         else:
@@ -486,6 +488,7 @@ class Search:
         self.ledger.settle((candidate.number, kind), device_seconds)
 
     def _trained(self, candidate: Candidate, job: TrainJob, result: dict[str, Any]) -> None:
+        self.failures_in_a_row = 0  # a trained rung, not a count or a measurement, shows the search works
         self.costs.observe_train(candidate.figures["flops"], job.to_epoch - job.from_epoch,
                                  result["wall_seconds"] * self.devices["train"])
         candidate.epochs_done = job.to_epoch
@@ -495,7 +498,7 @@ class Search:
         trial.set_user_attr("epoch_accuracies", candidate.accuracies)
         trial.set_user_attr("checkpoint_seconds", trial.user_attrs.get("checkpoint_seconds", 0.0)
                             + result.get("checkpoint_seconds", 0.0))
-        intervals = trial.user_attrs.get("train_intervals", []) + [list(result["interval"])]
+        intervals = trial.user_attrs.get("train_intervals", []) + [[*result["interval"], result.get("node_id")]]
         trial.set_user_attr("train_intervals", intervals)
         throughput = candidate.measured["throughput"]
         self._record_rungs(candidate.arch, candidate.seed, candidate.number, candidate.accuracies, throughput)

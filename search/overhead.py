@@ -26,12 +26,16 @@ class _Result:
     params: int = 0
 
 
-def synthetic_train(config, data, *, epochs: int, seed: int, device: str) -> _Result:
-    """Busy-wait for ``epochs`` seconds (the benchmark's stand-in for training)."""
+def synthetic_train(config, data, *, epochs: int, seed: int, device: str, start_epoch: int = 0,
+                    stop_epoch: int | None = None, checkpoint: str | None = None) -> _Result:
+    """Busy-wait one second per epoch from ``start_epoch`` to ``stop_epoch`` (the benchmark's
+    stand-in for training; also used by tests that need long, predictable trainings)."""
+    stop_epoch = epochs if stop_epoch is None else stop_epoch
     start = time.perf_counter()
-    while time.perf_counter() - start < epochs:
+    while time.perf_counter() - start < stop_epoch - start_epoch:
         sum(i * i for i in range(10_000))
-    return _Result(accuracy=50.0 + seed % 7, epoch_accuracies=(50.0,), train_seconds=time.perf_counter() - start)
+    accuracies = tuple(50.0 + seed % 7 + epoch for epoch in range(1, stop_epoch + 1))
+    return _Result(accuracy=accuracies[-1], epoch_accuracies=accuracies, train_seconds=time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
