@@ -38,30 +38,59 @@ def synthetic_train(config, data, *, epochs: int, seed: int, device: str, start_
     return _Result(accuracy=accuracies[-1], epoch_accuracies=accuracies, train_seconds=time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _search_overhead(trial_seconds: int, trials: int, space: str) -> list[optuna.trial.FrozenTrial]:
     from .orchestrator import Search
     from .settings import build_settings
 
-    parser = argparse.ArgumentParser(prog="python -m search.overhead", description=__doc__.splitlines()[0])
-    parser.add_argument("--trial-seconds", type=int, default=20)
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--space", default="tiny")
-    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
         cores = os.cpu_count() or 1
-        per_trial = (args.trial_seconds + 4.0) * cores  # training plus a measurement, in core-seconds
         settings = build_settings(
-            study="overhead", space=args.space, budget=f"{per_trial * args.trials:.0f}cpu-s", dataset="digits",
-            target="cpu:bs1:64", storage=None, tracking_uri=None, workdir=workdir, sampler="random",
-            epochs=args.trial_seconds, seed=0, address=None, data_root=None, trials_per_device=1,
-            cpus_per_trial=cores, measure_repeats=3,
+            study="overhead", space=space, budget="1000000cpu-s", dataset="digits", target="cpu:bs1:64",
+            storage=None, tracking_uri=None, workdir=workdir, sampler="random", epochs=trial_seconds, seed=0,
+            address=None, data_root=None, trials_per_device=1, cpus_per_trial=cores, max_trials=trials,
+            scheduler="full",
         )
         settings = replace(settings, trainer="search.overhead:synthetic_train")
         Search(settings).run()
         study = optuna.load_study(study_name="overhead", storage=settings.storage)
-        rows = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if "trial_wall_seconds" in t.user_attrs]
-    print("| trial | wall s | training+measuring s | overhead s | overhead % |")
+
+
+def _checkpoint_overhead(space: str, rounds: int) -> list[tuple[float, float, float]]:
+    """(rung training seconds, checkpoint save + load seconds, share) of one-epoch rungs of the
+    space's first proxy, trained 0 -> 1 (saving) then 1 -> 2 (loading) of a 2-epoch schedule."""
+    from space import get_space
+
+    from .data import load_dataset
+    from .train import train_proxy
+
+    study_space = get_space(space)
+    sampled = study_space.sample(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask())
+    proxy = study_space.proxy_of(sampled)
+    data = load_dataset("digits", seed=0, img_size=study_space.proxy.img_size)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = os.path.join(folder, "rung.pt")
+        for _ in range(rounds):
+            first = train_proxy(proxy, data, epochs=2, stop_epoch=1, checkpoint=checkpoint, device="cpu", num_threads=1)
+            second = train_proxy(proxy, data, epochs=2, start_epoch=1, checkpoint=checkpoint, device="cpu",
+                                 num_threads=1)
+            rung = (first.train_seconds + second.train_seconds) / 2
+            io = first.checkpoint_seconds + second.checkpoint_seconds
+            rows.append((rung, io, 100 * io / rung))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m search.overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--trial-seconds", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--space", default="tiny")
+    parser.add_argument("--checkpoint-rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    rows = _search_overhead(args.trial_seconds, args.trials, args.space)
+    print("| trial | wall s | counting+measuring+training s | overhead s | overhead % |")
     print("|---|---|---|---|---|")
     shares = []
     for trial in rows:
@@ -71,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     warm = shares[1:] or shares
     print(f"overhead on warm workers (trials after the first): median {statistics.median(warm):.1f}%, "
           f"max {max(warm):.1f}% of trial wall time")
+    print()
+    print(f"| round | one-epoch rung s ({args.space} proxy, digits) | checkpoint save + load s | share % |")
+    print("|---|---|---|---|")
+    for number, (rung, io, share) in enumerate(_checkpoint_overhead(args.space, args.checkpoint_rounds)):
+        print(f"| {number} | {rung:.2f} | {io:.3f} | {share:.1f} |")
     return 0
 
 

@@ -1,0 +1,46 @@
+"""A two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``): placement across nodes."""
+from dataclasses import replace
+
+import optuna
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from search.orchestrator import Search
+from search.settings import build_settings
+
+
+@pytest.fixture()
+def two_nodes():
+    """A head node that measures (``bench``) and a worker node, one CPU each."""
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"bench": 1}))
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    head_id = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("bench"))
+    worker_id = next(n["NodeID"] for n in ray.nodes() if n["NodeID"] != head_id)
+    yield cluster, head_id, worker_id, worker
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_a_measurement_blocks_only_its_own_node(tmp_path, two_nodes):
+    _, head_id, worker_id, _ = two_nodes
+    settings = build_settings(
+        study="c", space="tiny", budget="100000cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
+        tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=8, seed=0, address=None, data_root=None,
+        trials_per_device=1, cpus_per_trial=1, max_trials=3, scheduler="full",
+    )
+    # Trainings busy-wait one second per epoch: long enough for a measurement to happen beside one.
+    assert Search(replace(settings, trainer="search.overhead:synthetic_train")).run() == 0
+    study = optuna.load_study(study_name="c", storage=settings.storage)
+    trials = [t for t in study.trials if t.user_attrs.get("measure_interval")]
+    measures = [t.user_attrs["measure_interval"] for t in trials]
+    trains = [i for t in trials for i in t.user_attrs["train_intervals"]]
+    overlaps = lambda a, b: a[0] < b[1] and b[0] < a[1]  # noqa: E731
+    assert {m[2] for m in measures} == {head_id}  # only the bench node measures
+    # Never beside training on its own node...
+    assert not any(overlaps(m, t) for m in measures for t in trains if t[2] == m[2])
+    # ...while the other node kept training through at least one measurement.
+    assert any(overlaps(m, t) for m in measures for t in trains if t[2] == worker_id)
