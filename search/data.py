@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,26 @@ class DataBundle:
     img_size: int
     in_chans: int
     name: str
+    # Applied to each batch of a TensorDataset on the training device: sets kept compactly
+    # in memory (CIFAR as uint8 at 32x32) are resized and normalised there, not up front.
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class ToFloatResized:
+    """uint8 images -> normalised float images of side ``size`` (a picklable batch transform)."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
 
 
 _DIGITS_TRAIN = 1437  # load_digits' 1,797 minus the 20 % validation split
@@ -272,19 +293,25 @@ def _transform(size: int, native: int | None, stats: tuple[tuple[float, ...], tu
 
 
 def _cifar(kind: str, root: str | None, size: int, download: bool) -> DataBundle:
-    """CIFAR through torchvision; the official test split serves as validation."""
+    """CIFAR through torchvision, decoded once into uint8 tensors (150 MB for the training set)
+    that stay on the training device; the official test split serves as validation."""
     cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
     where = _data_root(root)
-    transform = _transform(size, 32, _CIFAR_STATS)
     try:
-        train = cls(str(where), train=True, transform=transform, download=download)
-        val = cls(str(where), train=False, transform=transform, download=download)
+        train = cls(str(where), train=True, download=download)
+        val = cls(str(where), train=False, download=download)
     except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
         raise ValueError(
             f"{kind} not found under {str(where)!r} (from the root argument, ${DATA_ENV} or ./data); "
             "put the torchvision copy there or pass download=True"
         ) from error
-    return DataBundle(train, val, num_classes=len(train.classes), img_size=size, in_chans=3, name=kind)
+
+    def tensors(split) -> TensorDataset:
+        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
+        return TensorDataset(images, torch.as_tensor(split.targets, dtype=torch.long))
+
+    return DataBundle(tensors(train), tensors(val), num_classes=len(train.classes), img_size=size, in_chans=3,
+                      name=kind, batch_transform=ToFloatResized(size, *_CIFAR_STATS))
 
 
 def _image_folder(path: str, seed: int, size: int) -> DataBundle:

@@ -88,11 +88,13 @@ class Placement:
 
 class Executor(Protocol):
     """Runs jobs where :attr:`placement` puts them. ``devices``: budget devices one job of each
-    kind holds (count / measure / train); ``train_threads``: CPU threads of one training."""
+    kind holds (count / measure / train); ``train_threads``: CPU threads of one training;
+    ``data_workers``: its DataLoader processes."""
 
     placement: Placement
     devices: dict[str, float]
     train_threads: int
+    data_workers: int
 
     def submit(self, job: Job, node: str) -> None: ...
 
@@ -126,6 +128,7 @@ class InProcessExecutor:
         self.placement = Placement(nodes)
         self.devices = devices or dict(count=1.0, measure=1.0, train=1.0)
         self.train_threads = train_threads
+        self.data_workers = 0
         self.runners = runners or RUNNERS
         self.duration = duration or (lambda job, result: float(result.get("wall_seconds", 1.0)))
         self.clock = 0.0
@@ -173,10 +176,15 @@ class Resources:
     train_threads: int
     use_gpu: bool
     nodes: tuple[Node, ...] = field(default=())
+    data_workers: int = 0
 
 
-def plan_resources(budget_kind: str, target, trials_per_device: int, cpus_per_trial: int) -> Resources:
+def plan_resources(budget_kind: str, target, trials_per_device: int, cpus_per_trial: int,
+                   data_workers: int = 0) -> Resources:
     """Ray resource requests for the budget's device kind and the target, from the live cluster.
+
+    ``data_workers``: decoding processes a GPU training needs beside it (on-disk image
+    folders); they are reserved as CPUs so Ray does not pack more trainings onto the cores.
 
     Raises ValueError when the cluster cannot serve them: no GPU for a GPU budget, no node
     offering ``bench`` (with a GPU, for a cuda target), fewer cores on a measuring node than
@@ -215,7 +223,7 @@ def plan_resources(budget_kind: str, target, trials_per_device: int, cpus_per_tr
             slots = int(n["Resources"].get("CPU", 0) // cpus_per_trial)
         nodes.append(Node(n["NodeID"], slots, n["NodeID"] in bench_ids))
     if budget_kind == "gpu":
-        train = dict(num_gpus=1.0 / trials_per_device, num_cpus=1)
+        train = dict(num_gpus=1.0 / trials_per_device, num_cpus=1 + data_workers)
         train_devices, train_threads = 1.0 / trials_per_device, 1
     else:
         train = dict(num_cpus=cpus_per_trial)
@@ -228,7 +236,7 @@ def plan_resources(budget_kind: str, target, trials_per_device: int, cpus_per_tr
         measure_devices = float(bench_cpus) if budget_kind == "cpu" else 0.0
     count_devices = 1.0 if budget_kind == "cpu" else 0.0
     return Resources(train, train_devices, measure, measure_devices, count_devices, train_threads,
-                     budget_kind == "gpu", tuple(nodes))
+                     budget_kind == "gpu", tuple(nodes), data_workers if budget_kind == "gpu" else 0)
 
 
 def _run(job: Job) -> dict[str, Any]:
@@ -254,6 +262,7 @@ class RayExecutor:
         self.devices = dict(count=resources.count_devices, measure=resources.measure_devices,
                             train=resources.train_devices)
         self.train_threads = resources.train_threads
+        self.data_workers = resources.data_workers
         self._cpu_task = ray.remote(max_retries=max_retries)(_run)
         self._gpu_task = ray.remote(num_gpus=1, max_calls=1, max_retries=max_retries)(_run)
         self._refs: dict[Any, tuple[Job, str, float]] = {}

@@ -57,6 +57,7 @@ class TrainJob:
     threads: int
     checkpoint: str
     trainer: str = "search.train:train_proxy"
+    data_workers: int = 0  # DataLoader decoding processes (on-disk image folders)
     kind: str = field(default="train", init=False)
 
 
@@ -119,6 +120,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     result = _resolve(job.trainer)(
         LITConfig.from_json(job.proxy_json), data, epochs=job.max_epochs, start_epoch=job.from_epoch,
         stop_epoch=job.to_epoch, checkpoint=job.checkpoint, seed=job.seed, device="cuda" if job.use_gpu else "cpu",
+        num_workers=job.data_workers,
     )
     return _stamp(dict(
         accuracy=float(result.accuracy), epoch_accuracies=[float(a) for a in result.epoch_accuracies],

@@ -40,6 +40,7 @@ SETTINGS_ATTR = "search_settings"
 RUN_ID_ATTR = "mlflow_run_id"
 MAX_CONSECUTIVE_DUPLICATES = 200
 MAX_UNAFFORDABLE_IN_A_ROW = 10
+IMAGEFOLDER_GPU_WORKERS = 3  # JPEG decoding processes per GPU training on an image folder
 TrialState = optuna.trial.TrialState
 
 
@@ -450,7 +451,7 @@ class Search:
             img_size=self.space.proxy.img_size, from_epoch=candidate.epochs_done, to_epoch=to_epoch,
             max_epochs=self.scheduler.max_epochs, seed=candidate.seed, use_gpu=self.budget.kind == "gpu",
             threads=self.executor.train_threads, checkpoint=str(self._checkpoint(candidate)),
-            trainer=self.settings.trainer,
+            trainer=self.settings.trainer, data_workers=self.executor.data_workers,
         )
 
     def _checkpoint(self, candidate: Candidate) -> Path:
@@ -682,6 +683,7 @@ def _ray_executor(search: Search) -> Executor:
             ray.init(address=search.settings.address, log_to_driver=False)
         else:
             ray.init(resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+    on_disk_images = search.settings.dataset.startswith("imagefolder:")
     resources = plan_resources(search.budget.kind, search.target, search.settings.trials_per_device,
-                               search.settings.cpus_per_trial)
+                               search.settings.cpus_per_trial, data_workers=IMAGEFOLDER_GPU_WORKERS if on_disk_images else 0)
     return RayExecutor(resources)

@@ -27,7 +27,7 @@ class _Result:
 
 
 def synthetic_train(config, data, *, epochs: int, seed: int, device: str, start_epoch: int = 0,
-                    stop_epoch: int | None = None, checkpoint: str | None = None) -> _Result:
+                    stop_epoch: int | None = None, checkpoint: str | None = None, num_workers: int = 0) -> _Result:
     """Busy-wait one second per epoch from ``start_epoch`` to ``stop_epoch`` (the benchmark's
     stand-in for training; also used by tests that need long, predictable trainings)."""
     stop_epoch = epochs if stop_epoch is None else stop_epoch

@@ -56,7 +56,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type != "cuda":
         return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # Native bf16 needs compute capability 8.0 (Ampere); V100 and T4 report bf16 "support"
+    # through emulation, without tensor cores: fp16 with loss scaling is the fast choice there.
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -75,13 +77,16 @@ class _Batches:
     data set goes through a DataLoader (pinned memory and non-blocking copies on CUDA).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.device = device
         self.batch_size = batch_size
         self.channels_last = device.type == "cuda"
         self.tensors = tuple(t.to(device) for t in dataset.tensors) if isinstance(dataset, TensorDataset) else None
+        self.transform = transform
         self.dataset = dataset
         self.num_workers = num_workers
+        self._loaders: dict[bool, DataLoader] = {}
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
@@ -92,14 +97,24 @@ class _Batches:
             count = len(self.tensors[0])
             order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
             for index in order.to(self.device).split(self.batch_size):
-                yield self._layout(self.tensors[0][index]), self.tensors[1][index]
+                images = self.tensors[0][index]
+                yield self._layout(self.transform(images) if self.transform else images), self.tensors[1][index]
             return
-        loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, shuffle=generator is not None, generator=generator,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-        )
-        for images, labels in loader:
+        for images, labels in self._loader(generator):
             yield self._layout(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
+
+    def _loader(self, generator: torch.Generator | None) -> DataLoader:
+        """One DataLoader per order kind, built once: its decoding workers persist across epochs
+        (rebuilding it every epoch restarts them). The shuffling generator is the caller's, so
+        a restored generator state replays the same order."""
+        shuffle = generator is not None
+        if shuffle not in self._loaders:
+            self._loaders[shuffle] = DataLoader(
+                self.dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+                num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+            )
+        return self._loaders[shuffle]
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
@@ -160,6 +175,8 @@ def train_proxy(
         epochs: passes over the training set (the proxy budget).
         warmup_epochs: linear warm-up length; may be fractional (the schedule is per step).
         seed: seeds weights, shuffling and stochastic depth: equal calls give equal results on CPU.
+            On CUDA they agree only to run-to-run noise: the backward kernels of attention,
+            deformable convolution and relative-position bias accumulate with atomics.
         device: ``"cuda"``, ``"cpu"`` or None for the best available.
         precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
         on_epoch: called as ``on_epoch(epoch, val_accuracy)`` after each epoch (epoch counts
@@ -192,8 +209,8 @@ def train_proxy(
         model.to(target)
         if target.type == "cuda":
             model.to(memory_format=torch.channels_last)
-        train_batches = _Batches(data.train, batch_size, target, num_workers)
-        val_batches = _Batches(data.val, batch_size * 2, target, num_workers)
+        train_batches = _Batches(data.train, batch_size, target, num_workers, data.batch_transform)
+        val_batches = _Batches(data.val, batch_size * 2, target, num_workers, data.batch_transform)
         steps = len(train_batches)
         optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
         scheduler = CosineLRScheduler(

@@ -107,3 +107,52 @@ def test_separability_check_runs_end_to_end(tmp_path, capsys):
     assert "mlp-only" in printed and "wall time" in printed
     report = json.loads(out.read_text())
     assert [s["name"] for s in report["scores"]] == [name for name, _ in separability.contrasting_architectures()]
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_rungs_from_checkpoints_train_the_same_model_as_one_run(digits, tmp_path):
+    """0 -> 1 -> 2 through a checkpoint equals 0 -> 2 in one call, on a 3-epoch schedule (the
+    learning rate, the data order, drop path's RNG and the optimiser all carry over)."""
+    straight = train(digits, epochs=3, stop_epoch=2, checkpoint=tmp_path / "straight.pt", seed=3)
+    first = train(digits, epochs=3, stop_epoch=1, checkpoint=tmp_path / "rungs.pt", seed=3)
+    second = train(digits, epochs=3, start_epoch=1, stop_epoch=2, checkpoint=tmp_path / "rungs.pt", seed=3)
+    assert second.epoch_accuracies == straight.epoch_accuracies and first.epoch_accuracies == straight.epoch_accuracies[:1]
+    a, b = _state(tmp_path / "straight.pt"), _state(tmp_path / "rungs.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-6)
+    for key, slot in a["optimizer"]["state"].items():
+        assert float(b["optimizer"]["state"][key]["step"]) == float(slot["step"])
+        torch.testing.assert_close(b["optimizer"]["state"][key]["exp_avg"], slot["exp_avg"], rtol=0, atol=1e-6)
+    final_a = train(digits, epochs=3, start_epoch=2, checkpoint=tmp_path / "straight.pt", seed=3)
+    final_b = train(digits, epochs=3, start_epoch=2, checkpoint=tmp_path / "rungs.pt", seed=3)
+    assert final_a.epoch_accuracies == final_b.epoch_accuracies and len(final_a.epoch_accuracies) == 3
+    assert first.checkpoint_seconds > 0 and second.checkpoint_seconds > 0
+
+
+def test_a_rung_needs_a_checkpoint_and_a_span_of_the_schedule(digits, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint"):
+        train(digits, epochs=3, stop_epoch=1)
+    with pytest.raises(ValueError, match="2->2"):
+        train(digits, epochs=3, start_epoch=2, stop_epoch=2, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(FileNotFoundError, match="no rung checkpoint"):
+        train(digits, epochs=3, start_epoch=1, checkpoint=tmp_path / "missing.pt")
+
+
+def test_uint8_sets_are_resized_and_normalised_per_batch_on_the_device():
+    from torch.utils.data import TensorDataset
+
+    from search.data import ToFloatResized
+    from search.train import _Batches
+
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    transform = ToFloatResized(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    batches = _Batches(TensorDataset(images, torch.arange(10)), 4, torch.device("cpu"), transform=transform)
+    x, y = next(batches())
+    assert x.dtype == torch.float32 and x.shape == (4, 3, 64, 64) and y.tolist() == [0, 1, 2, 3]
+    expected = (torch.nn.functional.interpolate(images[:4].float() / 255, size=(64, 64), mode="bilinear",
+                                                align_corners=False, antialias=True) - 0.5) / 0.25
+    torch.testing.assert_close(x, expected)
