@@ -30,20 +30,25 @@ class ThroughputCache:
         with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as db, db:
             yield db
 
-    def get(self, arch_id: str, target: str) -> dict[str, Any] | None:
+    def _get(self, table: str, column: str, arch_id: str, key: object) -> dict[str, Any] | None:
         with self._db() as db:
-            row = db.execute("SELECT result FROM throughput WHERE arch_id = ? AND target = ?", (arch_id, target)).fetchone()
+            row = db.execute(f"SELECT result FROM {table} WHERE arch_id = ? AND {column} = ?", (arch_id, key)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def _put(self, table: str, arch_id: str, key: object, result: dict[str, Any]) -> None:
+        with self._db() as db:
+            db.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)", (arch_id, key, json.dumps(result)))
+
+    def get(self, arch_id: str, target: str) -> dict[str, Any] | None:
+        """The measurement of ``arch_id`` on ``target``, if one was made."""
+        return self._get("throughput", "target", arch_id, target)
 
     def put(self, arch_id: str, target: str, result: dict[str, Any]) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?)", (arch_id, target, json.dumps(result)))
+        self._put("throughput", arch_id, target, result)
 
     def get_figures(self, arch_id: str, img_size: int) -> dict[str, Any] | None:
-        with self._db() as db:
-            row = db.execute("SELECT result FROM figures WHERE arch_id = ? AND img_size = ?", (arch_id, img_size)).fetchone()
-        return json.loads(row[0]) if row else None
+        """Params and FLOPs of ``arch_id`` at ``img_size``, if they were counted."""
+        return self._get("figures", "img_size", arch_id, img_size)
 
     def put_figures(self, arch_id: str, img_size: int, figures: dict[str, Any]) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO figures VALUES (?, ?, ?)", (arch_id, img_size, json.dumps(figures)))
+        self._put("figures", arch_id, img_size, figures)

@@ -645,11 +645,17 @@ class Search:
         else:
             reason = "the budget is spent"
         t = self.tally
-        return (f"done ({reason}): used {used:.0f} of {self.budget.seconds:.0f} {self.budget.kind}-s "
+        line = (f"done ({reason}): used {used:.0f} of {self.budget.seconds:.0f} {self.budget.kind}-s "
                 f"({100 * used / self.budget.seconds:.1f}%); {t['trained']} architectures trained: "
                 f"{t['completed']} complete, {t['stopped']} stopped early, {t['failed']} failed; "
                 f"{t['infeasible']} infeasible, {t['duplicates']} duplicates answered from the study, "
                 f"{t['reruns']} interrupted trials re-run, {t['unaffordable']} left untrained for budget")
+        typical = self.costs.typical_flops()
+        if t["trained"] and not self.study.best_trials and typical is not None:
+            full = self.costs.train(typical, self.scheduler.max_epochs, self.devices["train"])
+            line += (f"\nno trial reached the last epoch ({self.scheduler.max_epochs}): one such training costs about "
+                     f"{full:.0f} {self.budget.kind}-s here; raise --budget or lower --epochs")
+        return line
 
     def _parent_params(self) -> dict[str, Any]:
         import importlib.metadata as metadata
