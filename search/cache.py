@@ -1,9 +1,12 @@
-"""Caches shared by every study in a work dir: throughput by (architecture id, target), and
-params/FLOPs by (architecture id, resolution).
+"""Caches shared by every study in a work dir: throughput by (architecture id, target),
+params/FLOPs by (architecture id, resolution), and finished proxy trainings by (architecture
+id, data set, epochs, seed).
 
 A full-size network's speed on a target and its size do not depend on the study that
-asked, so each is computed once and reused (sqlite: safe for several driver processes).
-Every call opens and closes its own connection.
+asked, and a seeded proxy training is a function of its architecture, data, epochs and seed,
+so each is computed once and reused - an ablation table run again, or a row shared by two
+tables, trains nothing (sqlite: safe for several driver processes). Every call opens and
+closes its own connection.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ class ThroughputCache:
                        "PRIMARY KEY (arch_id, target))")
             db.execute("CREATE TABLE IF NOT EXISTS figures (arch_id TEXT, img_size INTEGER, result TEXT, "
                        "PRIMARY KEY (arch_id, img_size))")
+            db.execute("CREATE TABLE IF NOT EXISTS trainings (arch_id TEXT, recipe TEXT, result TEXT, "
+                       "PRIMARY KEY (arch_id, recipe))")
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -52,3 +57,10 @@ class ThroughputCache:
 
     def put_figures(self, arch_id: str, img_size: int, figures: dict[str, Any]) -> None:
         self._put("figures", arch_id, img_size, figures)
+
+    def get_training(self, arch_id: str, recipe: str) -> dict[str, Any] | None:
+        """A finished full-fidelity training of ``arch_id`` under ``recipe`` (data set, epochs, seed)."""
+        return self._get("trainings", "recipe", arch_id, recipe)
+
+    def put_training(self, arch_id: str, recipe: str, result: dict[str, Any]) -> None:
+        self._put("trainings", arch_id, recipe, result)

@@ -138,7 +138,7 @@ class Search:
         self.unaffordable_in_a_row = 0
         self.exhausted = False
         self.tally = dict(trained=0, duplicates=0, reruns=0, infeasible=0, stopped=0, completed=0, failed=0,
-                          unaffordable=0)
+                          unaffordable=0, reused=0)
 
     # ================================================================== the story
     def run(self, resume: bool = False) -> int:
@@ -369,7 +369,27 @@ class Search:
         if self._infeasible(candidate, self.constraints.measured_violations(candidate.measured["throughput"],
                                                                                self.target.batch_size)):
             return
+        earlier = self.cache.get_training(candidate.arch, self._recipe(candidate))
+        if earlier is not None:
+            self._reuse(candidate, earlier)
+            return
         self.queues["train"].append(candidate)
+
+    def _recipe(self, candidate: Candidate) -> str:
+        """What a proxy training's result depends on besides the architecture."""
+        return (f"{self.settings.dataset}|{self.space.proxy.img_size}|{self.scheduler.max_epochs}|"
+                f"{candidate.seed}|{self.settings.data_root or ''}|{self.settings.trainer}")
+
+    def _reuse(self, candidate: Candidate, earlier: dict[str, Any]) -> None:
+        """A training another study already ran to the last epoch (same recipe and seed)."""
+        self.tally["reused"] += 1
+        candidate.accuracies = list(earlier["epoch_accuracies"])
+        candidate.epochs_done = len(candidate.accuracies)
+        candidate.trial.set_user_attr("epoch_accuracies", candidate.accuracies)
+        candidate.trial.set_user_attr("epochs_done", candidate.epochs_done)
+        candidate.trial.set_user_attr("training_reused_from", earlier.get("study"))
+        self._say(f"[trial {candidate.number}] {candidate.arch}: trained before (study {earlier.get('study')}), reused")
+        self._complete(candidate)
 
     def _dispatch(self) -> None:
         """Submit queued jobs wherever placement and the budget allow.
@@ -544,6 +564,8 @@ class Search:
 
     def _complete(self, candidate: Candidate) -> None:
         self.tally["completed"] += 1
+        self.cache.put_training(candidate.arch, self._recipe(candidate), dict(
+            epoch_accuracies=candidate.accuracies, study=self.settings.study, trial=candidate.number))
         figures = self._figures(candidate)
         values = [candidate.accuracies[-1], candidate.measured["throughput"]]
         self._close(candidate, TrialState.COMPLETE, figures, values=values, status="complete")
@@ -649,7 +671,8 @@ class Search:
                 f"({100 * used / self.budget.seconds:.1f}%); {t['trained']} architectures trained: "
                 f"{t['completed']} complete, {t['stopped']} stopped early, {t['failed']} failed; "
                 f"{t['infeasible']} infeasible, {t['duplicates']} duplicates answered from the study, "
-                f"{t['reruns']} interrupted trials re-run, {t['unaffordable']} left untrained for budget")
+                f"{t['reruns']} interrupted trials re-run, {t['unaffordable']} left untrained for budget, "
+                f"{t['reused']} trainings reused from earlier studies")
         typical = self.costs.typical_flops()
         if t["trained"] and not self.study.best_trials and typical is not None:
             full = self.costs.train(typical, self.scheduler.max_epochs, self.devices["train"])

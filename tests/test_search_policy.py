@@ -196,3 +196,14 @@ def test_budget_is_a_hard_cap_with_priors(tmp_path, capsys):
     assert budget_used(study) <= 1.0
     assert not jobs.trained
     assert "the budget is spent" in capsys.readouterr().out
+
+
+def test_a_second_study_reuses_trainings_of_the_same_recipe(tmp_path, capsys):
+    jobs = FakeJobs()
+    run_in_process(tmp_path, jobs, space="table5", epochs=1, budget="1000000cpu-s")
+    assert len(jobs.trained) == 4
+    again = run_in_process(tmp_path, jobs, study="t", space="table5", seeds=2, epochs=1, budget="1000000cpu-s")
+    assert len(jobs.trained) == 8  # only the four seed-1 rows trained; seed 0 reused
+    reused = [t for t in again.trials if t.user_attrs.get("training_reused_from") == "s"]
+    assert len(reused) == 4 and all(t.user_attrs["seed"] == 0 and t.state == TrialState.COMPLETE for t in reused)
+    assert "4 trainings reused from earlier studies" in capsys.readouterr().out
