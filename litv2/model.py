@@ -30,6 +30,7 @@ class LITStage(nn.Module):
                     window_size=config.window_size[index], alpha=config.alpha[index],
                     sr_ratio=config.sr_ratio[index], rel_pos_bias=config.rel_pos_bias, shift=config.shift,
                     block_index=j, max_size=map_size, qkv_bias=config.qkv_bias,
+                    lofi_valid_average=config.lofi_valid_average,
                 )
                 blocks.append(AttentionBlock(dim, attn, mlp, rate))
             else:
