@@ -9,6 +9,8 @@ and ``features_only`` give NCHW maps by default, as dense-prediction necks expec
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
@@ -226,3 +228,19 @@ def build_model(config: LITConfig, num_classes: int = 1000, img_size: int | tupl
     if not isinstance(config, LITConfig):
         raise ValueError(f"config must be a litv2.LITConfig, got {type(config).__name__}")
     return LITv2(config, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **kwargs)
+
+
+def build_zeroed_model(config: LITConfig, num_classes: int = 1000, img_size: int | tuple[int, int] = 224,
+                       in_chans: int = 3, **kwargs) -> LITv2:
+    """:func:`build_model` with every parameter and buffer zero, for what depends on shapes only.
+
+    Parameter and FLOP counts need no weights, while drawing tens of millions of random ones
+    costs seconds of CPU: the network is built on the meta device and zero-filled instead.
+    """
+    with torch.device("meta"):
+        model = build_model(config, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **kwargs)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.zero_()
+    return model

@@ -7,7 +7,6 @@ few are shown). An invalid space is reported on one line and exits with status 2
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
 import warnings
@@ -18,7 +17,7 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 import optuna  # noqa: E402 (after the filter)
 import torch  # noqa: E402
-from litv2 import LITConfig, build_model, count_flops, count_params  # noqa: E402
+from litv2 import LITConfig, build_zeroed_model, count_flops, count_params  # noqa: E402
 
 from .errors import SpaceError  # noqa: E402
 from .identity import arch_id, summary  # noqa: E402
@@ -70,23 +69,11 @@ def show_space(space: SearchSpace, samples: int = 3, seed: int = 0) -> None:
     torch.set_num_threads(1)
     try:
         for config in configs:
-            model = shape_only_model(config, img)
+            model = build_zeroed_model(config, img_size=img)  # params and FLOPs need shapes only
             flops = count_flops(model, (3, img, img))
             print(f"  {arch_id(config):<14}{count_params(model) / 1e6:>7.2f}M{flops / 1e9:>8.2f}  {summary(config)}")
     finally:
         torch.set_num_threads(threads)
-
-
-def shape_only_model(config: LITConfig, img_size: int) -> torch.nn.Module:
-    """The network with every weight zero: what ``show`` prints depends on shapes only, and
-    drawing tens of millions of random weights would be most of its time."""
-    with torch.device("meta"):
-        model = build_model(config, img_size=img_size)
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            tensor.zero_()
-    return model
 
 
 def examples(space: SearchSpace, count: int, seed: int = 0) -> list[LITConfig]:

@@ -8,6 +8,8 @@ from litv2.layers import (AttentionBlock, ConvFFN, DeformableTokenMerging, FFNBl
 from litv2.layers.attention import Attention
 from official_hilo import official_hilo
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 KINDS = [
     dict(kind="hilo", window_size=2, alpha=0.9),
     dict(kind="hilo", window_size=2, alpha=0.0),

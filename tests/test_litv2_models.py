@@ -10,9 +10,11 @@ import torch
 from timm.layers import get_channel_dim, get_spatial_dim
 
 import litv2
-from litv2 import LITConfig, build_model, count_flops, count_params
+from litv2 import LITConfig, build_model, build_zeroed_model, count_flops, count_params
 from litv2.bench import TokenLayer
 from official_hilo import OfficialHiLo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_litv2_state_dicts.json"
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
@@ -26,6 +28,20 @@ def official_shapes():
 
 
 NAMES = ("litv2_s", "litv2_m", "litv2_b", "lit_s", "lit_m", "lit_b")
+
+
+@pytest.fixture(scope="module")
+def registered():
+    """``registered(name)``: a copy of a registered model with random weights, each built once per module."""
+    built: dict[str, torch.nn.Module] = {}
+
+    def get(name: str) -> torch.nn.Module:
+        if name not in built:
+            torch.manual_seed(0)
+            built[name] = timm.create_model(name).eval()
+        return copy.deepcopy(built[name])
+
+    return get
 
 
 def on_meta(name: str, **kwargs) -> torch.nn.Module:
@@ -64,13 +80,21 @@ def test_lit_models_match_litv1_structure(name, embed_dim, depths, heads):
 
 @pytest.mark.parametrize("name,gflops", [("litv2_s", 3.734), ("litv2_m", 7.479), ("litv2_b", 13.194), ("lit_s", 4.1)])
 def test_flops_match_official_counts(name, gflops):
-    assert count_flops(timm.create_model(name)) / 1e9 == pytest.approx(gflops, rel=0.03)
+    assert count_flops(build_zeroed_model(litv2.get_config(name))) / 1e9 == pytest.approx(gflops, rel=0.03)
 
 
 @pytest.mark.parametrize("alpha,gflops", [(0.0, 3.97), (0.2, 3.88), (0.4, 3.82), (0.5, 3.77), (0.7, 3.74), (0.9, 3.73)])
 def test_alpha_sweep_flops(alpha, gflops):
-    model = build_model(litv2.LITV2_S.replace(alpha=(alpha,) * 4))
+    model = build_zeroed_model(litv2.LITV2_S.replace(alpha=(alpha,) * 4))
     assert abs(count_flops(model) / 1e9 - gflops) <= 0.03
+
+
+def test_zeroed_model_has_the_shapes_of_the_built_one_and_runs():
+    config = LITConfig(**TINY)
+    zeroed, built = build_zeroed_model(config, num_classes=10, img_size=32), build_model(config, num_classes=10, img_size=32)
+    assert {k: v.shape for k, v in zeroed.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    assert all(v.device.type == "cpu" and not v.any() for v in zeroed.state_dict().values())
+    assert count_flops(zeroed, (3, 32, 32)) == count_flops(built, (3, 32, 32))
 
 
 def test_flop_counter_counts_sdpa_and_deform_conv():
@@ -88,8 +112,8 @@ def test_state_dict_has_exactly_the_official_keys(official_shapes):
         assert ours == entry["state_dict"], name
 
 
-@pytest.fixture()
-def official_checkpoint(official_shapes, tmp_path):
+@pytest.fixture(scope="module")
+def official_checkpoint(official_shapes, tmp_path_factory):
     """A LITv2-S file in the official release's layout, with random trained-like values.
 
     Weights of the size a trained network has (std 0.02 around 0, norm scales around 1): with
@@ -107,19 +131,26 @@ def official_checkpoint(official_shapes, tmp_path):
             state[key] = 1 + 0.1 * torch.randn(shape)
         else:
             state[key] = 0.02 * torch.randn(shape)
-    path = tmp_path / "litv2_s.pth"
+    path = tmp_path_factory.mktemp("official") / "litv2_s.pth"
     torch.save({"model": state, "epoch": 299}, path)
     return path, state
 
 
-def test_official_checkpoint_loads_strictly(official_checkpoint, tmp_path):
-    path, state = official_checkpoint
-    model = timm.create_model("litv2_s", checkpoint_path=str(path)).eval()
-    assert torch.equal(model.state_dict()["head.weight"], state["head.weight"])
+@pytest.fixture(scope="module")
+def official_litv2_s(official_checkpoint):
+    """LITv2-S loaded strictly from the official-layout file through timm (built once, never modified)."""
+    path, _ = official_checkpoint
+    return timm.create_model("litv2_s", checkpoint_path=str(path)).eval()
+
+
+def test_official_checkpoint_loads_strictly(official_checkpoint, official_litv2_s, tmp_path):
+    _, state = official_checkpoint
+    model = official_litv2_s
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())
     x = torch.randn(1, 3, 64, 64)
     before = model(x)
     torch.save(model.state_dict(), tmp_path / "again.pth")
-    again = timm.create_model("litv2_s")
+    again = build_zeroed_model(litv2.LITV2_S)
     again.load_state_dict(torch.load(tmp_path / "again.pth"), strict=True)
     assert torch.equal(again.eval()(x), before)
 
@@ -140,17 +171,16 @@ def with_official_hilo(model: torch.nn.Module) -> torch.nn.Module:
 # 224: the ImageNet setting. 208x272: stage 3 is 13x17, not a multiple of its window of 2, as
 # the maps of detection inputs (800x1333 gives 50x83).
 @pytest.mark.parametrize("size", [(224, 224), (208, 272)], ids=["224", "stage3-13x17"])
-def test_official_checkpoint_computes_the_official_formulation(official_checkpoint, size):
-    path, _ = official_checkpoint
-    model = timm.create_model("litv2_s", checkpoint_path=str(path)).eval()
+def test_official_checkpoint_computes_the_official_formulation(official_litv2_s, size):
+    model = official_litv2_s
     reference = with_official_hilo(model)
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         expected = reference(x)
         assert (model(x) - expected).abs().max() <= 1e-4
         if size == (208, 272):  # the valid-token average is a different network here, visibly
-            valid = build_model(litv2.LITV2_S.replace(lofi_valid_average=True)).eval()
-            valid.load_state_dict(model.state_dict(), strict=True)
+            valid = build_zeroed_model(litv2.LITV2_S.replace(lofi_valid_average=True)).eval()
+            valid.load_state_dict(model.state_dict(), strict=True)  # every value replaced
             assert (valid(x) - expected).abs().max() > 1e-2
 
 
@@ -211,10 +241,9 @@ def test_features_only_maps_match_feature_info(name):
 
 
 @pytest.mark.parametrize("name", ["litv2_s", "lit_s"])
-def test_forward_intermediates_and_grad_checkpointing_keep_the_output(name):
+def test_forward_intermediates_and_grad_checkpointing_keep_the_output(name, registered):
     """With real weights (the S models; M and B differ only in depth and width)."""
-    torch.manual_seed(0)
-    model = timm.create_model(name).eval()
+    model = registered(name)
     info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
@@ -230,8 +259,10 @@ def test_forward_intermediates_and_grad_checkpointing_keep_the_output(name):
 
 
 @pytest.mark.parametrize("name", ["litv2_s", "lit_s"])
-def test_backward_reaches_every_parameter(name):
-    model = timm.create_model(name, num_classes=42).train()
+def test_backward_reaches_every_parameter(name, registered):
+    model = registered(name)
+    model.reset_classifier(42)
+    model.train()
     out = model(torch.randn(2, 3, 128, 128))
     assert out.shape == (2, 42)
     out.mean().backward()

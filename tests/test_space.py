@@ -20,15 +20,7 @@ from litv2 import LIT_S, LITV2_S, lofi_heads
 from space.registry import SPACES_DIR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models and batch-1 forwards: on a shared machine extra OpenMP threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fingerprint(config: litv2.LITConfig) -> tuple:
