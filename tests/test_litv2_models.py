@@ -185,8 +185,7 @@ def test_official_checkpoint_computes_the_official_formulation(official_litv2_s,
 
 
 def test_timm_registry():
-    model = timm.create_model("litv2_s", num_classes=10)
-    assert model.head.out_features == 10
+    assert on_meta("litv2_s", num_classes=10).head.out_features == 10
     assert set(NAMES) <= set(timm.list_models("lit*"))
 
 
