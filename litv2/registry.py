@@ -48,8 +48,8 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in NAMED_CONFIGS})
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    # NCHW feature maps although the model's own output_fmt is NHWC: stated here because
-    # some timm versions would otherwise hand the model's format to the feature wrapper.
+    # NCHW feature maps although the model's own output_fmt is NHWC, stated explicitly: timm
+    # versions differ in whether the feature wrapper inherits the model's format.
     return build_model_with_cfg(
         LITv2, variant, pretrained, config=get_config(variant),
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices, output_fmt="NCHW"), **kwargs,
