@@ -79,11 +79,17 @@ class NaiveHiLo(HiLo):
 
     def lofi(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
-        q = self.l_q(x).reshape(batch, height * width, self.l_heads, self.head_dim).permute(0, 2, 1, 3)
-        if self.window_size > 1:
-            x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.window_size, ceil_mode=True).reshape(batch, channels, -1).permute(0, 2, 1)
+        ws = self.window_size
+        if ws > 1 and not self.lofi_valid_average:
+            x = pad_to_multiple(x, ws)  # queries from every padded token, zeros in the border averages
+        padded_h, padded_w = x.shape[1], x.shape[2]
+        q = self.l_q(x).reshape(batch, padded_h * padded_w, self.l_heads, self.head_dim).permute(0, 2, 1, 3)
+        if ws > 1:
+            x = F.avg_pool2d(x.permute(0, 3, 1, 2), ws, ceil_mode=self.lofi_valid_average)
+            x = x.reshape(batch, channels, -1).permute(0, 2, 1)
         kv = self.l_kv(x).reshape(batch, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return self._attend(q, kv[0], kv[1]).transpose(1, 2).reshape(batch, height, width, self.l_dim)
+        out = self._attend(q, kv[0], kv[1]).transpose(1, 2).reshape(batch, padded_h, padded_w, self.l_dim)
+        return out[:, :height, :width]
 
     def join(self, hifi: torch.Tensor, lofi: torch.Tensor) -> torch.Tensor:
         """The official ``torch.cat`` of the two projected paths."""

@@ -15,6 +15,7 @@ FFN_KINDS = ("mlp", "convffn")
 MERGE_KINDS = ("dtm", "patch")
 # Attention kinds that can carry a Swin-style relative position bias.
 RPE_ATTENTION_KINDS = ("hilo", "msa", "wmsa")
+_SWITCHES = ("shift", "rel_pos_bias", "qkv_bias", "lofi_valid_average")
 _PER_STAGE = ("depths", "num_heads", "attention", "attn_kind", "window_size", "alpha", "sr_ratio")
 
 
@@ -40,6 +41,10 @@ class LITConfig:
         drop_path_rate: stochastic depth at the last block (linear ramp from 0).
         patch_size: stride of the patch embedding.
         qkv_bias: bias in query/key/value projections.
+        lofi_valid_average: on maps whose sides are not multiples of a HiLo window, average
+            partial Lo-Fi windows over their valid tokens only. Off by default: the official
+            code zero-pads the map and averages over whole windows, zeros included, and its
+            checkpoints expect that; the option is for models trained from scratch at such sizes.
     """
 
     embed_dim: int = 96
@@ -58,6 +63,7 @@ class LITConfig:
     drop_path_rate: float = 0.2
     patch_size: int = 4
     qkv_bias: bool = True
+    lofi_valid_average: bool = False
 
     def __post_init__(self) -> None:
         for name in _PER_STAGE:
@@ -83,6 +89,8 @@ class LITConfig:
         _check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "in [0, 1)")
         _check(self.ffn in FFN_KINDS, "ffn", self.ffn, f"one of {FFN_KINDS}")
         _check(self.merge in MERGE_KINDS, "merge", self.merge, f"one of {MERGE_KINDS}")
+        for name in _SWITCHES:
+            _check(isinstance(getattr(self, name), bool), name, getattr(self, name), "True or False")
         for i in range(n):
             dim = self.stage_dims[i]
             _check(self.depths[i] >= 1, f"depths[{i}]", self.depths[i], "a positive integer")

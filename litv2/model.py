@@ -2,13 +2,20 @@
 
 Module and parameter names follow the official LITv2 release (``patch_embed``,
 ``layers.{i}.blocks.{j}``, ``layers.{i}.downsample``, ``norm``, ``head``) so official
-checkpoints load with ``strict=True``. Feature access follows timm's conventions.
+checkpoints load with ``strict=True``. Feature access follows timm's conventions for NHWC
+models such as Swin: ``forward_features`` returns ``(B, H, W, C)`` and the model declares
+``output_fmt = "NHWC"`` so timm's tooling reads the axes right, while ``forward_intermediates``
+and ``features_only`` give NCHW maps by default, as dense-prediction necks expect.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from timm.layers import trunc_normal_
+from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import LITConfig
 from .layers import AttentionBlock, FFNBlock, PatchEmbed, build_attention, build_ffn, build_merge
@@ -30,6 +37,7 @@ class LITStage(nn.Module):
                     window_size=config.window_size[index], alpha=config.alpha[index],
                     sr_ratio=config.sr_ratio[index], rel_pos_bias=config.rel_pos_bias, shift=config.shift,
                     block_index=j, max_size=map_size, qkv_bias=config.qkv_bias,
+                    lofi_valid_average=config.lofi_valid_average,
                 )
                 blocks.append(AttentionBlock(dim, attn, mlp, rate))
             else:
@@ -37,10 +45,15 @@ class LITStage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         last = index == config.num_stages - 1
         self.downsample = None if last else build_merge(config.merge, dim, config.stage_dims[index + 1])
+        self.grad_checkpointing = False
 
     def forward_blocks(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, H, W)
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                # Recompute the block in the backward pass instead of storing its activations.
+                x = checkpoint(block, x, H, W, use_reentrant=False)
+            else:
+                x = block(x, H, W)
         return x
 
     def merge(self, x: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, int, int]:
@@ -77,6 +90,7 @@ class LITv2(nn.Module):
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r} must be 'avg' or ''")
         self.config = config
+        self.output_fmt = "NHWC"
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = config.num_features
@@ -116,6 +130,12 @@ class LITv2(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^patch_embed", blocks=r"^layers\.(\d+)" if coarse else r"^layers\.(\d+)\.blocks\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block during the backward pass: activation memory for compute."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -164,18 +184,14 @@ class LITv2(nn.Module):
         """Per-stage maps (before merging), timm style.
 
         ``indices``: stage indices, or an int n for the last n stages; ``norm`` applies the
-        final norm to the last stage's map; ``output_fmt`` is ``"NCHW"`` or ``"NHWC"``.
+        final norm to the last stage's map; ``output_fmt`` is ``"NCHW"`` or ``"NHWC"`` for the
+        intermediates (the final map is NHWC, as :meth:`forward_features`).
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt={output_fmt!r} must be 'NCHW' or 'NHWC'")
         num = len(self.layers)
-        if indices is None:
-            wanted = list(range(num))
-        elif isinstance(indices, int):
-            wanted = list(range(num - indices, num))
-        else:
-            wanted = [i % num for i in indices]
-        stop = max(wanted) if (stop_early or intermediates_only) else None
+        wanted, max_index = feature_take_indices(num, indices)
+        stop = max_index if (stop_early or intermediates_only) else None
         intermediates = []
         for i, tokens, H, W in self._stages(x, stop):
             if i in wanted:
@@ -184,19 +200,25 @@ class LITv2(nn.Module):
                 intermediates.append(out.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else out)
         if intermediates_only:
             return intermediates
-        final = self.norm(tokens).reshape(tokens.shape[0], H, W, -1)
-        return final, intermediates
+        if i == num - 1:
+            tokens = self.norm(tokens)  # the final norm is sized for (and only applied to) the last stage
+        return tokens.reshape(tokens.shape[0], H, W, -1), intermediates
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
-        """Drop stages after the last wanted one (and optionally norm/head), timm style."""
-        num = len(self.layers)
-        wanted = list(range(num - indices, num)) if isinstance(indices, int) else [i % num for i in indices]
-        keep = max(wanted) + 1
-        self.layers = self.layers[:keep]
+        """Drop the stages after the last wanted one (and the norm and head), timm style.
+
+        The final norm and the head are sized for the last stage, so they go whenever stages
+        are dropped; ``num_features`` then describes the new last stage.
+        """
+        wanted, max_index = feature_take_indices(len(self.layers), indices)
+        prune_end = max_index < len(self.layers) - 1
+        self.layers = self.layers[: max_index + 1]
         self.layers[-1].downsample = None
-        if prune_norm:
+        if prune_norm or prune_end:
             self.norm = nn.Identity()
-        if prune_head:
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
             self.reset_classifier(0, "")
         return wanted
 
@@ -206,3 +228,19 @@ def build_model(config: LITConfig, num_classes: int = 1000, img_size: int | tupl
     if not isinstance(config, LITConfig):
         raise ValueError(f"config must be a litv2.LITConfig, got {type(config).__name__}")
     return LITv2(config, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **kwargs)
+
+
+def build_zeroed_model(config: LITConfig, num_classes: int = 1000, img_size: int | tuple[int, int] = 224,
+                       in_chans: int = 3, **kwargs) -> LITv2:
+    """:func:`build_model` with every parameter and buffer zero, for what depends on shapes only.
+
+    Parameter and FLOP counts need no weights, while drawing tens of millions of random ones
+    costs seconds of CPU: the network is built on the meta device and zero-filled instead.
+    """
+    with torch.device("meta"):
+        model = build_model(config, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **kwargs)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.zero_()
+    return model

@@ -1,9 +1,10 @@
 """Named architectures and their timm registrations.
 
 ``import litv2`` registers ``litv2_s``, ``litv2_m``, ``litv2_b`` (official LITv2 configs) and
-``lit_s`` (LITv1-S: MLP-only stages 1-2, plain MLP, MSA with relative position bias, DTM) so
+``lit_s``, ``lit_m``, ``lit_b`` (LITv1: MLP-only stages 1-2, plain MLP, MSA with relative
+position bias, DTM, at the same widths and depths) so
 ``timm.create_model(name, num_classes=..., checkpoint_path=...)`` works, ``features_only``
-included.
+included (NCHW maps, as detection and segmentation necks take them).
 """
 from __future__ import annotations
 
@@ -16,9 +17,15 @@ from .model import LITv2
 LITV2_S = LITConfig()
 LITV2_M = LITConfig(depths=(2, 2, 18, 2), drop_path_rate=0.3)
 LITV2_B = LITConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)
-LIT_S = LITConfig(attn_kind=("msa",) * 4, window_size=(0, 0, 0, 0), ffn="mlp", rel_pos_bias=True)
+# LITv1 is LITv2 with global MSA + relative position bias for HiLo and a plain MLP for ConvFFN.
+_LITV1 = dict(attn_kind=("msa",) * 4, window_size=(0, 0, 0, 0), ffn="mlp", rel_pos_bias=True)
+LIT_S = LITV2_S.replace(**_LITV1)
+LIT_M = LITV2_M.replace(**_LITV1)
+LIT_B = LITV2_B.replace(**_LITV1)
 
-NAMED_CONFIGS: dict[str, LITConfig] = {"litv2_s": LITV2_S, "litv2_m": LITV2_M, "litv2_b": LITV2_B, "lit_s": LIT_S}
+NAMED_CONFIGS: dict[str, LITConfig] = {
+    "litv2_s": LITV2_S, "litv2_m": LITV2_M, "litv2_b": LITV2_B, "lit_s": LIT_S, "lit_m": LIT_M, "lit_b": LIT_B,
+}
 
 
 def get_config(name: str) -> LITConfig:
@@ -41,9 +48,11 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in NAMED_CONFIGS})
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    # NCHW feature maps although the model's own output_fmt is NHWC, stated explicitly: timm
+    # versions differ in whether the feature wrapper inherits the model's format.
     return build_model_with_cfg(
         LITv2, variant, pretrained, config=get_config(variant),
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices, output_fmt="NCHW"), **kwargs,
     )
 
 
@@ -67,5 +76,17 @@ def litv2_b(pretrained: bool = False, **kwargs) -> LITv2:
 
 @register_model
 def lit_s(pretrained: bool = False, **kwargs) -> LITv2:
-    """LITv1-S, the starting point of the paper's Table 5."""
+    """LITv1-S, the starting point of the paper's Table 5: 27,973,720 params, as the official code."""
     return _create("lit_s", pretrained, **kwargs)
+
+
+@register_model
+def lit_m(pretrained: bool = False, **kwargs) -> LITv2:
+    """LITv1-M: 49,372,264 params, as the official code (the LITv1 zoo prints 48M)."""
+    return _create("lit_m", pretrained, **kwargs)
+
+
+@register_model
+def lit_b(pretrained: bool = False, **kwargs) -> LITv2:
+    """LITv1-B: 87,292,384 params, as the official code (the LITv1 zoo prints 86M)."""
+    return _create("lit_b", pretrained, **kwargs)

@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 import optuna  # noqa: E402 (after the filter)
 import torch  # noqa: E402
-from litv2 import LITConfig, build_model, count_flops, count_params  # noqa: E402
+from litv2 import LITConfig, build_zeroed_model, count_flops, count_params  # noqa: E402
 
 from .errors import SpaceError  # noqa: E402
 from .identity import arch_id, summary  # noqa: E402
@@ -69,7 +69,7 @@ def show_space(space: SearchSpace, samples: int = 3, seed: int = 0) -> None:
     torch.set_num_threads(1)
     try:
         for config in configs:
-            model = build_model(config, img_size=img)
+            model = build_zeroed_model(config, img_size=img)  # params and FLOPs need shapes only
             flops = count_flops(model, (3, img, img))
             print(f"  {arch_id(config):<14}{count_params(model) / 1e6:>7.2f}M{flops / 1e9:>8.2f}  {summary(config)}")
     finally:

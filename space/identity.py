@@ -15,6 +15,9 @@ the paper's sweep values 0.1 ... 0.9 stay themselves.
 
 ``drop_path_rate`` is kept by :func:`canonical` (a proxy is trained with it) but is not part
 of the id: it is a training hyperparameter, not a property of the network that is deployed.
+Fields added to :class:`~litv2.LITConfig` after ids were first stored enter the hash only
+when they differ from their default, so every id already in a study or a throughput cache
+still names the same network.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from litv2 import LITConfig, lofi_heads
 WINDOWED_KINDS = ("hilo", "wmsa", "tmsa")
 ID_LENGTH = 12
 _DEFAULTS = LITConfig()
+# LITConfig fields newer than the first stored ids: hashed only away from their default.
+LATER_FIELDS = ("lofi_valid_average",)
 
 
 def canonical(config: LITConfig) -> LITConfig:
@@ -42,6 +47,7 @@ def canonical(config: LITConfig) -> LITConfig:
         merge=config.merge if config.num_stages > 1 else _DEFAULTS.merge,
         qkv_bias=config.qkv_bias if any(config.attention) else _DEFAULTS.qkv_bias,
         mlp_ratio=_snap_mlp_ratio(config),
+        lofi_valid_average=config.lofi_valid_average and any(_pools_lofi(config, i) for i in range(config.num_stages)),
     )
 
 
@@ -60,6 +66,9 @@ def arch_id(config: LITConfig) -> str:
     """12 hex digits of the sha256 of the canonical form, ``drop_path_rate`` left out."""
     fields = canonical(config).to_dict()
     del fields["drop_path_rate"]
+    for name in LATER_FIELDS:
+        if fields[name] == getattr(_DEFAULTS, name):
+            del fields[name]
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
 
@@ -70,7 +79,8 @@ def summary(config: LITConfig) -> str:
     Parts: HiLo's alpha where it matters (one value, or per stage); the attention layout per
     stage (``-`` = MLP-only; HiLo / W-MSA windows, T-MSA ``window/sr``, SRA ``sr``, MSA ``g``;
     prefixed by the kind unless it is HiLo); depths; FFN, ``+rpe`` with a relative position
-    bias; merging; then embed dim ``e``/MLP ratio ``r`` where they differ from LITv2-S.
+    bias; merging; then embed dim ``e``/MLP ratio ``r`` where they differ from LITv2-S, and
+    ``lofi-valid`` for HiLo's valid-token Lo-Fi average.
     """
     c = canonical(config)
     stages = range(c.num_stages)
@@ -92,6 +102,8 @@ def summary(config: LITConfig) -> str:
         parts.append(f"e{c.embed_dim}")
     if c.mlp_ratio != _DEFAULTS.mlp_ratio:
         parts.append(f"r{c.mlp_ratio:g}")
+    if c.lofi_valid_average:
+        parts.append("lofi-valid")
     return " ".join(parts)
 
 
@@ -112,6 +124,12 @@ def _hifi_heads(config: LITConfig, i: int) -> int:
 
 def _alpha_matters(config: LITConfig, i: int) -> bool:
     return config.attention[i] and config.attn_kind[i] == "hilo" and config.window_size[i] > 1
+
+
+def _pools_lofi(config: LITConfig, i: int) -> bool:
+    """Whether stage ``i`` has average-pooled Lo-Fi heads (the only place partial windows are averaged)."""
+    return (_alpha_matters(config, i)
+            and lofi_heads(config.num_heads[i], config.alpha[i], config.window_size[i]) > 0)
 
 
 def _carries_rpe(config: LITConfig, i: int) -> bool:

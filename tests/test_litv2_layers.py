@@ -6,6 +6,9 @@ from litv2.bench import NaiveHiLo, NaiveMSA
 from litv2.layers import (AttentionBlock, ConvFFN, DeformableTokenMerging, FFNBlock, HiLo, Mlp, PatchMerging,
                           build_attention, lofi_heads, sampled_deform_conv2d)
 from litv2.layers.attention import Attention
+from official_hilo import official_hilo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 KINDS = [
     dict(kind="hilo", window_size=2, alpha=0.9),
@@ -40,16 +43,66 @@ def test_attention_forward_backward(spec, size):
 @pytest.mark.parametrize("alpha,window", [(0.9, 2), (0.5, 2), (0.0, 2), (1.0, 2), (0.5, 1), (0.7, 3)])
 @pytest.mark.parametrize("size", [(8, 8), (6, 10), (7, 5)])
 @pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
-def test_hilo_fast_path_equals_matmul_softmax(alpha, window, size, grad):
+@pytest.mark.parametrize("valid", [False, True], ids=["padded", "valid-average"])
+def test_hilo_fast_path_equals_matmul_softmax(alpha, window, size, grad, valid):
     """Inference writes both projections into one buffer instead of concatenating: check it too."""
     torch.manual_seed(0)
-    fast = HiLo(48, 6, window_size=window, alpha=alpha)
-    naive = NaiveHiLo(48, 6, window_size=window, alpha=alpha)
+    fast = HiLo(48, 6, window_size=window, alpha=alpha, lofi_valid_average=valid)
+    naive = NaiveHiLo(48, 6, window_size=window, alpha=alpha, lofi_valid_average=valid)
     naive.load_state_dict(fast.state_dict())
     height, width = size
     x = torch.randn(3, height * width, 48)
     with torch.set_grad_enabled(grad):
         assert (fast(x, height, width) - naive(x, height, width)).abs().max() <= 1e-5
+
+
+# Windows 2-4 at several head splits (6 heads: alpha 0.2 -> 1 Lo-Fi head, 0.5 -> 3, 0.9 -> 5),
+# all Hi-Fi (alpha 0), all Lo-Fi (alpha 1), and window 1 (plain global attention).
+OFFICIAL_CASES = [(ws, alpha) for ws in (2, 3, 4) for alpha in (0.0, 0.2, 0.5, 0.9, 1.0)] + [(1, 0.5)]
+
+
+@pytest.mark.parametrize("window,alpha", OFFICIAL_CASES)
+@pytest.mark.parametrize("size", [(13, 17), (7, 9), (15, 15), (12, 12)])
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
+def test_hilo_equals_official_padding_semantics(window, alpha, size, grad):
+    """The default on non-divisible maps is the official one: pad first, both paths on the padded map, crop."""
+    torch.manual_seed(0)
+    hilo = HiLo(48, 6, window_size=window, alpha=alpha)
+    height, width = size
+    x = torch.randn(2, height * width, 48)
+    with torch.set_grad_enabled(grad):
+        ours = hilo(x, height, width)
+    with torch.no_grad():
+        reference = official_hilo(hilo, x, height, width)
+    assert (ours - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("window,alpha", [(2, 0.5), (3, 0.9), (4, 1.0), (4, 0.2)])
+@pytest.mark.parametrize("size", [(13, 17), (7, 9), (15, 15)])
+def test_hilo_valid_average_option_equals_its_reference(window, alpha, size):
+    torch.manual_seed(0)
+    hilo = HiLo(48, 6, window_size=window, alpha=alpha, lofi_valid_average=True)
+    height, width = size
+    x = torch.randn(2, height * width, 48)
+    with torch.no_grad():
+        ours = hilo(x, height, width)
+        assert (ours - official_hilo(hilo, x, height, width, valid_average=True)).abs().max() <= 1e-5
+        # The two averages differ where a window is partial, by far more than the tolerance.
+        gap = (ours - official_hilo(hilo, x, height, width)).abs().max()
+        assert gap > 1e-3 if (height % window or width % window) else gap <= 1e-5
+
+
+def test_hilo_paddings_agree_on_divisible_maps_and_the_option_only_exists_where_lofi_pools():
+    torch.manual_seed(0)
+    padded = HiLo(48, 6, window_size=2, alpha=0.5)
+    valid = HiLo(48, 6, window_size=2, alpha=0.5, lofi_valid_average=True)
+    valid.load_state_dict(padded.state_dict())
+    x = torch.randn(2, 12 * 8, 48)
+    with torch.no_grad():
+        assert torch.equal(padded(x, 12, 8), valid(x, 12, 8))
+    assert valid.lofi_valid_average and "lofi_valid_average=True" in repr(valid)
+    for window, alpha in ((1, 0.5), (2, 0.0)):  # no pooled Lo-Fi heads: the option builds the same layer
+        assert not HiLo(48, 6, window_size=window, alpha=alpha, lofi_valid_average=True).lofi_valid_average
 
 
 def test_hilo_inference_join_follows_autocast():

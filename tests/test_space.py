@@ -20,15 +20,7 @@ from litv2 import LIT_S, LITV2_S, lofi_heads
 from space.registry import SPACES_DIR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models and batch-1 forwards: on a shared machine extra OpenMP threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fingerprint(config: litv2.LITConfig) -> tuple:
@@ -145,6 +137,16 @@ def test_id_is_short_hex_and_pinned():
     assert space.arch_id(LITV2_S) == "c500a0a1ae55"
 
 
+def test_lofi_valid_average_is_a_different_network_only_where_lofi_pools():
+    valid = LITV2_S.replace(lofi_valid_average=True)
+    assert space.arch_id(valid) != space.arch_id(LITV2_S) and fingerprint(valid) != fingerprint(LITV2_S)
+    assert space.summary(valid) == "a0.9 ws[-,-,2,1] d[2,2,6,2] convffn dtm lofi-valid"
+    no_pooled_lofi = LITV2_S.replace(alpha=(0.0,) * 4)  # stage 3 all Hi-Fi, stage 4 window 1
+    same = no_pooled_lofi.replace(lofi_valid_average=True)
+    assert space.canonical(same) == space.canonical(no_pooled_lofi)
+    assert space.arch_id(same) == space.arch_id(no_pooled_lofi) and fingerprint(same) == fingerprint(no_pooled_lofi)
+
+
 def test_summary():
     assert space.summary(LITV2_S) == "a0.9 ws[-,-,2,1] d[2,2,6,2] convffn dtm"
     assert space.summary(LIT_S) == "msa[-,-,g,g] d[2,2,6,2] mlp+rpe dtm"
@@ -214,12 +216,33 @@ def test_1000_random_draws_from_default_build_and_never_give_one_network_two_ids
 
 
 def test_conditional_dimensions_are_drawn_only_where_they_apply():
-    allowed = {"merge", "pos_enc", "alpha", *(f"{p}{i}" for p in ("mlp_only_s", "ws_s") for i in range(4))}
+    always = {"mlp_ratio", "merge", "pos_enc", "mlp_only_s0", "mlp_only_s1", *(f"depth_s{i}" for i in range(4))}
+    allowed = always | {"alpha", *(f"ws_s{i}" for i in range(4))}
     for params, config in random_trials(space.get_space("default"), 300, seed=1):
-        assert set(params) <= allowed
+        assert always <= set(params) <= allowed
         for i in range(4):
             assert (f"ws_s{i}" in params) == config.attention[i]
         assert ("alpha" in params) == any(config.window_size[i] > 1 for i in range(4) if config.attention[i])
+
+
+def test_default_searches_stage_depths_around_litv2_s_and_the_mlp_ratio():
+    default = space.get_space("default")
+    dims = {name: dim for name, dim, _ in default.dimensions()}
+    depths = [tuple(dims[f"depth_s{i}"].grid()) for i in range(4)]
+    assert all(depth in values for depth, values in zip(LITV2_S.depths, depths))
+    assert (min(depths[2]), max(depths[2])) == (2, 10) and len(depths[2]) > max(len(d) for d in depths[:2] + depths[3:])
+    assert LITV2_S.mlp_ratio in dims["mlp_ratio"].grid() and len(dims["mlp_ratio"].grid()) > 1
+    drawn = [config for _, config in random_trials(default, 200, seed=2)]
+    assert {config.depths[2] for config in drawn} == set(depths[2])
+    assert {config.mlp_ratio for config in drawn} == set(dims["mlp_ratio"].grid())
+    # Deeper is costlier: what the budget of a search has to see.
+    params = dict(mlp_ratio=4.0, depth_s0=2, depth_s1=2, depth_s3=2, mlp_only_s0=True, mlp_only_s1=True,
+                  pos_enc="convffn", merge="dtm", ws_s2=2, ws_s3=1, alpha=0.9)
+    sizes = []
+    for depth in (2, 10):
+        with torch.device("meta"):
+            sizes.append(litv2.count_params(litv2.build_model(default.sample(FixedTrial({**params, "depth_s2": depth})))))
+    assert sizes[1] > 1.5 * sizes[0]
 
 
 def test_default_windows_are_filtered_per_stage():
@@ -232,7 +255,8 @@ def test_default_windows_are_filtered_per_stage():
 
 def test_equivalent_draws_are_one_architecture():
     default = space.get_space("default")
-    params = dict(mlp_only_s0=True, mlp_only_s1=True, pos_enc="convffn", merge="dtm", ws_s2=2, ws_s3=1)
+    params = dict(mlp_ratio=4.0, depth_s0=2, depth_s1=2, depth_s2=6, depth_s3=2, mlp_only_s0=True, mlp_only_s1=True,
+                  pos_enc="convffn", merge="dtm", ws_s2=2, ws_s3=1)
     configs = [default.sample(FixedTrial({**params, "alpha": a})) for a in (0.84, 0.9, 0.91)]
     assert configs[0] == configs[1] == configs[2]
     assert space.arch_id(configs[0]) == space.arch_id(LITV2_S)

@@ -190,16 +190,19 @@ def build_attention(
     max_size: tuple[int, int] = (14, 14),
     qkv_bias: bool = True,
     attn_drop: float = 0.0,
+    lofi_valid_average: bool = False,
 ) -> nn.Module:
     """One attention layer of ``kind`` for the ``block_index``-th block of a stage.
 
     ``max_size`` is the stage's feature map at the model's nominal input size; it sizes the
     global relative position bias of ``msa``. ``block_index`` drives the alternations of
     Swin (shifted windows on odd blocks) and Twins (global sub-sampled attention on odd blocks).
+    ``lofi_valid_average`` applies to HiLo only (see :class:`~litv2.layers.HiLo`).
     """
     common = dict(qkv_bias=qkv_bias, attn_drop=attn_drop)
     if kind == "hilo":
-        return HiLo(dim, num_heads, window_size=window_size, alpha=alpha, rel_pos_bias=rel_pos_bias, **common)
+        return HiLo(dim, num_heads, window_size=window_size, alpha=alpha, rel_pos_bias=rel_pos_bias,
+                    lofi_valid_average=lofi_valid_average, **common)
     if kind == "msa":
         return Attention(dim, num_heads, rel_pos_max=max_size if rel_pos_bias else None, **common)
     if kind == "sra":

@@ -5,6 +5,16 @@ keep local detail; ``alpha`` of the heads (Lo-Fi) attend from every query to key
 average-pooled over each window and capture global structure at a fraction of the cost.
 Parameter names follow the official release (``h_qkv``, ``h_proj``, ``l_q``, ``l_kv``,
 ``l_proj``) so its checkpoints load unchanged; a path with no heads has no parameters.
+
+Maps whose sides are not multiples of the window follow the official dense-prediction code
+(the detection and segmentation backbones): the ``(B, H, W, C)`` map is zero-padded at the
+bottom/right to a multiple of the window *before* any projection, both paths run on the
+padded map and the result is cropped back to ``H x W``. Padded tokens are zero inputs, so
+inside a border window they are Hi-Fi keys/values equal to the projection biases, and a
+border window's Lo-Fi average counts the zeros. Checkpoints trained that way (e.g. COCO
+backbones at 800x1333) compute what they were trained to compute. ``lofi_valid_average``
+instead averages a partial Lo-Fi window over its valid tokens only, for models trained from
+scratch at such sizes; Hi-Fi windows are padded either way.
 """
 from __future__ import annotations
 
@@ -69,6 +79,8 @@ class HiLo(nn.Module):
         attn_drop: dropout on attention weights (training only).
         proj_drop: dropout after the output projections.
         rel_pos_bias: add a Swin-style relative position bias inside Hi-Fi windows.
+        lofi_valid_average: average partial Lo-Fi windows of non-divisible maps over their
+            valid tokens only, instead of over the zero-padded window as the official code.
     """
 
     def __init__(
@@ -82,6 +94,7 @@ class HiLo(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         rel_pos_bias: bool = False,
+        lofi_valid_average: bool = False,
     ) -> None:
         super().__init__()
         check_heads(dim, num_heads)
@@ -97,6 +110,8 @@ class HiLo(nn.Module):
         self.l_dim = self.l_heads * head_dim
         self.h_dim = self.h_heads * head_dim
         self.scale = qk_scale or head_dim**-0.5
+        # Only pooled Lo-Fi heads have partial windows; elsewhere the option builds the same layer.
+        self.lofi_valid_average = lofi_valid_average and self.l_heads > 0 and window_size > 1
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
         if self.l_heads > 0:
@@ -112,7 +127,11 @@ class HiLo(nn.Module):
         return self.attn_drop if self.training else 0.0
 
     def hifi(self, x: torch.Tensor) -> torch.Tensor:
-        """Self-attention inside each window of a ``(B, H, W, C)`` map, before ``h_proj``."""
+        """Self-attention inside each window of a ``(B, H, W, C)`` map, before ``h_proj``.
+
+        The map is padded before ``h_qkv``, as officially: padded tokens of a border window
+        are keys/values equal to the projection biases, not masked out.
+        """
         batch, height, width, _ = x.shape
         ws = self.window_size
         qkv = self.h_qkv(pad_to_multiple(x, ws))
@@ -128,13 +147,18 @@ class HiLo(nn.Module):
         return out.reshape(batch, padded_h, padded_w, self.h_dim)[:, :height, :width]
 
     def lofi(self, x: torch.Tensor) -> torch.Tensor:
-        """Every query of a ``(B, H, W, C)`` map attends to window-averaged keys/values; before ``l_proj``."""
+        """Every query of a ``(B, H, W, C)`` map attends to window-averaged keys/values; before ``l_proj``.
+
+        The official code also computes queries for the padding and crops them away, so only
+        the ``H x W`` queries are computed here. Keys/values come from whole windows of the
+        zero-padded map (zeros count in border averages) or, with ``lofi_valid_average``,
+        from ``ceil_mode`` windows averaged over the tokens they cover.
+        """
         batch, height, width, channels = x.shape
         q = self.l_q(x).reshape(batch, height * width, self.l_heads, self.head_dim).transpose(1, 2)
         if self.window_size > 1:
-            # ceil_mode averages the partial windows of non-divisible maps over their valid
-            # tokens only, so no token is dropped from the global summary.
-            pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.window_size, ceil_mode=True)
+            grid = x if self.lofi_valid_average else pad_to_multiple(x, self.window_size)
+            pooled = F.avg_pool2d(grid.permute(0, 3, 1, 2), self.window_size, ceil_mode=True)
             x = pooled.flatten(2).transpose(1, 2)
         kv = self.l_kv(x).reshape(batch, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
@@ -159,4 +183,6 @@ class HiLo(nn.Module):
         return project_side_by_side(((hifi, self.h_proj), (lofi, self.l_proj)))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, window_size={self.window_size}, lofi_heads={self.l_heads}, hifi_heads={self.h_heads}"
+        valid = ", lofi_valid_average=True" if self.lofi_valid_average else ""
+        return (f"dim={self.dim}, window_size={self.window_size}, lofi_heads={self.l_heads}, "
+                f"hifi_heads={self.h_heads}{valid}")
