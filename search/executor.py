@@ -79,33 +79,14 @@ def train_job(job: TrainJob) -> dict[str, Any]:
 
 
 def measure_job(config_json: str, target_key: str, repeats: int, warmup: int) -> dict[str, Any]:
-    """Build the full-size model, count its params/FLOPs and measure it on the target.
-
-    The task holds the whole device (see ``plan_resources``) but runs the target's own thread
-    count, so a CPU target's idle cores absorb the node's background work.
-    """
-    import torch
-
-    from litv2 import LITConfig, build_model, count_flops, count_params
-    from litv2.throughput import measure_throughput
+    """Measure the full-size model on the target (:func:`search.measuring.measure_architecture`:
+    ``repeats`` is the least number of timed blocks, ``warmup`` of warm-up calls); params and
+    FLOPs are counted after the measurement until the driver calls ``count_architecture``."""
+    from search.measuring import count_architecture, measure_architecture
     from search.target import parse_target
 
-    start, began = time.perf_counter(), time.time()
-    target = parse_target(target_key)
-    torch.set_num_threads(target.threads or 1)
-    config = LITConfig.from_json(config_json)
-    model = build_model(config, num_classes=1000, img_size=target.img_size)
-    params = count_params(model)
-    flops = count_flops(model, (3, target.img_size, target.img_size))
-    measured = measure_throughput(
-        model, batch_size=target.batch_size, img_size=target.img_size, device=target.device,
-        precision=target.precision, warmup=warmup, repeats=repeats,
-    )
-    return dict(
-        throughput=measured.median, throughput_spread=measured.spread, samples=list(measured.samples),
-        peak_memory_mb=measured.peak_memory_mb, params=params, flops=flops,
-        wall_seconds=time.perf_counter() - start, node=socket.gethostname(), interval=(began, time.time()),
-    )
+    measured = measure_architecture(config_json, target_key, min_samples=repeats, min_warmup_calls=warmup)
+    return {**count_architecture(config_json, parse_target(target_key).img_size), **measured}
 
 
 @dataclass(frozen=True)

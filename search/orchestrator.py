@@ -28,6 +28,7 @@ from . import executor
 from .budget import parse_budget
 from .cache import ThroughputCache
 from .front import evaluated_points, front_csv, hypervolume, pareto_front, plot_front
+from .measuring import measuring_fingerprint
 from .settings import SearchSettings
 from .storage import open_storage
 from .target import parse_target
@@ -147,6 +148,9 @@ class Search:
         self.resources = self.connect()  # first: a cluster that cannot serve the search leaves nothing behind
         study = self.open_study(resume)
         self.cache = ThroughputCache(self.workdir / "throughput_cache.db")
+        # Asked where measurements run (device model, library versions): the cache keys on it.
+        self.fingerprint = ray.get(ray.remote(measuring_fingerprint).options(**self.resources.measure_options)
+                                   .remote(self.target.key))
         self.tracker = StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
         run_id = self.tracker.start(self.settings.study, self._parent_params(), study.user_attrs.get(RUN_ID_ATTR))
         study.set_user_attr(RUN_ID_ATTR, run_id)
@@ -300,7 +304,7 @@ class Search:
         """Finish queued trials in order: from the throughput cache, or by a measurement task."""
         while self.measure_queue and self._measurements_running() < self.resources.measure_slots:
             pending = self.measure_queue.pop(0)
-            cached = self.cache.get(pending.arch, self.target.key)
+            cached = self.cache.get(pending.arch, self.target.key, self.fingerprint)
             if cached is not None:
                 self._finish(pending, cached, measured_now=False)
                 continue
