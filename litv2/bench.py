@@ -248,7 +248,7 @@ def _table(args: argparse.Namespace) -> int:
               f"{args.precision}, {flags}allocator {allocator_policy()}; dim {DIM}, {HEADS} heads; "
               f"median of {args.repeats} rounds [95% interval]")
         rows = run(device, args.repeats, model_batch, args.quick, protocol, args.precision)
-    print("| layer / model          | input        |  params  |   FLOPs    |   img/s (median +- half 95% CI) | peak MB |")
+    print("| layer / model          | input        |  params  |   FLOPs    |  img/s (median +- half 95% CI) | peak MB |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(_format_row(row))
@@ -257,8 +257,8 @@ def _table(args: argparse.Namespace) -> int:
         print(line)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(dict(device=device_name(device), threads=threads, precision=args.precision,
-                           versions=library_versions(device), allocator=allocator_policy(), rows=rows), handle, indent=2)
+            json.dump(dict(device=device_name(device), threads=threads, precision=args.precision, rows=rows,
+                           versions=library_versions(device), allocator=allocator_policy()), handle, indent=2)
     return 0
 
 
@@ -278,32 +278,45 @@ def _measure_options(args: argparse.Namespace) -> dict:
                 protocol=MeasureProtocol(block_seconds=args.block_seconds, max_seconds=args.max_seconds))
 
 
+def _faults(record: dict) -> str:
+    return "-" if record["page_faults_per_call"] is None else f"{record['page_faults_per_call']:.0f}"
+
+
 def _summary(record: dict) -> str:
     return (f"{record['median']:.2f} img/s [{record['ci_low']:.2f}, {record['ci_high']:.2f}] "
             f"({record['relative_ci']:.1%} wide{', CAPPED' if record['capped'] else ''}; {record['n_samples']} blocks "
-            f"of {record['calls_per_block']}), {record['seconds']:.1f} s")
+            f"of {record['calls_per_block']}), {record['seconds']:.1f} s building included, "
+            f"{_faults(record)} page faults/call")
 
 
 def _measure(args: argparse.Namespace) -> int:
-    """One measurement in this process, by the search's protocol (:func:`litv2.measure.measure_config`)."""
-    config, target, options = _config(args.config), parse_target(args.target), _measure_options(args)
-    start = time.perf_counter()
-    measured = measure_config(config, target, **options)
-    record = dict(config=args.config, target=target.key, seconds=time.perf_counter() - start, pid=os.getpid(),
-                  **measured.to_dict())
+    """Each ``--config`` in turn, in this process, by the search's protocol
+    (:func:`litv2.measure.measure_config`); several show what one measurement leaves to the next."""
+    texts = args.config or ["litv2_s"]
+    configs, target, options = [_config(text) for text in texts], parse_target(args.target), _measure_options(args)
+    records = []
+    for text, config in zip(texts, configs):
+        start = time.perf_counter()
+        measured = measure_config(config, target, **options)
+        records.append(dict(config=text, target=target.key, seconds=time.perf_counter() - start, pid=os.getpid(),
+                            **measured.to_dict()))
+        if args.json != "-":
+            print(f"{text} at {target.key}: {_summary(records[-1])}", flush=True)
     if args.json == "-":
-        print(json.dumps(record))
+        print(json.dumps(records))
         return 0
-    print(f"{args.config} at {target.key}: {_summary(record)} building included; {record['device_name']}, "
-          f"{record['threads']} threads, torch {record['versions']['torch']}, allocator {record['allocator']}")
+    first = records[0]
+    print(f"{first['device_name']}, {first['threads']} threads, torch {first['versions']['torch']}, "
+          f"allocator {first['allocator']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2))
+        Path(args.json).write_text(json.dumps(records, indent=2))
     return 0
 
 
 def _repeatability(args: argparse.Namespace) -> int:
     """``--runs`` measurements, each in a fresh process, and how far their medians spread."""
-    config, target = _config(args.config), parse_target(args.target)
+    _config(args.config)
+    target = parse_target(args.target)
     if args.runs < 2:
         raise ValueError(f"--runs {args.runs} is invalid: expected at least 2")
     _measure_options(args)  # bad options fail here, not in every child
@@ -313,26 +326,27 @@ def _repeatability(args: argparse.Namespace) -> int:
                                       ("--default-allocator", args.default_allocator)) if on]
     if args.channels_last is not None:
         command.append("--channels-last" if args.channels_last else "--no-channels-last")
-    print(f"{args.config} ({config.to_json()[:60]}...) at {target.key}, {args.runs} fresh processes:")
-    print("| run | median img/s | 95% interval | width | blocks | capped | measure s | process s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"{args.config} at {target.key}, {args.runs} fresh processes, each `{' '.join(command[1:5])} ...`:")
+    print("| run | median img/s | 95% interval | width | blocks | capped | faults/call | measure s | process s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     records = []
     for run_index in range(1, args.runs + 1):
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"run {run_index} failed: {done.stderr.strip().splitlines()[-1:]}")
-        record = json.loads(done.stdout.strip().splitlines()[-1])
+        record = json.loads(done.stdout.strip().splitlines()[-1])[0]
         record["process_seconds"] = time.perf_counter() - start
         records.append(record)
         print(f"| {run_index} | {record['median']:.2f} | [{record['ci_low']:.2f}, {record['ci_high']:.2f}] | "
               f"{record['relative_ci']:.1%} | {record['n_samples']} x {record['calls_per_block']} | "
-              f"{'yes' if record['capped'] else 'no'} | {record['seconds']:.1f} | {record['process_seconds']:.1f} |",
-              flush=True)
+              f"{'yes' if record['capped'] else 'no'} | {_faults(record)} | {record['seconds']:.1f} | "
+              f"{record['process_seconds']:.1f} |", flush=True)
     medians = [r["median"] for r in records]
     spread = max(medians) / min(medians) - 1
-    print(f"spread of the medians (max/min - 1): {spread:.1%}; {records[0]['device_name']}, "
-          f"{records[0]['threads']} threads, torch {records[0]['versions']['torch']}, allocator {records[0]['allocator']}")
+    first = records[0]
+    print(f"spread of the medians (max/min - 1): {spread:.1%}; {first['device_name']}, {first['threads']} threads, "
+          f"torch {first['versions']['torch']}, allocator {first['allocator']}")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(spread=spread, runs=records), indent=2))
     return 0
@@ -346,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     table.add_argument("--repeats", type=int, default=7,
                        help="timed rounds (one block of every layer per round, interleaved); at least 6 (default 7)")
-    table.add_argument("--model-batch", type=int, default=None, help="batch for whole models (default 64 on cuda, 8 on cpu)")
+    table.add_argument("--model-batch", type=int, default=None,
+                       help="batch for whole models (default 64 on cuda, 8 on cpu)")
     table.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (autocast; default fp32)")
     table.add_argument("--quick", action="store_true", help="14x14 layers only, no whole models")
     table.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -354,7 +369,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("measure", "one architecture, measured in this process as the search measures it"),
                        ("repeatability", "one architecture measured in N fresh processes: how far the medians spread")):
         command = commands.add_parser(name, help=text)
-        command.add_argument("--config", default="litv2_s", help="model name or LITConfig JSON file (default litv2_s)")
         command.add_argument("--target", default="cpu:bs1:224", help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS]")
         command.add_argument("--compile", action="store_true", help="measure torch.compile(model)")
         command.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -362,8 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--tf32", action="store_true", help="allow TF32 on cuda (default off)")
         command.add_argument("--max-seconds", type=float, default=MeasureProtocol().max_seconds,
                              help="time cap of warm-up + sampling (default %(default)s)")
-        command.add_argument("--json", default=None, metavar="FILE", help="write the record(s) as JSON ('-': stdout only)")
+        command.add_argument("--json", default=None, metavar="FILE",
+                             help="write the record(s) as JSON ('-': stdout only)")
         _add_protocol_options(command)
+    commands.choices["measure"].add_argument(
+        "--config", action="append", default=None,
+        help="model name or LITConfig JSON file (default litv2_s); repeat it to measure several in turn")
+    commands.choices["repeatability"].add_argument(
+        "--config", default="litv2_s", help="model name or LITConfig JSON file (default litv2_s)")
     commands.choices["repeatability"].add_argument("--runs", type=int, default=5, help="fresh processes (default 5)")
     return parser
 

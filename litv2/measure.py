@@ -53,6 +53,11 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+try:
+    import resource
+except ImportError:  # not on Windows: no page-fault counts there
+    resource = None
+
 from .config import LITConfig
 from .model import build_model
 from .target import Target
@@ -85,8 +90,9 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 # ---------------------------------------------------------------------------- the stopping rule
 @dataclass(frozen=True)
 class MeasureProtocol:
-    """When warm-up ends and sampling stops. The defaults keep a LITv2-S-sized network at CPU
-    batch 1 (~70 ms a forward) under 10 s of wall time, model construction included."""
+    """When warm-up ends and sampling stops. The defaults keep a measurement of a LITv2-S-sized
+    network at CPU batch 1 (~0.2 s a forward on one thread) under 10 s of wall time, model
+    construction included, and a small network's (~20 ms) at about 3 s when the machine is quiet."""
 
     min_warmup_seconds: float = 1.0
     max_warmup_seconds: float = 3.0
@@ -163,7 +169,8 @@ class WarmUp:
     converged: bool
 
 
-def warm_up(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(), clock: Clock = time.perf_counter) -> WarmUp:
+def warm_up(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
+            clock: Clock = time.perf_counter) -> WarmUp:
     """One untimed call, then blocks of about ``block_seconds`` (each sized from the one
     before) until two in a row agree after the minimum time and calls, or the warm-up cap
     (``max_warmup_seconds``, or ``max_seconds`` if that is shorter).
@@ -187,7 +194,8 @@ def warm_up(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(), cl
         previous, calls = per_call, _calls_for(per_call, protocol.block_seconds)
 
 
-def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(), clock: Clock = time.perf_counter) -> Timing:
+def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
+                 clock: Clock = time.perf_counter) -> Timing:
     """:func:`warm_up`, then time blocks until the median's interval is narrow enough or
     ``max_seconds`` (counted from the end of the first call) have passed.
 
@@ -212,19 +220,31 @@ def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(
         if elapsed() >= protocol.max_seconds:
             capped = True
             break
-    return Timing(tuple(seconds), warm.calls_per_block, warm.first_call_seconds, warm.seconds, warm.converged, capped, elapsed())
+    return Timing(tuple(seconds), warm.calls_per_block, warm.first_call_seconds, warm.seconds, warm.converged, capped,
+                  elapsed())
 
 
 # ---------------------------------------------------------------------------- device clocks
 class CpuTimer:
     """Blocks timed by :class:`timeit.Timer` (the loop under ``torch.utils.benchmark``): the
-    garbage collector is off while a block runs, the clock is ``time.perf_counter``."""
+    garbage collector is off while a block runs, the clock is ``time.perf_counter``.
+
+    It also counts the process's minor page faults per call in the last block (outside the
+    timed loop): in a steady state it is about 0; thousands mean the allocator hands the
+    kernel memory back every call (see :func:`pin_allocator`).
+    """
 
     def __init__(self, fn: Callable[[], object]) -> None:
         self._timer = timeit.Timer(fn)
+        self.page_faults_per_call: float | None = None
 
     def __call__(self, calls: int) -> float:
-        return self._timer.timeit(calls)
+        if resource is None:
+            return self._timer.timeit(calls)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        seconds = self._timer.timeit(calls)
+        self.page_faults_per_call = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls
+        return seconds
 
 
 class CudaEventTimer:
@@ -386,7 +406,8 @@ class Throughput:
     None on the CPU, where they do not apply. ``peak_memory_mb`` is what the measurement
     added (see :func:`peak_memory`): on CUDA the weights moved there, inputs and activations;
     on the CPU, where the weights were resident before, inputs and activations.
-    ``allocator`` is the host allocator's policy (see :func:`pin_allocator`).
+    ``allocator`` is the host allocator's policy (see :func:`pin_allocator`) and
+    ``page_faults_per_call`` the minor page faults per call in the last block (CPU only).
     """
 
     median: float
@@ -406,6 +427,7 @@ class Throughput:
     channels_last: bool
     compiled: bool
     allocator: str
+    page_faults_per_call: float | None
     capped: bool
     warmup_converged: bool
     warmup_seconds: float
@@ -426,10 +448,6 @@ class Throughput:
     def spread(self) -> float:
         """Half the interval's width: the +- printed beside the median."""
         return (self.ci_high - self.ci_low) / 2
-
-    @property
-    def fingerprint(self) -> dict[str, str]:
-        return fingerprint_of(asdict(self))
 
     def to_dict(self) -> dict:
         """Plain JSON types, for trial attributes, MLflow and the throughput cache."""
@@ -474,10 +492,12 @@ def measure_throughput(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     with backend_settings(device, threads, cudnn_benchmark, tf32), peak_memory(device) as added_mib:
         model = model.to(device).eval().to(memory_format=memory_format)
-        inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=device).contiguous(memory_format=memory_format)
+        inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
+        inputs = inputs.contiguous(memory_format=memory_format)
         runner = torch.compile(model) if compile else model
+        timer = block_timer(functools.partial(runner, inputs), device)
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            timing = run_protocol(block_timer(functools.partial(runner, inputs), device), protocol)
+            timing = run_protocol(timer, protocol)
         peak, used_threads = added_mib(), torch.get_num_threads()
     rates = tuple(batch_size / s for s in timing.seconds_per_call)
     low, high = median_ci(rates)
@@ -486,10 +506,10 @@ def measure_throughput(
         calls_per_block=timing.calls_per_block, batch_size=batch_size, img_size=img_size, precision=precision,
         device=str(device), device_name=device_name(device), threads=used_threads, versions=library_versions(device),
         cudnn_benchmark=cudnn_benchmark if on_cuda else None, tf32=tf32 if on_cuda else None,
-        channels_last=channels_last, compiled=compile, allocator=allocator_policy(), capped=timing.capped,
-        warmup_converged=timing.warmup_converged,
-        warmup_seconds=timing.warmup_seconds, first_call_seconds=timing.first_call_seconds,
-        wall_seconds=time.perf_counter() - began, peak_memory_mb=peak,
+        channels_last=channels_last, compiled=compile, allocator=allocator_policy(),
+        page_faults_per_call=timer.page_faults_per_call if isinstance(timer, CpuTimer) else None,
+        capped=timing.capped, warmup_converged=timing.warmup_converged, warmup_seconds=timing.warmup_seconds,
+        first_call_seconds=timing.first_call_seconds, wall_seconds=time.perf_counter() - began, peak_memory_mb=peak,
     )
 
 

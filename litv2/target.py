@@ -6,7 +6,7 @@ threads one inference stream uses. CPU targets default to one thread: batch-1 CP
 scales by running one single-threaded stream per core, and a single-threaded measurement on an
 otherwise idle node is also the one that repeats (two-thread runs of small models on a
 two-core node vary by +-20% from OpenMP barrier stalls whenever anything else wakes up).
-The canonical string is the throughput cache key, so ``cuda:bs64:224`` and
+The canonical string is part of the throughput cache key, so ``cuda:bs64:224`` and
 ``cuda:bs64:224:fp32`` share measurements, and so do ``cpu:bs1:224`` and ``cpu:bs1:224:fp32:t1``.
 """
 from __future__ import annotations

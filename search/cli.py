@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--trials-per-device", type=int, default=1, help="GPU budgets: trials sharing one GPU")
     run.add_argument("--cpus-per-trial", type=int, default=1, help="CPU budgets: cores per training trial")
-    run.add_argument("--measure-repeats", type=int, default=5, help="timed runs per throughput measurement")
+    run.add_argument("--measure-repeats", type=int, default=5,
+                     help="least number of timed blocks per throughput measurement (more are added until the "
+                          "median's 95%% interval is under 2%% wide or the time cap)")
     run.add_argument("--max-trials", type=int, help="stop after this many trained architectures (default: budget only)")
     resume = commands.add_parser("resume", help="continue an interrupted or finished study")
     _common(resume)

@@ -1,6 +1,5 @@
 """Whole models: config validation, timm registry, official checkpoints, params and FLOPs."""
 import json
-import time
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,8 @@
 """The measurement protocol: its stopping rule, what it records, and the device paths."""
 import json
+import platform
 import random
+import resource
 import sqlite3
 from contextlib import closing
 
@@ -10,8 +12,9 @@ from torch import nn
 
 from litv2 import LITConfig, build_model, count_flops, count_params
 from litv2.measure import (
-    MIN_SAMPLES_FOR_CI, CpuTimer, CudaEventTimer, MeasureProtocol, backend_settings, block_timer, device_fingerprint,
-    measure_throughput, median_ci, relative_ci_width, run_protocol,
+    MIN_SAMPLES_FOR_CI, PINNED_ALLOCATOR, CpuTimer, CudaEventTimer, MeasureProtocol, allocator_policy,
+    backend_settings, block_timer, device_fingerprint, fingerprint_of, measure_throughput, median_ci, pin_allocator,
+    relative_ci_width, run_protocol,
 )
 
 # Small enough for a test, long enough for several blocks.
@@ -106,7 +109,7 @@ def test_a_measurement_records_every_field_and_restores_the_threads():
     record = measured.to_dict()
     expected = {"median", "ci_low", "ci_high", "samples", "n_samples", "relative_ci", "calls_per_block", "batch_size",
                 "img_size", "precision", "device", "device_name", "threads", "versions", "cudnn_benchmark", "tf32",
-                "channels_last", "compiled", "allocator", "capped", "warmup_converged", "warmup_seconds",
+                "channels_last", "compiled", "allocator", "page_faults_per_call", "capped", "warmup_converged", "warmup_seconds",
                 "first_call_seconds", "wall_seconds", "peak_memory_mb"}
     assert set(record) == expected
     assert json.loads(json.dumps(record)) == record  # plain JSON: trial attributes, MLflow, the cache
@@ -116,7 +119,8 @@ def test_a_measurement_records_every_field_and_restores_the_threads():
     assert record["cudnn_benchmark"] is None and record["tf32"] is None  # CUDA-only flags
     assert record["channels_last"] is False and record["compiled"] is False
     assert record["peak_memory_mb"] is None or record["peak_memory_mb"] >= 0
-    assert measured.fingerprint == device_fingerprint("cpu")
+    assert record["allocator"] == PINNED_ALLOCATOR and record["page_faults_per_call"] == pytest.approx(0, abs=1)
+    assert fingerprint_of(record) == device_fingerprint("cpu")  # what the cache stores is what the driver asks for
     assert model.seen == {(False, True)}  # fp32: no autocast; always inference mode
     assert torch.get_num_threads() == threads_before
 
@@ -144,10 +148,12 @@ def test_the_device_picks_the_timer_and_the_backend_flags():
     saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     with backend_settings(torch.device("cuda"), None, cudnn_benchmark=not saved[0], tf32=not saved[1]):
         assert torch.backends.cudnn.benchmark is (not saved[0])
-        assert torch.backends.cuda.matmul.allow_tf32 is (not saved[1]) and torch.backends.cudnn.allow_tf32 is (not saved[1])
+        assert torch.backends.cuda.matmul.allow_tf32 is (not saved[1])
+        assert torch.backends.cudnn.allow_tf32 is (not saved[1])
     with backend_settings(torch.device("cpu"), None, cudnn_benchmark=not saved[0], tf32=not saved[1]):
         assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32) == saved[:2]  # CPU: untouched
-    assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == saved
+    now = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    assert now == saved
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -164,13 +170,14 @@ def test_measure_architecture_returns_the_search_record_without_flops():
     config_json = TINY.to_json()
     result = measure_architecture(config_json, "cpu:bs1:32", min_warmup_seconds=0.02, max_warmup_seconds=0.1,
                                   block_seconds=0.005, max_seconds=0.4)
-    assert {"throughput", "throughput_spread", "samples", "peak_memory_mb", "params", "wall_seconds", "node", "interval",
-            "measurement"} <= set(result) and "flops" not in result
+    assert {"throughput", "throughput_spread", "samples", "peak_memory_mb", "params", "wall_seconds", "node",
+            "interval", "measurement"} <= set(result) and "flops" not in result
     assert result["throughput"] == result["measurement"]["median"] > 0
     assert result["measurement"]["threads"] == 1 and result["measurement"]["img_size"] == 32
     model = build_model(TINY, num_classes=1000, img_size=32)
     counts = count_architecture(config_json, 32)
-    assert counts == dict(params=count_params(model), flops=count_flops(model, (3, 32, 32))) and counts["params"] == result["params"]
+    assert counts == dict(params=count_params(model), flops=count_flops(model, (3, 32, 32)))
+    assert counts["params"] == result["params"]
     assert count_architecture(config_json, 32) is counts  # cached: the driver counts each architecture once
 
 
@@ -191,3 +198,21 @@ def test_the_cache_keys_on_the_measuring_fingerprint(tmp_path):
     assert cache.get("a1", "cpu:bs1:224:fp32:t1", {**here, "torch": "0.0"}) is None  # other kernels: measure again
     assert cache.get("a1", "cpu:bs1:224:fp32:t1", {**here, "device_name": "other"}) is None
     assert cache.get("a1", "cpu:bs8:224:fp32:t1", here) is None
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="pins glibc's malloc")
+def test_a_pinned_allocator_reaches_a_steady_state_without_page_faults():
+    assert pin_allocator() == PINNED_ALLOCATOR == allocator_policy()
+
+    def forward() -> None:  # activations that grow and shrink as a network's do, up to 48 MB
+        x = torch.ones(2**20)
+        for megabytes in (8, 24, 48, 24, 8):
+            x = torch.empty(megabytes * 2**18).fill_(float(x[0]))
+
+    for _ in range(10):
+        forward()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        forward()
+    # glibc's default maps the 48 MB tensor afresh every time: ~24,500 faults per forward here
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 1000
