@@ -53,14 +53,14 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from .config import LITConfig
+from .model import build_model
+from .target import Target
+
 try:
     import resource
 except ImportError:  # not on Windows: no page-fault counts there
     resource = None
-
-from .config import LITConfig
-from .model import build_model
-from .target import Target
 
 BlockTimer = Callable[[int], float]
 """Runs the workload ``calls`` times back to back and returns the seconds they took,
@@ -101,7 +101,7 @@ class MeasureProtocol:
     block_seconds: float = 0.2  # one sample: back-to-back calls lasting at least this long
     min_samples: int = 8  # fewer than MIN_SAMPLES_FOR_CI still wait for that many
     target_ci: float = 0.02  # stop when the 95% interval of the median is narrower than 2% of it
-    max_seconds: float = 7.0  # warm-up + sampling, after the first call
+    max_seconds: float = 6.0  # warm-up + sampling, after the first call
 
     def __post_init__(self) -> None:
         for name in ("min_warmup_seconds", "max_warmup_seconds", "warmup_agreement", "block_seconds", "target_ci",
@@ -275,8 +275,6 @@ def block_timer(fn: Callable[[], object], device: torch.device) -> BlockTimer:
 # ---------------------------------------------------------------------------- the process
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 PINNED_ALLOCATOR = "glibc: no mmap, no trim"
-
-
 _allocator_policy = "default"
 
 
