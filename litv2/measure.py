@@ -520,5 +520,6 @@ def measure_target(model: nn.Module, target: Target, **options) -> Throughput:
 
 def measure_config(config: LITConfig, target: Target, **options) -> Throughput:
     """Build the full-size network of ``config`` (1000 classes, the target's resolution) and
-    measure it: the one code path of the search's measurements and of ``litv2.bench measure``."""
+    measure it, as the search's measurement task does (``search.measuring``, which also counts
+    the parameters of the network it builds): ``litv2.bench measure`` and ``repeatability``."""
     return measure_target(build_model(config, num_classes=1000, img_size=target.img_size), target, **options)
