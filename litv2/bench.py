@@ -1,28 +1,44 @@
 """``python -m litv2.bench``: params, FLOPs, throughput and memory of every attention and model.
 
-Single layers run at the paper's benchmark setting (dim 768, 12 heads) on 14x14, 28x28 and
-56x56 token maps; whole models (LITv1-S, LITv2-S) at 224x224. Beside our HiLo it times
-:class:`NaiveHiLo`, the official matmul-softmax formulation with the same weights, so the
-gain of the fused-attention path is measured, not assumed.
+``table`` (the default command): single layers at the paper's benchmark setting (dim 768, 12
+heads) on 14x14, 28x28 and 56x56 token maps, whole models (LITv1-S, LITv2-S) at 224x224. Beside
+our HiLo it times :class:`NaiveHiLo`, the official matmul-softmax formulation with the same
+weights, so the gain of the fused-attention path is measured, not assumed.
+``measure``: one architecture on a deployment target, exactly as the search measures it.
+``repeatability``: the same in N fresh processes, and how far their medians spread.
+Every figure comes from :mod:`litv2.measure`'s protocol.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import os
 import random
+import statistics
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import LITConfig
 from .flops import count_flops, count_params
 from .layers import HiLo
 from .layers.attention import Attention, build_attention
 from .layers.windows import pad_to_multiple
-from .throughput import resolve_device, time_callable
+from .measure import (
+    MIN_SAMPLES_FOR_CI, BlockTimer, MeasureProtocol, allocator_policy, autocast_dtype, backend_settings, block_timer,
+    device_name, library_versions, measure_config, median_ci, peak_memory, pin_allocator, resolve_device, warm_up,
+)
+from .registry import NAMED_CONFIGS
+from .target import parse_target
+
+EXIT_USAGE = 2
 
 DIM, HEADS = 768, 12
 # (map side, batch) pairs: the paper's 14x14 setting and the larger maps of early stages.
@@ -120,56 +136,67 @@ def _layer(name: str, side: int) -> nn.Module:
     return build_attention(spec.pop("kind"), DIM, HEADS, max_size=(side, side), **spec)
 
 
-def _round_robin(modules: dict[str, nn.Module], inputs: torch.Tensor, device: torch.device, warmup: int,
-                 repeats: int) -> dict[str, dict]:
-    """Time every module once per round, ``repeats`` rounds, after warming each up.
+def _round_robin(modules: dict[str, nn.Module], inputs: torch.Tensor, device: torch.device, rounds: int,
+                 protocol: MeasureProtocol = MeasureProtocol(), precision: str = "fp32") -> dict[str, dict]:
+    """Warm every module up, then time one block of each per round, ``rounds`` rounds.
 
     Interleaving puts every module's samples in the same stretch of time, so a background
     burst on a shared machine slows all of them alike instead of sinking whichever module
     happened to be timed during it; the speed-up ratios stay meaningful. The order is
-    shuffled every round (with a fixed seed) because on the CPU a module's time also depends
-    on its predecessor: what that one freed decides whether the allocator hands back warm
-    memory or fresh pages that fault in (about 10 ms per 38 MB tensor here).
+    shuffled every round (with a fixed seed) because a module's time can also depend on its
+    predecessor (what that one freed decides which memory the allocator hands back). Blocks
+    are sized by the warm-up to ``protocol.block_seconds`` (hundreds of calls of a layer on a
+    GPU). Autocast is entered once around everything, so each module's weights are cast
+    once; on CUDA a module's peak memory is what it added to what was allocated before it
+    was moved to the device (its weights included, the other modules' not).
     """
+    dtype = autocast_dtype(precision)
     inputs = inputs.to(device)
-    calls = {name: functools.partial(module.to(device).eval(), inputs) for name, module in modules.items()}
-    seconds: dict[str, list[float]] = {name: [] for name in modules}
+    blocks: dict[str, tuple[BlockTimer, int]] = {}
     peaks: dict[str, float | None] = {}
-    with torch.inference_mode():
-        for name, call in calls.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            time_callable(call, device, warmup, repeats=0, iters=1)  # warm-up only
-            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        order = list(calls)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for name, module in modules.items():
+            with peak_memory(device) as added_mib:
+                timer = block_timer(functools.partial(module.to(device).eval(), inputs), device)
+                with torch.inference_mode():
+                    blocks[name] = timer, warm_up(timer, protocol).calls_per_block
+                # On the CPU the freed memory of earlier modules is reused: no per-module figure.
+                peaks[name] = added_mib() if device.type == "cuda" else None
+        seconds: dict[str, list[float]] = {name: [] for name in modules}
+        order = list(modules)
         shuffler = random.Random(0)
-        for _ in range(repeats):
-            shuffler.shuffle(order)
-            for name in order:
-                seconds[name] += time_callable(calls[name], device, warmup=0, repeats=1, iters=1, min_warmup_seconds=0.0)
+        with torch.inference_mode():
+            for _ in range(rounds):
+                shuffler.shuffle(order)
+                for name in order:
+                    timer, calls = blocks[name]
+                    seconds[name].append(timer(calls) / calls)
     results = {}
     for name, times in seconds.items():
-        rates = sorted(inputs.shape[0] / t for t in times)
-        results[name] = dict(img_s=rates[len(rates) // 2], spread=(rates[-1] - rates[0]) / 2, peak_mb=peaks[name],
-                             seconds=times)
+        rates = [inputs.shape[0] / t for t in times]
+        low, high = median_ci(rates)
+        results[name] = dict(img_s=statistics.median(rates), ci=[low, high], spread=(high - low) / 2,
+                             peak_mb=peaks[name], seconds=times)
     return results
 
 
-def run(device: torch.device, warmup: int, repeats: int, model_batch: int, quick: bool = False) -> list[dict]:
+def run(device: torch.device, rounds: int, model_batch: int, quick: bool = False,
+        protocol: MeasureProtocol = MeasureProtocol(), precision: str = "fp32") -> list[dict]:
     rows = []
     names = list(LAYER_KINDS) + list(NAIVE_LAYERS)
     settings = LAYER_SETTINGS[:1] if quick else LAYER_SETTINGS
+    time_them = functools.partial(_round_robin, device=device, rounds=rounds, protocol=protocol, precision=precision)
     for side, batch in settings:
         torch.manual_seed(0)
         layers = {name: TokenLayer(_layer(name, side), side) for name in names}
-        timings = _round_robin(layers, torch.randn(batch, side * side, DIM), device, warmup, repeats)
+        timings = time_them(layers, torch.randn(batch, side * side, DIM))
         for name, layer in layers.items():
             row = dict(name=name, input=f"{side}x{side} b{batch}", params=count_params(layer),
                        flops=count_flops(layer, input_size=(side * side, DIM)), **timings[name])
             rows.append(row)
             print(_format_row(row), file=sys.stderr, flush=True)
     models = {name: timm.create_model(name) for name in (() if quick else MODELS)}
-    timings = _round_robin(models, torch.randn(model_batch, 3, 224, 224), device, warmup, repeats) if models else {}
+    timings = time_them(models, torch.randn(model_batch, 3, 224, 224)) if models else {}
     for name, model in models.items():
         row = dict(name=name, input=f"224x224 b{model_batch}", params=count_params(model), flops=count_flops(model),
                    **timings[name])
@@ -202,28 +229,32 @@ def _ratio_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m litv2.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed forwards before timing (default 3)")
-    parser.add_argument("--repeats", type=int, default=7,
-                        help="timed rounds (every layer once per round, interleaved); the median is reported (default 7)")
-    parser.add_argument("--model-batch", type=int, default=None, help="batch for whole models (default 64 on cuda, 8 on cpu)")
-    parser.add_argument("--quick", action="store_true", help="14x14 layers only, no whole models")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-    except (ValueError, RuntimeError) as error:
-        parser.error(str(error))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    defaults = MeasureProtocol()
+    parser.add_argument("--block-seconds", type=float, default=defaults.block_seconds,
+                        help=f"length of one timed block (default {defaults.block_seconds})")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (default: pinned, see litv2.measure.pin_allocator)")
+
+
+def _table(args: argparse.Namespace) -> int:
+    if args.repeats < MIN_SAMPLES_FOR_CI:
+        raise ValueError(f"--repeats {args.repeats} is invalid: expected at least {MIN_SAMPLES_FOR_CI} "
+                         f"(a 95% interval of the median needs {MIN_SAMPLES_FOR_CI} rounds)")
+    autocast_dtype(args.precision)
+    device = resolve_device(args.device)
+    if not args.default_allocator:
+        pin_allocator()
+    protocol = MeasureProtocol(block_seconds=args.block_seconds)
     model_batch = args.model_batch or (64 if device.type == "cuda" else 8)
-    label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"litv2.bench on {label}, torch {torch.__version__}; dim {DIM}, {HEADS} heads; median of {args.repeats}")
-    rows = run(device, args.warmup, args.repeats, model_batch, args.quick)
-    print("| layer / model          | input        |  params  |   FLOPs    |   img/s (median +- spread)  | peak MB |")
+    with backend_settings(device, args.threads, cudnn_benchmark=True, tf32=False):
+        threads = torch.get_num_threads()
+        flags = "cudnn.benchmark on, TF32 off, " if device.type == "cuda" else ""
+        print(f"litv2.bench on {device_name(device)} ({device.type}, {threads} threads), torch {torch.__version__}, "
+              f"{args.precision}, {flags}allocator {allocator_policy()}; dim {DIM}, {HEADS} heads; "
+              f"median of {args.repeats} rounds [95% interval]")
+        rows = run(device, args.repeats, model_batch, args.quick, protocol, args.precision)
+    print("| layer / model          | input        |  params  |   FLOPs    |  img/s (median +- half 95% CI) | peak MB |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(_format_row(row))
@@ -232,8 +263,148 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(dict(device=label, rows=rows), handle, indent=2)
+            json.dump(dict(device=device_name(device), threads=threads, precision=args.precision, rows=rows,
+                           versions=library_versions(device), allocator=allocator_policy()), handle, indent=2)
     return 0
+
+
+def _config(text: str) -> LITConfig:
+    """A registered model name, or a JSON file holding a :class:`LITConfig` (a trial's ``config``)."""
+    if text in NAMED_CONFIGS:
+        return NAMED_CONFIGS[text]
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"--config {text!r} is neither a model name ({', '.join(NAMED_CONFIGS)}) nor a JSON file")
+    return LITConfig.from_json(path.read_text())
+
+
+def _measure_options(args: argparse.Namespace) -> dict:
+    return dict(compile=args.compile, channels_last=args.channels_last, tf32=args.tf32,
+                steady_allocator=not args.default_allocator,
+                protocol=MeasureProtocol(block_seconds=args.block_seconds, max_seconds=args.max_seconds))
+
+
+def _faults(record: dict) -> str:
+    return "-" if record["page_faults_per_call"] is None else f"{record['page_faults_per_call']:.0f}"
+
+
+def _summary(record: dict) -> str:
+    return (f"{record['median']:.2f} img/s [{record['ci_low']:.2f}, {record['ci_high']:.2f}] "
+            f"({record['relative_ci']:.1%} wide{', CAPPED' if record['capped'] else ''}; {record['n_samples']} blocks "
+            f"of {record['calls_per_block']}), {record['seconds']:.1f} s building included, "
+            f"{_faults(record)} page faults/call")
+
+
+def _measure(args: argparse.Namespace) -> int:
+    """Each ``--config`` in turn, in this process, by the search's protocol
+    (:func:`litv2.measure.measure_config`); several show what one measurement leaves to the next."""
+    texts = args.config or ["litv2_s"]
+    configs, target, options = [_config(text) for text in texts], parse_target(args.target), _measure_options(args)
+    records = []
+    for text, config in zip(texts, configs):
+        start = time.perf_counter()
+        measured = measure_config(config, target, **options)
+        records.append(dict(config=text, target=target.key, seconds=time.perf_counter() - start, pid=os.getpid(),
+                            **measured.to_dict()))
+        if args.json != "-":
+            print(f"{text} at {target.key}: {_summary(records[-1])}", flush=True)
+    if args.json == "-":
+        print(json.dumps(records))
+        return 0
+    first = records[0]
+    print(f"{first['device_name']}, {first['threads']} threads, torch {first['versions']['torch']}, "
+          f"allocator {first['allocator']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=2))
+    return 0
+
+
+def _repeatability(args: argparse.Namespace) -> int:
+    """``--runs`` measurements, each in a fresh process, and how far their medians spread."""
+    _config(args.config)
+    target = parse_target(args.target)
+    if args.runs < 2:
+        raise ValueError(f"--runs {args.runs} is invalid: expected at least 2")
+    _measure_options(args)  # bad options fail here, not in every child
+    command = [sys.executable, "-m", "litv2.bench", "measure", "--config", args.config, "--target", target.key,
+               "--json", "-", "--block-seconds", str(args.block_seconds), "--max-seconds", str(args.max_seconds)]
+    command += [flag for flag, on in (("--compile", args.compile), ("--tf32", args.tf32),
+                                      ("--default-allocator", args.default_allocator)) if on]
+    if args.channels_last is not None:
+        command.append("--channels-last" if args.channels_last else "--no-channels-last")
+    print(f"{args.config} at {target.key}, {args.runs} fresh processes, each `{' '.join(command[1:5])} ...`:")
+    print("| run | median img/s | 95% interval | width | blocks | capped | faults/call | measure s | process s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    records = []
+    for run_index in range(1, args.runs + 1):
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"run {run_index} failed: {done.stderr.strip().splitlines()[-1:]}")
+        record = json.loads(done.stdout.strip().splitlines()[-1])[0]
+        record["process_seconds"] = time.perf_counter() - start
+        records.append(record)
+        print(f"| {run_index} | {record['median']:.2f} | [{record['ci_low']:.2f}, {record['ci_high']:.2f}] | "
+              f"{record['relative_ci']:.1%} | {record['n_samples']} x {record['calls_per_block']} | "
+              f"{'yes' if record['capped'] else 'no'} | {_faults(record)} | {record['seconds']:.1f} | "
+              f"{record['process_seconds']:.1f} |", flush=True)
+    medians = [r["median"] for r in records]
+    spread = max(medians) / min(medians) - 1
+    first = records[0]
+    print(f"spread of the medians (max/min - 1): {spread:.1%}; {first['device_name']}, {first['threads']} threads, "
+          f"torch {first['versions']['torch']}, allocator {first['allocator']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(spread=spread, runs=records), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m litv2.bench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    table = commands.add_parser("table", help="every attention layer and model, round-robin (the default command)")
+    table.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    table.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    table.add_argument("--repeats", type=int, default=7,
+                       help="timed rounds (one block of every layer per round, interleaved); at least 6 (default 7)")
+    table.add_argument("--model-batch", type=int, default=None,
+                       help="batch for whole models (default 64 on cuda, 8 on cpu)")
+    table.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (autocast; default fp32)")
+    table.add_argument("--quick", action="store_true", help="14x14 layers only, no whole models")
+    table.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    _add_protocol_options(table)
+    for name, text in (("measure", "one architecture, measured in this process as the search measures it"),
+                       ("repeatability", "one architecture measured in N fresh processes: how far the medians spread")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--target", default="cpu:bs1:224", help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS]")
+        command.add_argument("--compile", action="store_true", help="measure torch.compile(model)")
+        command.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                             help="channels_last memory format (default: on for cuda)")
+        command.add_argument("--tf32", action="store_true", help="allow TF32 on cuda (default off)")
+        command.add_argument("--max-seconds", type=float, default=MeasureProtocol().max_seconds,
+                             help="time cap of warm-up + sampling (default %(default)s)")
+        command.add_argument("--json", default=None, metavar="FILE",
+                             help="write the record(s) as JSON ('-': stdout only)")
+        _add_protocol_options(command)
+    commands.choices["measure"].add_argument(
+        "--config", action="append", default=None,
+        help="model name or LITConfig JSON file (default litv2_s); repeat it to measure several in turn")
+    commands.choices["repeatability"].add_argument(
+        "--config", default="litv2_s", help="model name or LITConfig JSON file (default litv2_s)")
+    commands.choices["repeatability"].add_argument("--runs", type=int, default=5, help="fresh processes (default 5)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("table", "measure", "repeatability", "-h", "--help"):
+        argv.insert(0, "table")  # the table is the default command, as before subcommands existed
+    args = build_parser().parse_args(argv)
+    handler = {"table": _table, "measure": _measure, "repeatability": _repeatability}[args.command]
+    try:
+        return handler(args)
+    except ValueError as error:
+        print(f"litv2.bench: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

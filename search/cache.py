@@ -1,6 +1,13 @@
-"""Caches shared by every study in a work dir: throughput by (architecture id, target),
-params/FLOPs by (architecture id, resolution), and finished proxy trainings by (architecture
-id, data set, epochs, seed).
+"""Caches shared by every study in a work dir: throughput by (architecture id, target,
+measuring fingerprint), params/FLOPs by (architecture id, resolution), and finished proxy
+trainings by (architecture id, data set, epochs, seed).
+
+A measurement depends on the device model and on the library versions that pick the
+kernels (torch, torchvision; CUDA and cuDNN on GPUs): these form the fingerprint
+(:func:`litv2.measure.device_fingerprint`, asked of a measuring node:
+:func:`search.measuring.measuring_fingerprint`), which is part of the key, so a later run on
+another GPU model or another torch measures again instead of reusing a wrong figure. Rows of
+the older (arch_id, target) table carry no fingerprint and are left unread.
 
 A full-size network's speed on a target and its size do not depend on the study that
 asked, and a seeded proxy training is a function of its architecture, data, epochs and seed,
@@ -14,14 +21,18 @@ import contextlib
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
+
+
+def _measured_key(target: str, fingerprint: Mapping[str, str]) -> str:
+    return f"{target}|{json.dumps(dict(fingerprint), sort_keys=True)}"
 
 
 class ThroughputCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS throughput (arch_id TEXT, target TEXT, result TEXT, "
+            db.execute("CREATE TABLE IF NOT EXISTS measurements (arch_id TEXT, target TEXT, result TEXT, "
                        "PRIMARY KEY (arch_id, target))")
             db.execute("CREATE TABLE IF NOT EXISTS figures (arch_id TEXT, img_size INTEGER, result TEXT, "
                        "PRIMARY KEY (arch_id, img_size))")
@@ -44,12 +55,16 @@ class ThroughputCache:
         with self._db() as db:
             db.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)", (arch_id, key, json.dumps(result)))
 
-    def get(self, arch_id: str, target: str) -> dict[str, Any] | None:
-        """The measurement of ``arch_id`` on ``target``, if one was made."""
-        return self._get("throughput", "target", arch_id, target)
+    def get(self, arch_id: str, target: str, fingerprint: Mapping[str, str]) -> dict[str, Any] | None:
+        """The measurement of ``arch_id`` on ``target`` under ``fingerprint``, if one was made."""
+        return self._get("measurements", "target", arch_id, _measured_key(target, fingerprint))
 
     def put(self, arch_id: str, target: str, result: dict[str, Any]) -> None:
-        self._put("throughput", arch_id, target, result)
+        """Store a :func:`search.measuring.measure_architecture` result under the fingerprint
+        its ``measurement`` record carries (where it really ran)."""
+        from litv2.measure import fingerprint_of
+
+        self._put("measurements", arch_id, _measured_key(target, fingerprint_of(result["measurement"])), result)
 
     def get_figures(self, arch_id: str, img_size: int) -> dict[str, Any] | None:
         """Params and FLOPs of ``arch_id`` at ``img_size``, if they were counted."""

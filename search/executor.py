@@ -98,6 +98,10 @@ class Executor(Protocol):
 
     def submit(self, job: Job, node: str) -> None: ...
 
+    def fingerprint(self, target_key: str) -> dict[str, str]:
+        """Device model and library versions a measurement on ``target_key`` runs under."""
+        ...
+
     def wait(self) -> list[Event]: ...
 
     def running(self) -> list[Job]: ...
@@ -134,6 +138,11 @@ class InProcessExecutor:
         self.clock = 0.0
         self._queue: list[tuple[float, int, Event, float]] = []
         self._order = itertools.count()
+
+    def fingerprint(self, target_key: str) -> dict[str, str]:
+        from .measuring import measuring_fingerprint
+
+        return measuring_fingerprint(target_key)
 
     def submit(self, job: Job, node: str) -> None:
         try:
@@ -276,6 +285,13 @@ class RayExecutor:
             options = dict(num_cpus=1)
         task = self._gpu_task if options.get("num_gpus") else self._cpu_task
         return task, options
+
+    def fingerprint(self, target_key: str) -> dict[str, str]:
+        """Asked of a measuring node: the driver may run on another machine."""
+        from .measuring import measuring_fingerprint
+
+        options = {k: v for k, v in self.resources.measure_options.items() if k != "num_cpus"}
+        return self.ray.get(self.ray.remote(measuring_fingerprint).options(num_cpus=0, **options).remote(target_key))
 
     def submit(self, job: Job, node: str) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

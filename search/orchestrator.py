@@ -208,6 +208,8 @@ class Search:
         run_id = self.tracker.start(self.settings.study, self._parent_params(), self.study.user_attrs.get(RUN_ID_ATTR))
         self.study.set_user_attr(RUN_ID_ATTR, run_id)
         self.devices = {**self.executor.devices, "lost": 0.0}
+        # Asked where measurements run (device model, library versions): the cache keys on it.
+        self.fingerprint = self.executor.fingerprint(self.target.key)
         proxy = self.space.proxy
         self.costs = CostModel(self.budget.kind, _train_images(self.settings),
                                proxy.width_mult ** 2 * (proxy.img_size / self.target.img_size) ** 2)
@@ -362,7 +364,7 @@ class Search:
                                                                              candidate.figures["flops"])):
             return
         if candidate.measured is None:
-            candidate.measured = self.cache.get(candidate.arch, self.target.key)
+            candidate.measured = self.cache.get(candidate.arch, self.target.key, self.fingerprint)
             if candidate.measured is None:
                 self.queues["measure"].append(candidate)
                 return
@@ -428,7 +430,7 @@ class Search:
             candidate.figures = self.cache.get_figures(candidate.arch, self.target.img_size)
             found = candidate.figures is not None
         else:
-            candidate.measured = self.cache.get(candidate.arch, self.target.key)
+            candidate.measured = self.cache.get(candidate.arch, self.target.key, self.fingerprint)
             found = candidate.measured is not None
         if found:
             self.queues[kind].remove(candidate)

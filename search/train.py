@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from litv2 import LITConfig, build_model, count_params
-from litv2.throughput import autocast_dtype, resolve_device
+from litv2.measure import autocast_dtype, resolve_device
 
 from .data import DataBundle
 

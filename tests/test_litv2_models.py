@@ -1,7 +1,6 @@
 """Whole models: config validation, timm registry and conventions, official checkpoints, params and FLOPs."""
 import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -368,18 +367,38 @@ def test_config_json_round_trip_and_unknown_field():
 
 def test_bench_times_layers_round_robin_and_pairs_their_speedups():
     from litv2.bench import _paired_speedup, _round_robin
+    from litv2.measure import MeasureProtocol
 
     layers = {"small": torch.nn.Linear(8, 8), "large": torch.nn.Sequential(*[torch.nn.Linear(8, 8)] * 200)}
-    rows = _round_robin(layers, torch.randn(4, 8), torch.device("cpu"), warmup=1, repeats=5)
-    assert all(len(rows[name]["seconds"]) == 5 and rows[name]["img_s"] > 0 for name in layers)
+    protocol = MeasureProtocol(min_warmup_seconds=0.01, max_warmup_seconds=0.05, block_seconds=0.005)
+    rows = _round_robin(layers, torch.randn(4, 8), torch.device("cpu"), rounds=6, protocol=protocol)
+    for row in rows.values():
+        assert len(row["seconds"]) == 6 and row["ci"][0] <= row["img_s"] <= row["ci"][1]
     assert _paired_speedup(rows, "small", "large") > 1.0
 
 
-def test_timed_runs_are_sized_from_the_warm_up():
-    from litv2.throughput import time_callable
+def test_bench_rejects_bad_input_in_one_line(capsys):
+    from litv2.bench import main
 
-    calls = []
-    samples = time_callable(lambda: calls.append(time.sleep(0.01)), torch.device("cpu"), warmup=0, repeats=3,
-                            min_warmup_seconds=0.0, min_repeat_seconds=0.05)
-    assert len(samples) == 3 and all(s >= 0.01 for s in samples)
-    assert len(calls) >= 1 + 3 * 4  # one sizing call, then about 5 calls per 0.05 s run
+    assert main(["measure", "--config", "no_such_model"]) == 2
+    assert main(["repeatability", "--target", "gpu:bs1:224"]) == 2
+    assert main(["--repeats", "3"]) == 2  # the table, the default command
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("litv2.bench: error: ") for line in lines)
+    assert "'no_such_model'" in lines[0] and "'gpu:bs1:224'" in lines[1] and "--repeats 3" in lines[2]
+
+
+def test_repeatability_measures_in_fresh_processes(tmp_path, capsys):
+    from litv2.bench import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(LITConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)).to_json())
+    out = tmp_path / "runs.json"
+    assert main(["repeatability", "--config", str(config), "--target", "cpu:bs1:32", "--runs", "2",
+                 "--max-seconds", "0.3", "--block-seconds", "0.005", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    pids = {run["pid"] for run in report["runs"]}
+    assert len(report["runs"]) == 2 and len(pids) == 2
+    medians = [run["median"] for run in report["runs"]]
+    assert report["spread"] == pytest.approx(max(medians) / min(medians) - 1)
+    assert "spread of the medians" in capsys.readouterr().out

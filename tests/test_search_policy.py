@@ -12,6 +12,7 @@ import pytest
 from litv2 import LITConfig
 from search.constraints import Constraints
 from search.executor import InProcessExecutor, Node, Placement
+from search.measuring import measuring_fingerprint
 from search.orchestrator import Search, budget_used
 from search.scheduler import MOASHA, Decision, RungResult, promotion_order
 from search.settings import build_settings
@@ -88,8 +89,10 @@ class FakeJobs:
 
     def measure(self, job):
         self.measured.append(job.config_json)
+        here = measuring_fingerprint(job.target_key)
+        record = dict(device_name=here["device_name"], versions={k: v for k, v in here.items() if k != "device_name"})
         return dict(throughput=_figures(LITConfig.from_json(job.config_json))[2], throughput_spread=0.1,
-                    wall_seconds=2.0)
+                    wall_seconds=2.0, measurement=record)
 
     def train(self, job):
         config = LITConfig.from_json(job.proxy_json)

@@ -1,0 +1,525 @@
+"""One throughput protocol, used by the search, ``litv2.bench`` and the ablations.
+
+A figure is only worth ranking architectures by if a second measurement gives it again, so
+every step here removes a source of spread that was seen (README, "Measuring throughput"):
+
+* **An allocator in its steady state.** glibc's malloc returns freed activations to the
+  kernel and page-faults them back on the next forward: about a third of a batch-1 CPU
+  forward, at a cost that depends on the process's history and the kernel's load.
+  :func:`pin_allocator` keeps freed memory in the process (as jemalloc or tcmalloc in an
+  inference server would), so every process reaches the same steady state.
+* **Steady state first.** After one untimed call (lazy initialisation, ``torch.compile``,
+  cuDNN's autotuning) the workload runs in blocks until two consecutive blocks agree within
+  ``warmup_agreement`` and at least ``min_warmup_seconds`` have passed: a fresh process pays
+  page faults and allocator growth on its first forwards, for a length of time no fixed
+  count of calls covers.
+* **Samples long enough for the clock.** One sample is a block of back-to-back calls lasting
+  ``block_seconds`` (a batch-1 forward of ~10 ms is visibly moved by one scheduler tick).
+* **Stop on evidence.** Blocks are added until the 95% confidence interval of the median
+  (order statistics: nothing assumed about the noise) is narrower than ``target_ci`` of the
+  median, or until ``max_seconds``; a capped figure says so (``capped``).
+* **The device's own clock.** CUDA blocks are timed by CUDA events after a synchronize; CPU
+  blocks by :mod:`timeit`'s loop, which keeps the garbage collector out of a block.
+* **Everything that changes kernels is fixed and recorded**: precision (autocast entered
+  once around warm-up and all blocks, so the weights are cast once - autocast caches
+  parameter casts until its outermost exit), ``channels_last``, ``torch.compile``,
+  ``cudnn.benchmark`` and TF32 (set explicitly on CUDA), the CPU thread count, the device
+  name and the library versions. Peak memory is what the measurement added: CUDA's peak
+  allocation minus what was allocated before, or the CPU's peak resident-set growth.
+
+Why not ``torch.utils.benchmark.Timer`` for all of it: its ``timeit(n)`` runs ``max(n // 100,
+2)`` untimed calls before every block (two thirds of the cost of a 3-call block of a 100 ms
+network), ``blocked_autorange`` sizes blocks against the timer's overhead (one call of
+anything over 0.2 ms), ``adaptive_autorange`` stops on IQR/median with no interval and no
+cap flag, and none of them warm up to a steady state or time with CUDA events. What it does
+well - timeit's loop with the GC off - is what :class:`CpuTimer` uses.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import importlib.metadata
+import math
+import platform
+import statistics
+import time
+import timeit
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .config import LITConfig
+from .model import build_model
+from .target import Target
+
+try:
+    import resource
+except ImportError:  # not on Windows: no page-fault counts there
+    resource = None
+
+BlockTimer = Callable[[int], float]
+"""Runs the workload ``calls`` times back to back and returns the seconds they took,
+device work included."""
+
+Clock = Callable[[], float]
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """``"cuda"``/``"cpu"``/``None`` (the best available) -> a usable ``torch.device``."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(name)!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """``fp32`` -> None (no autocast), ``fp16``/``bf16`` -> the autocast dtype."""
+    table = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in table:
+        raise ValueError(f"precision {precision!r} is unknown; expected one of {', '.join(table)}")
+    return table[precision]
+
+
+# ---------------------------------------------------------------------------- the stopping rule
+@dataclass(frozen=True)
+class MeasureProtocol:
+    """When warm-up ends and sampling stops. The defaults keep a measurement of a LITv2-S-sized
+    network at CPU batch 1 (~0.2 s a forward on one thread) under 10 s of wall time, model
+    construction included, and a small network's (~20 ms) at about 3 s when the machine is quiet."""
+
+    min_warmup_seconds: float = 1.0
+    max_warmup_seconds: float = 3.0
+    min_warmup_calls: int = 3
+    warmup_agreement: float = 0.02  # two consecutive warm-up blocks within 2% of each other
+    block_seconds: float = 0.2  # one sample: back-to-back calls lasting at least this long
+    min_samples: int = 8  # fewer than MIN_SAMPLES_FOR_CI still wait for that many
+    target_ci: float = 0.02  # stop when the 95% interval of the median is narrower than 2% of it
+    max_seconds: float = 6.0  # warm-up + sampling, after the first call
+
+    def __post_init__(self) -> None:
+        for name in ("min_warmup_seconds", "max_warmup_seconds", "warmup_agreement", "block_seconds", "target_ci",
+                     "max_seconds"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} {getattr(self, name)!r} is invalid: expected a number >= 0")
+
+
+CONFIDENCE = 0.95
+MIN_SAMPLES_FOR_CI = 6  # the fewest samples whose range covers the median with 95% confidence
+
+
+def median_ci(values: list[float] | tuple[float, ...], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: the order statistics
+    ``x(j)`` and ``x(n+1-j)`` for the largest ``j`` with ``P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2``.
+
+    Timing noise is skewed (interruptions only ever add time), so no normal approximation.
+    Raises ValueError when ``values`` are too few for any such interval (5 or fewer at 95%).
+    """
+    n, ordered = len(values), sorted(values)
+    tail_allowed = (1 - confidence) / 2
+    tail, rank = 0.0, 0
+    while rank < n:
+        tail += math.comb(n, rank) / 2**n  # P(B <= rank)
+        if tail > tail_allowed:
+            break
+        rank += 1
+    if rank == 0:
+        raise ValueError(f"{n} samples are too few for a {confidence:.0%} interval of the median")
+    return ordered[rank - 1], ordered[n - rank]
+
+
+def relative_ci_width(values: list[float] | tuple[float, ...]) -> float:
+    """Width of the 95% interval of the median over the median (inf when too few values)."""
+    if len(values) < MIN_SAMPLES_FOR_CI:
+        return math.inf
+    low, high = median_ci(values)
+    return (high - low) / statistics.median(values)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What :func:`run_protocol` saw: seconds per call in each timed block, and how it ended."""
+
+    seconds_per_call: tuple[float, ...]
+    calls_per_block: int
+    first_call_seconds: float
+    warmup_seconds: float
+    warmup_converged: bool
+    capped: bool
+    seconds: float  # warm-up + sampling, after the first call
+
+
+def _calls_for(seconds_per_call: float, block_seconds: float) -> int:
+    return max(1, math.ceil(block_seconds / max(seconds_per_call, 1e-9)))
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """How :func:`warm_up` ended: the block size for sampling and what warming up cost."""
+
+    calls_per_block: int
+    first_call_seconds: float
+    seconds: float  # after the first call
+    converged: bool
+
+
+def warm_up(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
+            clock: Clock = time.perf_counter) -> WarmUp:
+    """One untimed call, then blocks of about ``block_seconds`` (each sized from the one
+    before) until two in a row agree after the minimum time and calls, or the warm-up cap
+    (``max_warmup_seconds``, or ``max_seconds`` if that is shorter).
+
+    The first call (lazy initialisation, compilation, autotuning) is outside the clocks of
+    the protocol: it only sizes the first block.
+    """
+    before = clock()
+    timer(1)
+    start = clock()
+    first_call = start - before
+    calls, done, previous = _calls_for(first_call, protocol.block_seconds), 1, None
+    while True:
+        per_call = timer(calls) / calls
+        done += calls
+        elapsed = clock() - start
+        agree = previous is not None and abs(per_call / previous - 1) <= protocol.warmup_agreement
+        converged = agree and elapsed >= protocol.min_warmup_seconds and done >= protocol.min_warmup_calls
+        if converged or elapsed >= min(protocol.max_warmup_seconds, protocol.max_seconds):
+            return WarmUp(_calls_for(per_call, protocol.block_seconds), first_call, clock() - start, converged)
+        previous, calls = per_call, _calls_for(per_call, protocol.block_seconds)
+
+
+def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
+                 clock: Clock = time.perf_counter) -> Timing:
+    """:func:`warm_up`, then time blocks until the median's interval is narrow enough or
+    ``max_seconds`` (counted from the end of the first call) have passed.
+
+    ``timer`` and ``clock`` are parameters so that the rule can be checked against a
+    synthetic workload of known noise; every real measurement passes a :func:`block_timer`.
+    """
+    warm = warm_up(timer, protocol, clock)
+    sampling_from = clock()
+
+    def elapsed() -> float:  # since the end of the first call
+        return warm.seconds + clock() - sampling_from
+
+    needed = max(protocol.min_samples, MIN_SAMPLES_FOR_CI)
+    seconds: list[float] = []
+    while True:
+        seconds.append(timer(warm.calls_per_block) / warm.calls_per_block)
+        if len(seconds) < needed:
+            continue
+        if relative_ci_width([1 / s for s in seconds]) <= protocol.target_ci:
+            capped = False
+            break
+        if elapsed() >= protocol.max_seconds:
+            capped = True
+            break
+    return Timing(tuple(seconds), warm.calls_per_block, warm.first_call_seconds, warm.seconds, warm.converged, capped,
+                  elapsed())
+
+
+# ---------------------------------------------------------------------------- device clocks
+class CpuTimer:
+    """Blocks timed by :class:`timeit.Timer` (the loop under ``torch.utils.benchmark``): the
+    garbage collector is off while a block runs, the clock is ``time.perf_counter``.
+
+    It also counts the process's minor page faults per call in the last block (outside the
+    timed loop): in a steady state it is about 0; thousands mean the allocator hands the
+    kernel memory back every call (see :func:`pin_allocator`).
+    """
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._timer = timeit.Timer(fn)
+        self.page_faults_per_call: float | None = None
+
+    def __call__(self, calls: int) -> float:
+        if resource is None:
+            return self._timer.timeit(calls)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        seconds = self._timer.timeit(calls)
+        self.page_faults_per_call = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls
+        return seconds
+
+
+class CudaEventTimer:
+    """Blocks timed by CUDA events on the device's current stream: the device is synchronised
+    first (no earlier work leaks in), the end event is waited for, and the events measure
+    the GPU's time from the first launch to the last kernel, launch gaps included."""
+
+    def __init__(self, fn: Callable[[], object], device: torch.device) -> None:
+        self.fn, self.device = fn, device
+
+    def __call__(self, calls: int) -> float:
+        stream = torch.cuda.current_stream(self.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(self.device)
+        start.record(stream)
+        for _ in range(calls):
+            self.fn()
+        end.record(stream)
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+
+def block_timer(fn: Callable[[], object], device: torch.device) -> BlockTimer:
+    """The block timer of ``device``: CUDA events on a GPU, timeit's loop on the CPU."""
+    return CudaEventTimer(fn, device) if device.type == "cuda" else CpuTimer(fn)
+
+
+# ---------------------------------------------------------------------------- the process
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+PINNED_ALLOCATOR = "glibc: no mmap, no trim"
+_allocator_policy = "default"
+
+
+def pin_allocator() -> str:
+    """Make glibc's malloc keep what it frees (no ``mmap`` per large tensor, no trimming of
+    the heap) for the rest of this process; returns the allocator policy now in effect.
+
+    By default every activation above glibc's (adaptive) mmap threshold is mapped fresh and
+    page-faulted in, and the top of the heap is trimmed: 2,400 minor faults per batch-1
+    forward of a tiny-space network, 13,000 for LITv2-S, a third of the forward's CPU time,
+    and how many depends on what the process ran before. Pinned, a warm forward faults no
+    page. The process keeps its peak heap: meant for measuring processes. Stays
+    ``"default"`` where this is not glibc.
+    """
+    global _allocator_policy
+    if _allocator_policy == "default" and platform.libc_ver()[0] == "glibc":
+        with contextlib.suppress(OSError, AttributeError):
+            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+            if mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1:
+                _allocator_policy = PINNED_ALLOCATOR
+    return _allocator_policy
+
+
+def allocator_policy() -> str:
+    """The host allocator's policy in this process: ``"default"`` or :data:`PINNED_ALLOCATOR`."""
+    return _allocator_policy
+
+
+# ---------------------------------------------------------------------------- what is recorded
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model string (``/proc/cpuinfo``, else ``platform``)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+PROTOCOL_VERSION = "2"  # bump when a change here moves the figures: caches key on it (1: litv2.throughput)
+
+
+def library_versions(device: torch.device) -> dict[str, str]:
+    """What decides which kernels run and how they are timed: torch and torchvision (DTM's
+    deformable conv on CUDA), on GPUs the CUDA runtime and cuDNN, and this protocol's version."""
+    versions = {"torch": torch.__version__}
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        versions["torchvision"] = importlib.metadata.version("torchvision")
+    if device.type == "cuda":
+        versions.update(cuda=str(torch.version.cuda), cudnn=str(torch.backends.cudnn.version()))
+    versions["measure_protocol"] = PROTOCOL_VERSION
+    return versions
+
+
+def fingerprint_of(record: Mapping[str, Any]) -> dict[str, str]:
+    """The fingerprint of a :meth:`Throughput.to_dict` record: its device name and versions."""
+    return {"device_name": record["device_name"], **record["versions"]}
+
+
+def device_fingerprint(device: str | torch.device | None = None) -> dict[str, str]:
+    """The fingerprint a measurement on ``device`` in this process would carry: a figure
+    measured under another one may differ (another GPU model, other kernels), so caches key
+    on it."""
+    device = resolve_device(device)
+    return fingerprint_of({"device_name": device_name(device), "versions": library_versions(device)})
+
+
+@contextlib.contextmanager
+def backend_settings(device: torch.device, threads: int | None, cudnn_benchmark: bool, tf32: bool) -> Iterator[None]:
+    """Set the CPU thread count and (on CUDA) cuDNN autotuning and TF32 for the measurement,
+    and restore the caller's settings afterwards."""
+    saved = (torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved[1:]
+
+
+def _proc_status_kib(field: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[Callable[[], float | None]]:
+    """Yields a function giving the MiB the block added at its peak: on CUDA the allocator's
+    peak minus what was allocated on entry; on a Linux CPU the peak resident set (reset on
+    entry through ``/proc/self/clear_refs``) minus the resident set on entry; else None."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        held = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield lambda: (torch.cuda.max_memory_allocated(device) - held) / 2**20
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set
+        held = _proc_status_kib("VmRSS")
+    except OSError:
+        held = None
+
+    def grown() -> float | None:
+        peak = _proc_status_kib("VmHWM")
+        return None if held is None or peak is None else max(0, peak - held) / 1024
+
+    yield grown
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One measured figure with everything needed to trust, compare or reproduce it.
+
+    ``samples`` are img/s of each timed block; ``median`` and its 95% interval
+    (``ci_low``, ``ci_high``) come from them. ``capped`` is True when the interval was still
+    wider than the protocol's target at its time cap. ``cudnn_benchmark`` and ``tf32`` are
+    None on the CPU, where they do not apply. ``peak_memory_mb`` is what the measurement
+    added (see :func:`peak_memory`): on CUDA the weights moved there, inputs and activations;
+    on the CPU, where the weights were resident before, inputs and activations.
+    ``allocator`` is the host allocator's policy (see :func:`pin_allocator`) and
+    ``page_faults_per_call`` the minor page faults per call in the last block (CPU only).
+    """
+
+    median: float
+    ci_low: float
+    ci_high: float
+    samples: tuple[float, ...]
+    calls_per_block: int
+    batch_size: int
+    img_size: int
+    precision: str
+    device: str
+    device_name: str
+    threads: int
+    versions: dict[str, str]
+    cudnn_benchmark: bool | None
+    tf32: bool | None
+    channels_last: bool
+    compiled: bool
+    allocator: str
+    page_faults_per_call: float | None
+    capped: bool
+    warmup_converged: bool
+    warmup_seconds: float
+    first_call_seconds: float
+    wall_seconds: float
+    peak_memory_mb: float | None
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.samples)
+
+    @property
+    def relative_ci(self) -> float:
+        """Width of the 95% interval of the median over the median."""
+        return (self.ci_high - self.ci_low) / self.median
+
+    @property
+    def spread(self) -> float:
+        """Half the interval's width: the +- printed beside the median."""
+        return (self.ci_high - self.ci_low) / 2
+
+    def to_dict(self) -> dict:
+        """Plain JSON types, for trial attributes, MLflow and the throughput cache."""
+        out = asdict(self)
+        out.update(samples=list(self.samples), n_samples=self.n_samples, relative_ci=self.relative_ci)
+        return out
+
+
+def measure_throughput(
+    model: nn.Module,
+    batch_size: int = 1,
+    img_size: int = 224,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    *,
+    threads: int | None = None,
+    channels_last: bool | None = None,
+    compile: bool = False,
+    cudnn_benchmark: bool = True,
+    tf32: bool = False,
+    steady_allocator: bool = True,
+    protocol: MeasureProtocol = MeasureProtocol(),
+    in_chans: int = 3,
+) -> Throughput:
+    """Measure ``model``'s inference throughput (img/s) on ``device`` by :func:`run_protocol`.
+
+    ``threads`` fixes the CPU's intra-op threads for the measurement (None: keep the
+    current count; either way it is recorded). ``channels_last`` defaults to True on CUDA,
+    where the patch embedding, DTM and ConvFFN convolutions run faster in that layout.
+    ``cudnn_benchmark`` (default on, as the official protocol: input shapes are fixed) and
+    ``tf32`` (default off: an fp32 target means IEEE fp32) are set on CUDA and ignored on the
+    CPU. ``steady_allocator`` applies :func:`pin_allocator` to this process (host memory
+    matters on GPUs too: inputs, Python objects). The model is moved to ``device`` in place.
+    """
+    began = time.perf_counter()
+    if steady_allocator:
+        pin_allocator()
+    device = resolve_device(device)
+    dtype = autocast_dtype(precision)
+    on_cuda = device.type == "cuda"
+    channels_last = on_cuda if channels_last is None else channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    with backend_settings(device, threads, cudnn_benchmark, tf32), peak_memory(device) as added_mib:
+        model = model.to(device).eval().to(memory_format=memory_format)
+        inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
+        inputs = inputs.contiguous(memory_format=memory_format)
+        runner = torch.compile(model) if compile else model
+        timer = block_timer(functools.partial(runner, inputs), device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            timing = run_protocol(timer, protocol)
+        peak, used_threads = added_mib(), torch.get_num_threads()
+    rates = tuple(batch_size / s for s in timing.seconds_per_call)
+    low, high = median_ci(rates)
+    return Throughput(
+        median=statistics.median(rates), ci_low=low, ci_high=high, samples=rates,
+        calls_per_block=timing.calls_per_block, batch_size=batch_size, img_size=img_size, precision=precision,
+        device=str(device), device_name=device_name(device), threads=used_threads, versions=library_versions(device),
+        cudnn_benchmark=cudnn_benchmark if on_cuda else None, tf32=tf32 if on_cuda else None,
+        channels_last=channels_last, compiled=compile, allocator=allocator_policy(),
+        page_faults_per_call=timer.page_faults_per_call if isinstance(timer, CpuTimer) else None,
+        capped=timing.capped, warmup_converged=timing.warmup_converged, warmup_seconds=timing.warmup_seconds,
+        first_call_seconds=timing.first_call_seconds, wall_seconds=time.perf_counter() - began, peak_memory_mb=peak,
+    )
+
+
+def measure_target(model: nn.Module, target: Target, **options) -> Throughput:
+    """:func:`measure_throughput` at a deployment target's device, batch, resolution,
+    precision and (CPU) thread count; ``options`` are its keyword-only options."""
+    return measure_throughput(model, target.batch_size, target.img_size, target.device, target.precision,
+                              threads=target.threads, **options)
+
+
+def measure_config(config: LITConfig, target: Target, **options) -> Throughput:
+    """Build the full-size network of ``config`` (1000 classes, the target's resolution) and
+    measure it, as the search's measurement task does (``search.measuring``, which also counts
+    the parameters of the network it builds): ``litv2.bench measure`` and ``repeatability``."""
+    return measure_target(build_model(config, num_classes=1000, img_size=target.img_size), target, **options)

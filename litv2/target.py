@@ -1,0 +1,58 @@
+"""Deployment targets: where and how throughput is measured, e.g. ``cuda:bs64:224:fp16``.
+
+Form: ``DEVICE:bsBATCH:RESOLUTION[:PRECISION][:tTHREADS]`` with DEVICE ``cpu`` or ``cuda``,
+PRECISION ``fp32`` (default), ``fp16`` or ``bf16``, and THREADS (CPU targets only) the intra-op
+threads one inference stream uses. CPU targets default to one thread: batch-1 CPU serving
+scales by running one single-threaded stream per core, and a single-threaded measurement on an
+otherwise idle node is also the one that repeats (two-thread runs of small models on a
+two-core node vary by +-20% from OpenMP barrier stalls whenever anything else wakes up).
+The canonical string is part of the throughput cache key, so ``cuda:bs64:224`` and
+``cuda:bs64:224:fp32`` share measurements, and so do ``cpu:bs1:224`` and ``cpu:bs1:224:fp32:t1``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PATTERN = re.compile(
+    r"^(?P<device>cpu|cuda):bs(?P<batch>\d+):(?P<res>\d+)(?::(?P<precision>fp32|fp16|bf16))?(?::t(?P<threads>\d+))?$"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    device: str
+    batch_size: int
+    img_size: int
+    precision: str = "fp32"
+    threads: int | None = None  # CPU intra-op threads (default 1); always None on cuda
+
+    def __post_init__(self) -> None:
+        # One canonical form, so that a Target built in code and its parsed key share cache entries.
+        object.__setattr__(self, "threads", (self.threads or 1) if self.device == "cpu" else None)
+
+    @property
+    def key(self) -> str:
+        threads = f":t{self.threads}" if self.threads is not None else ""
+        return f"{self.device}:bs{self.batch_size}:{self.img_size}:{self.precision}{threads}"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def parse_target(text: str) -> Target:
+    """``"cpu:bs1:224"`` -> ``Target("cpu", 1, 224, "fp32", threads=1)``; bad strings raise a one-line ValueError."""
+    match = _PATTERN.match(text.strip()) if isinstance(text, str) else None
+    expected = "expected DEVICE:bsBATCH:RESOLUTION[:PRECISION][:tTHREADS] such as cpu:bs1:224, cpu:bs8:224:t4 or cuda:bs64:224:fp16"
+    if not match:
+        raise ValueError(f"target {text!r} is invalid: {expected}")
+    batch, res = int(match["batch"]), int(match["res"])
+    threads = int(match["threads"]) if match["threads"] is not None else None
+    if batch < 1 or res < 1 or threads == 0:
+        raise ValueError(f"target {text!r} is invalid: batch, resolution and threads must be positive; {expected}")
+    precision = match["precision"] or "fp32"
+    if match["device"] == "cpu" and precision == "fp16":
+        raise ValueError(f"target {text!r} is invalid: fp16 inference is for cuda targets; use fp32 or bf16 on cpu")
+    if match["device"] == "cuda" and threads is not None:
+        raise ValueError(f"target {text!r} is invalid: a thread count applies to cpu targets only")
+    return Target(match["device"], batch, res, precision, threads)
