@@ -114,6 +114,8 @@ class LITv2(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            return  # shapes only (build_zeroed_model): random draws on the meta device cost seconds for nothing
         if isinstance(module, nn.Linear):
             trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:

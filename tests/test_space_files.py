@@ -153,14 +153,24 @@ def test_show_fixed_points_space(capsys):
     assert "c41198751ccd    27.97M    4.09  msa[-,-,g,g] d[2,2,6,2] mlp+rpe dtm" in out
 
 
-def test_show_default_is_quick_and_its_ids_match_across_processes():
-    # CPU seconds, not wall-clock ones: on a shared machine the wall clock measures the neighbours.
+def _cpu_seconds(*args: str) -> tuple[float, subprocess.CompletedProcess]:
+    """CPU seconds of one child process (on a shared machine the wall clock measures the neighbours)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, "-m", "space", "show", "default"], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "123"}, timeout=120)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert done.returncode == 0, done.stderr
-    assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 10
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), done
+
+
+def test_show_default_is_quick_and_its_ids_match_across_processes():
+    # Importing torch, torchvision (which imports torch._dynamo) and timm alone costs 8-9 CPU-s
+    # on this project's 2-core machine (README, notes), out of this tool's hands: what
+    # `space show` adds on top of that - sampling, building three networks, counting FLOPs -
+    # must stay small.
+    imports, _ = _cpu_seconds("-c", "import litv2, space, fvcore.nn")
+    total, done = _cpu_seconds("-m", "space", "show", "default")
+    assert total - imports < 4.0
     assert "size: infinite" in done.stdout and "alpha" in done.stdout
     printed = re.findall(r"^  ([0-9a-f]{12}) ", done.stdout, flags=re.MULTILINE)
     assert printed == [space.arch_id(config) for config in examples(space.get_space("default"), 3, seed=0)]
