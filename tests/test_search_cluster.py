@@ -44,3 +44,24 @@ def test_a_measurement_blocks_only_its_own_node(tmp_path, two_nodes):
     assert not any(overlaps(m, t) for m in measures for t in trains if t[2] == m[2])
     # ...while the other node kept training through at least one measurement.
     assert any(overlaps(m, t) for m in measures for t in trains if t[2] == worker_id)
+
+
+@pytest.mark.slow
+def test_a_cuda_target_needs_a_bench_node_with_a_gpu():
+    """A cluster with a GPU, but not on the measuring node, is refused at start (a cuda
+    measurement there could never be placed). Ray's GPU counts are logical: no GPU needed."""
+    from search.executor import plan_resources
+    from search.target import parse_target
+
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"bench": 1}))
+    cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        with pytest.raises(ValueError, match="'bench' resource and a GPU"):
+            plan_resources("gpu", parse_target("cuda:bs64:224:fp16"), trials_per_device=1, cpus_per_trial=1)
+        resources = plan_resources("gpu", parse_target("cpu:bs1:224"), trials_per_device=2, cpus_per_trial=1)
+        assert sorted(n.slots for n in resources.nodes) == [0, 2] and resources.measure_devices == 0.0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
