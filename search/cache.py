@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+CACHE_FILE = "throughput_cache.db"  # its name in a work directory
+
+
 class ThroughputCache:
     def __init__(self, path: Path) -> None:
         self.path = path
