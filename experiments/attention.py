@@ -2,7 +2,9 @@
 
 A row is the attention of one stage of its architecture - every block's attention layer of
 that stage, in order, so kinds that alternate (Swin's shifted windows, Twins' local/global
-pairs) are whole - applied to a ``side x side`` map at the target's batch. Per row and side:
+pairs) are whole - applied to ``side x side`` maps, as many per forward as the recipe's
+``tokens`` allow (the single-layer benchmark's 64 maps at 14x14 down to one at 112x112), or
+the target's batch. Per row and side:
 params, FLOPs (one multiply-add = one FLOP), throughput on the target and peak memory. Before
 a layer runs, the memory its forward needs is predicted on fake tensors; a layer that would
 not fit ``--max-memory`` (or that fails to allocate anyway) is reported as out of memory at
@@ -74,8 +76,10 @@ def attention_rows(recipe: Recipe, target: Target, max_memory: int,
 
             torch.manual_seed(0)
             layer = build()
-            shape = (target.batch_size, side * side, config.stage_dims[stage])
-            row = dict(row=f"{label}, {side}x{side}", label=label, group=side, side=side, kind=config.attn_kind[stage],
+            batch = sweep.batch(side, target.batch_size)
+            shape = (batch, side * side, config.stage_dims[stage])
+            row = dict(row=f"{label}, {side}x{side}", label=label, group=side, side=side, batch=batch,
+                       kind=config.attn_kind[stage],
                        params=count_params(layer),
                        flops=count_flops(layer, input_size=shape[1:]))  # per token map, as FLOPs per image
             needed = predicted_peak_bytes(build, shape)
@@ -97,7 +101,7 @@ def attention_rows(recipe: Recipe, target: Target, max_memory: int,
             rows.append(row)
             figure = (f"{row['throughput']:.1f} +- {row['throughput_spread']:.1f} maps/s, peak {row['peak_memory_mb']:.0f} MB"
                       if "throughput" in row else row["note"])
-            say(f"[{label}] {side}x{side} tokens, batch {target.batch_size}: {row['flops'] / 1e9:.2f} GFLOPs, {figure}")
+            say(f"[{label}] {side}x{side} tokens, batch {batch}: {row['flops'] / 1e9:.2f} GFLOPs/map, {figure}")
             del layer
     return rows
 

@@ -16,6 +16,8 @@ beyond the architectures::
       measure: attention          # each row's attention layers alone
       stage: 2                    # the stage whose attention (dim, heads, kind, ...) is taken
       sides: [14, 28, 56, 112]    # token-map sides
+      tokens: 12544               # tokens per forward (batch = tokens // side^2, at least 1);
+                                  # without it, the target's batch at every side
 
 Shipped recipes live in ``experiments/recipes/``; any other ``.yaml``/``.json`` file is a user
 recipe. A bad file raises :class:`space.SpaceError` naming the file and the field.
@@ -34,7 +36,8 @@ from space.dims import Domain, check_keys, positive_int
 from space.registry import FILE_SUFFIXES
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
-EXPERIMENT_KEYS = ("dataset", "epochs", "seeds", "sweep", "resolutions", "measure", "stage", "sides")
+EXPERIMENT_KEYS = ("dataset", "epochs", "seeds", "sweep", "resolutions", "measure", "stage", "sides", "tokens")
+MEASURE_KEYS = ("measure", "stage", "sides", "tokens")
 MEASURE_KINDS = ("attention",)
 DEFAULT_EPOCHS = 2
 DEFAULT_SEEDS = 2
@@ -42,10 +45,15 @@ DEFAULT_SEEDS = 2
 
 @dataclass(frozen=True)
 class AttentionSweep:
-    """A table that trains nothing: each row's stage-``stage`` attention alone at each side."""
+    """A table that trains nothing: each row's stage-``stage`` attention alone at each side,
+    ``tokens`` tokens per forward (``None``: the target's batch of maps)."""
 
     stage: int
     sides: tuple[int, ...]
+    tokens: int | None = None
+
+    def batch(self, side: int, target_batch: int) -> int:
+        return max(1, self.tokens // side**2) if self.tokens else target_batch
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ def _parse(data: dict[str, Any], space: SearchSpace, path: Path) -> Recipe:
     common = dict(name=space.name, description=space.description, path=path, space=space)
     if "measure" in block:
         return Recipe(**common, attention=_attention(block, space))
-    misplaced = sorted(set(block) & {"stage", "sides"})
+    misplaced = sorted(set(block) & set(MEASURE_KEYS))
     if misplaced:
         raise SpaceError(f"experiment.{misplaced[0]}", "is for tables that measure ('measure: attention')")
     dataset = block.get("dataset")
@@ -159,7 +167,7 @@ def _attention(block: dict[str, Any], space: SearchSpace) -> AttentionSweep:
     measure = Domain(str).coerce(block["measure"], "experiment.measure")
     if measure not in MEASURE_KINDS:
         raise SpaceError("experiment.measure", f"{measure!r} is not one of {', '.join(MEASURE_KINDS)}")
-    trained = sorted(set(block) & {"dataset", "epochs", "seeds", "sweep", "resolutions"})
+    trained = sorted(set(block) - set(MEASURE_KEYS))
     if trained:
         raise SpaceError(f"experiment.{trained[0]}", "is for tables that train; 'measure: attention' trains nothing")
     for key in ("stage", "sides"):
@@ -174,7 +182,9 @@ def _attention(block: dict[str, Any], space: SearchSpace) -> AttentionSweep:
     sides = block["sides"]
     if not isinstance(sides, list) or not sides:
         raise SpaceError("experiment.sides", f"expected a non-empty list of token-map sides, got {sides!r}")
-    return AttentionSweep(stage, tuple(Domain(int, positive_int).coerce(s, "experiment.sides") for s in sides))
+    tokens = block.get("tokens")
+    return AttentionSweep(stage, tuple(Domain(int, positive_int).coerce(s, "experiment.sides") for s in sides),
+                          None if tokens is None else Domain(int, positive_int).coerce(tokens, "experiment.tokens"))
 
 
 def row_label(params: dict[str, Any]) -> str:

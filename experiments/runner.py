@@ -290,7 +290,7 @@ def _publish(recipe: Recipe, settings: SearchSettings, study: optuna.Study, rows
     text = "\n\n".join(lines)
     _say(out, "\n" + text)
     paths = [write_text(where / f"{recipe.name}.md", text),
-             write_text(where / f"{recipe.name}.csv", csv_text(rows, columns, extra=("side", "x", "arch_id"))),
+             write_text(where / f"{recipe.name}.csv", csv_text(rows, columns, extra=("side", "batch", "x", "arch_id"))),
              write_text(where / f"{recipe.name}.tex", latex(rows, columns))]
     if plot is not None:
         paths.append(write_atomic(where / f"{recipe.name}.png", plot))

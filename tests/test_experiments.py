@@ -7,9 +7,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from experiments import cli
+from experiments import cli, separability
 from experiments.attention import StageAttention, attention_rows, speedup_lines
 from experiments.recipes import load_recipe, recipe_names
+from experiments.separability import separated_pairs
 from experiments.runner import RunOptions, run_recipe
 from experiments.table import Column, changes, fixed, markdown
 from litv2 import LITV2_S, build_model, count_params
@@ -75,7 +76,8 @@ def test_shipped_recipes_hold_the_papers_rows():
     kinds = [c.attn_kind[2] for c in load_recipe("table4").space.enumerate()]
     assert kinds == ["msa", "sra", "wmsa", "tmsa", "hilo"]
     attention = load_recipe("attention-resolution")
-    assert attention.attention.sides == (14, 28, 56, 112)
+    assert attention.attention.sides == (14, 28, 56, 112) and attention.attention.tokens == 64 * 14 * 14
+    assert [attention.attention.batch(side, 1) for side in (14, 28, 56, 112)] == [64, 16, 4, 1]
     assert {c.stage_dims[2] for c in attention.space.enumerate()} == {768}
 
 
@@ -222,3 +224,30 @@ def test_attention_rows_report_running_out_of_memory_instead_of_crashing(tmp_pat
     for row in rows[4:]:
         assert "throughput" not in row and row["note"].startswith("out of memory: needs ~")
     assert "out of memory at 16x16" in speedup_lines(rows)[0] and "1.00x at 4x4" in speedup_lines(rows)[0]
+
+
+# ---------------------------------------------------------------------- separability, on real Ray
+def test_separated_pairs_use_twice_the_larger_std():
+    row = lambda name, mean, std: dict(row=name, top1=mean, top1_std=std, seeds=2)  # noqa: E731
+    a, b, c = row("a", 81, 1.4), row("b", 70.5, 0.7), row("c", 80, 1.4)
+    assert [(x["row"], y["row"]) for x, y in separated_pairs([a, b, c])] == [("a", "b"), ("c", "b")]
+    assert separated_pairs([a, dict(row("d", 10, 0), seeds=1)]) == []  # one seed: no std, no verdict
+
+
+@pytest.mark.slow
+def test_separability_runs_on_the_engine_and_a_second_run_trains_nothing(tmp_path, capsys):
+    import ray
+
+    common = ["--dataset", "digits", "--seeds", "2", "--epochs", "1", "--budget", "1cpu-h", "--workdir", str(tmp_path)]
+    try:
+        code = separability.main([*common, "--study", "first"])
+        first = capsys.readouterr().out
+        assert code in (0, 1) and first.count(" training ") == 8  # 4 rows x 2 seeds
+        assert "| MLP-only |" in first and "(n=2)" in first
+        separability.main([*common, "--study", "second"])
+        second = capsys.readouterr().out
+    finally:
+        ray.shutdown()
+    assert " training " not in second and "8 trainings reused from earlier studies" in second
+    table = lambda text: text.split("\n| row |")[1].split("\n\n")[0]  # noqa: E731
+    assert table(second) == table(first)
