@@ -139,10 +139,10 @@ def _parse(data: dict[str, Any], space: SearchSpace, path: Path) -> Recipe:
             raise SpaceError("experiment.dataset", str(err)) from None
     sweep = block.get("sweep")
     if sweep is not None:
-        names = {name for name, _, _ in space.dimensions()}
-        if Domain(str).coerce(sweep, "experiment.sweep") not in names or sweep == "point":
-            raise SpaceError("experiment.sweep", f"{sweep!r} is not a swept parameter of these rows; expected one of "
-                                                 f"{', '.join(sorted(names - {'point'})) or 'none (the rows are points)'}")
+        swept = sorted({name for name, _, _ in space.dimensions()} - {"point"})
+        if Domain(str).coerce(sweep, "experiment.sweep") not in swept:
+            expected = f"expected one of {', '.join(swept)}" if swept else "these rows are points, not a sweep"
+            raise SpaceError("experiment.sweep", f"{sweep!r} is not a swept parameter of these rows; {expected}")
     return Recipe(
         **common, dataset=dataset,
         epochs=Domain(int, positive_int).coerce(block.get("epochs", DEFAULT_EPOCHS), "experiment.epochs"),

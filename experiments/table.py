@@ -94,8 +94,8 @@ def _cells(rows: Sequence[Row], columns: Sequence[Column], label: str) -> tuple[
     """Header and cells shared by every text form; a ``note`` column appears when a row has one."""
     noted = any(row.get("note") for row in rows)
     header = [label, *(c.header for c in columns), *(["note"] if noted else [])]
-    body = [[str(row["row"]), *(_cell(row, c, delta[c.key]) for c in columns), *([row.get("note", "")] if noted else [])]
-            for row, delta in zip(rows, changes(rows, columns))]
+    body = [[str(row["row"]), *(_cell(row, c, delta[c.key]) for c in columns),
+             *([row.get("note", "")] if noted else [])] for row, delta in zip(rows, changes(rows, columns))]
     return header, body
 
 

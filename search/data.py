@@ -421,9 +421,8 @@ class Embedded:
 
 # The one list of embedded data sets: parsing, loading, sizes and error messages read it.
 EMBEDDED: dict[str, Embedded] = {
-    "digits": Embedded(lambda seed, size: _digits(seed, size), 32, _DIGITS_TRAIN),
-    "cluttered-digits": Embedded(lambda seed, size: _cluttered_digits(seed, size), 64,
-                                 _DIGITS_TRAIN * ClutterRecipe.train_per_digit),
+    "digits": Embedded(_digits, 32, _DIGITS_TRAIN),
+    "cluttered-digits": Embedded(_cluttered_digits, 64, _DIGITS_TRAIN * ClutterRecipe.train_per_digit),
     **{name: Embedded(_pathfinder(name), 64, recipe.train_images) for name, recipe in PATHFINDER_LEVELS.items()},
 }
 

@@ -106,7 +106,8 @@ def test_pathfinder_bundle_is_balanced_and_binary():
     assert bundle.train.tensors[0].shape == (recipe.train_images, 1, 32, 32) == (train_size("pathfinder"), 1, 32, 32)
     assert torch.bincount(bundle.train.tensors[1]).tolist() == [recipe.train_images // 2] * 2
     assert torch.bincount(bundle.val.tensors[1]).tolist() == [recipe.val_images // 2] * 2
-    assert not torch.equal(bundle.train.tensors[0][:100], load_dataset("pathfinder", seed=1, img_size=32).train.tensors[0][:100])
+    other = load_dataset("pathfinder", seed=1, img_size=32)
+    assert not torch.equal(bundle.train.tensors[0][:100], other.train.tensors[0][:100])
 
 
 def test_pathfinder_draws_dashed_curves_and_two_discs():
