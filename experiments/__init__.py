@@ -1,1 +1,2 @@
-"""Experiments that check the search's assumptions with real training runs."""
+"""Ablation tables (``python -m experiments list|run|show``) on the search engine, and the
+data-set separability check."""

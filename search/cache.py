@@ -28,6 +28,9 @@ def _measured_key(target: str, fingerprint: Mapping[str, str]) -> str:
     return f"{target}|{json.dumps(dict(fingerprint), sort_keys=True)}"
 
 
+CACHE_FILE = "throughput_cache.db"  # its name in a work directory
+
+
 class ThroughputCache:
     def __init__(self, path: Path) -> None:
         self.path = path

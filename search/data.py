@@ -1,14 +1,20 @@
 """Data sets for proxy training, named by a short spec string.
 
-Two sets are embedded (built from scikit-learn's bundled ``load_digits``, so the search runs
-with no download and no files), both grey, i.e. one input channel:
+Three sets are embedded (built in memory, so the search runs with no download and no files),
+all grey, i.e. one input channel; :data:`EMBEDDED` is their one list:
 
-* ``digits``: the 1,797 8x8 digits upscaled to 32x32. Fast, for tests; too easy to rank
-  architectures (tiny proxies of very different designs all reach 97-99%, within seed noise).
+* ``digits``: scikit-learn's bundled 1,797 8x8 digits upscaled to 32x32. Fast, for tests; too
+  easy to rank architectures (tiny proxies of very different designs all reach 97-99%).
 * ``cluttered-digits`` (the default): 64x64 canvases, each with one enlarged digit among
   fragments of other digits, in the spirit of Cluttered MNIST (Jaderberg et al., 2015).
   Fragments are crops of real digits at the digit's scale, so locally they look like its
   strokes; telling them apart needs the layout of strokes over the whole digit.
+* ``pathfinder`` (and ``pathfinder-easy`` / ``pathfinder-hard``): the Long Range Arena's
+  Pathfinder task (Linsley et al., 2018; Tay et al., 2021), drawn procedurally: two endpoint
+  discs and several dashed curves; the label says whether one curve joins the two discs.
+  Every disc sits at the end of a curve in both classes, so only following the dashes across
+  the image answers it: pixels far apart decide. Difficulty grows with the path length and
+  the number of distractor curves (:class:`PathfinderRecipe`).
 
 ``cifar10``, ``cifar100`` and ``imagefolder:PATH`` read data already on disk through
 torchvision (three channels).
@@ -33,13 +39,11 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-EMBEDDED = ("digits", "cluttered-digits")
 CIFAR = ("cifar10", "cifar100")
 DEFAULT_DATASET = "cluttered-digits"
 DATA_ENV = "LITV2_DATA"
 VAL_FRACTION = 0.2
-_EXPECTED = "digits, cluttered-digits, cifar10, cifar100 or imagefolder:PATH"
-_DEFAULT_SIZE = {"digits": 32, "cluttered-digits": 64, "cifar10": 32, "cifar100": 32, "imagefolder": 64}
+_DEFAULT_SIZE = {"cifar10": 32, "cifar100": 32, "imagefolder": 64}  # embedded sets: EMBEDDED[name].default_size
 # Per-channel statistics for the on-disk sets (the usual published values).
 _CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -97,10 +101,8 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".ti
 def train_size(spec: str, root: str | None = None) -> int:
     """Training images of a data set, found without loading it (the budget's cost model)."""
     parsed = parse_dataset_spec(spec)
-    if parsed.kind == "digits":
-        return _DIGITS_TRAIN
-    if parsed.kind == "cluttered-digits":
-        return _DIGITS_TRAIN * ClutterRecipe.train_per_digit
+    if parsed.kind in EMBEDDED:
+        return EMBEDDED[parsed.kind].train_images
     if parsed.kind in CIFAR:
         return _CIFAR_TRAIN
     folder = Path(parsed.path)
@@ -113,7 +115,7 @@ def train_size(spec: str, root: str | None = None) -> int:
 def parse_dataset_spec(spec: str) -> DatasetSpec:
     """Validate a spec string early, so a typo fails before any worker starts."""
     if not isinstance(spec, str):
-        raise ValueError(f"dataset {spec!r} is not a string; expected {_EXPECTED}")
+        raise ValueError(f"dataset {spec!r} is not a string; expected {_expected()}")
     if spec in EMBEDDED or spec in CIFAR:
         return DatasetSpec(spec)
     if spec.startswith("imagefolder:"):
@@ -121,7 +123,11 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
         if not path or not Path(path).is_dir():
             raise ValueError(f"imagefolder path {path!r} is not a directory")
         return DatasetSpec("imagefolder", path)
-    raise ValueError(f"dataset {spec!r} is unknown; expected {_EXPECTED}")
+    raise ValueError(f"dataset {spec!r} is unknown; expected {_expected()}")
+
+
+def _expected() -> str:
+    return ", ".join([*EMBEDDED, *CIFAR]) + " or imagefolder:PATH"
 
 
 def load_dataset(
@@ -136,9 +142,9 @@ def load_dataset(
     Args:
         spec: a spec string (see :func:`parse_dataset_spec`) or a parsed spec.
         root: where ``cifar10``/``cifar100`` live; default ``$LITV2_DATA``, else ``./data``.
-        seed: fixes the train/val split and, for ``cluttered-digits``, every generated image.
+        seed: fixes the train/val split and, for the generated sets, every image.
         img_size: side of the square images; default 32 for ``digits`` and CIFAR, 64 for
-            ``cluttered-digits`` and ``imagefolder``.
+            ``cluttered-digits``, ``pathfinder`` and ``imagefolder``.
         download: let torchvision download CIFAR into ``root``; never done implicitly.
 
     Validation sets: held out (stratified, 20%) from the source data for the embedded sets and
@@ -146,11 +152,10 @@ def load_dataset(
     test split and an ``imagefolder`` with ``train/`` and ``val/`` uses those.
     """
     parsed = spec if isinstance(spec, DatasetSpec) else parse_dataset_spec(spec)
+    if parsed.kind in EMBEDDED:
+        embedded = EMBEDDED[parsed.kind]
+        return embedded.build(seed, img_size or embedded.default_size)
     size = img_size or _DEFAULT_SIZE[parsed.kind]
-    if parsed.kind == "digits":
-        return _digits(seed, size)
-    if parsed.kind == "cluttered-digits":
-        return _cluttered_digits(seed, size)
     if parsed.kind in CIFAR:
         return _cifar(parsed.kind, root, size, download)
     return _image_folder(parsed.path, seed, size)
@@ -165,13 +170,15 @@ def _source_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 def _bundle(
-    train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray, name: str
+    train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray, name: str,
+    num_classes: int = 10,
 ) -> DataBundle:
     """Standardise with the training statistics and wrap as TensorDatasets."""
     mean, std = train_x.mean(), train_x.std()
     train = TensorDataset((train_x - mean) / std, torch.as_tensor(train_y, dtype=torch.long))
     val = TensorDataset((val_x - mean) / std, torch.as_tensor(val_y, dtype=torch.long))
-    return DataBundle(train, val, num_classes=10, img_size=train_x.shape[-1], in_chans=train_x.shape[1], name=name)
+    return DataBundle(train, val, num_classes=num_classes, img_size=train_x.shape[-1], in_chans=train_x.shape[1],
+                      name=name)
 
 
 @functools.lru_cache(maxsize=8)
@@ -279,6 +286,145 @@ def _cluttered_digits(seed: int, size: int) -> DataBundle:
     train_x, train_y = render_cluttered(x_train, y_train, size, seed, recipe.train_per_digit, recipe)
     val_x, val_y = render_cluttered(x_val, y_val, size, seed + 1, recipe.val_per_digit, recipe)
     return _bundle(train_x, train_y, val_x, val_y, "cluttered-digits")
+
+
+@dataclass(frozen=True)
+class PathfinderRecipe:
+    """How ``pathfinder`` images are drawn. Lengths are fractions of the image side, so 32 and
+    64 px images pose the same task at two resolutions.
+
+    Attributes:
+        train_images, val_images: images per split (half of them connected).
+        segments: dashes per curve: the path length, the main difficulty knob (the Long Range
+            Arena's Pathfinder uses contours of 6, 9 and 14 dashes).
+        distractors: curves besides the one or two that carry the endpoint discs.
+        segment_length: one dash plus its gap.
+        dash: the drawn fraction of a segment.
+        max_turn: the most a curve turns between two dashes, in radians (smooth contours).
+        line_width, disc_radius: stroke width of the dashes and radius of the endpoint discs.
+        margin: curves keep this far from the border.
+
+    The two discs of a negative image sit at ends of two different curves, chosen so that
+    their distance matches the end-to-end distance of a curve: how far apart the discs are
+    does not give the answer away.
+    """
+
+    train_images: int = 4000
+    val_images: int = 2000
+    segments: int = 9
+    distractors: int = 2
+    segment_length: float = 0.09
+    dash: float = 0.6
+    max_turn: float = 0.5
+    line_width: float = 0.025
+    disc_radius: float = 0.045
+    margin: float = 0.06
+
+
+# Difficulty levels, by path length and distractor curves; each is a data set of its own name.
+PATHFINDER_LEVELS = {
+    "pathfinder-easy": PathfinderRecipe(segments=6, distractors=1),
+    "pathfinder": PathfinderRecipe(),
+    "pathfinder-hard": PathfinderRecipe(segments=14, distractors=3),
+}
+
+
+def render_pathfinder(count: int, size: int, rng: np.random.Generator,
+                      recipe: PathfinderRecipe = PathfinderRecipe()) -> tuple[torch.Tensor, np.ndarray]:
+    """Draw ``count`` pathfinder images, half of them connected, in an order ``rng`` shuffles.
+
+    Returns ``(count, 1, size, size)`` images in [0, 1] and labels (1: one curve joins the
+    two discs). Only numpy draws and integer-indexed maxima are used, so a seed gives the
+    same bytes in every process and on every machine.
+    """
+    labels = rng.permutation(np.arange(count) % 2)
+    paths = _curves(rng, count * (2 + recipe.distractors), recipe).reshape(count, 2 + recipe.distractors, -1, 2)
+    first, second = paths[:, 0], paths[:, 1]
+    # Positive: both ends of curve 0. Negative: one end of curve 0 and one of curve 1, the pair
+    # whose distance is closest to curve 0's own end-to-end distance.
+    span = np.linalg.norm(first[:, -1] - first[:, 0], axis=-1)
+    ends = np.stack([first[:, [0, 0, -1, -1]], second[:, [0, -1, 0, -1]]], axis=2)  # (count, 4, 2, 2)
+    pick = np.abs(np.linalg.norm(ends[:, :, 0] - ends[:, :, 1], axis=-1) - span[:, None]).argmin(axis=1)
+    discs = np.where(labels[:, None, None] == 1, np.stack([first[:, 0], first[:, -1]], axis=1),
+                     ends[np.arange(count), pick])
+    canvas = np.zeros((count, size * size), dtype=np.float32)
+    start, step = paths[:, :, :-1], paths[:, :, 1:] - paths[:, :, :-1]
+    samples = max(2, int(np.ceil(recipe.dash * recipe.segment_length * size / 0.35)) + 1)
+    along = np.linspace(0.0, recipe.dash, samples, dtype=np.float64)
+    dashes = start[..., None, :] + along[:, None] * step[..., None, :]  # (count, curves, segments, samples, 2)
+    _stamp(canvas, dashes.reshape(count, -1, 2) * size, recipe.line_width * size / 2, size)
+    _stamp(canvas, discs * size, recipe.disc_radius * size, size)
+    return torch.from_numpy(canvas.reshape(count, 1, size, size)), labels
+
+
+def _curves(rng: np.random.Generator, count: int, recipe: PathfinderRecipe) -> np.ndarray:
+    """``count`` smooth random walks of ``segments`` steps in the unit square, ``(count, segments + 1, 2)``.
+
+    A step that would leave the margin turns towards the centre instead, so curves stay whole."""
+    low, high = recipe.margin, 1 - recipe.margin
+    points = [rng.uniform(low, high, (count, 2))]
+    angle = rng.uniform(0, 2 * np.pi, count)
+    for _ in range(recipe.segments):
+        turn = rng.uniform(-recipe.max_turn, recipe.max_turn, (2, count))
+        angle = angle + turn[0]
+        step = recipe.segment_length * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
+        outside = ((points[-1] + step < low) | (points[-1] + step > high)).any(axis=-1)
+        inward = np.arctan2(0.5 - points[-1][:, 1], 0.5 - points[-1][:, 0]) + turn[1]
+        angle = np.where(outside, inward, angle)
+        points.append(points[-1] + recipe.segment_length * np.stack([np.cos(angle), np.sin(angle)], axis=-1))
+    return np.stack(points, axis=1)
+
+
+def _stamp(canvas: np.ndarray, centres: np.ndarray, radius: float, size: int) -> None:
+    """Draw anti-aliased discs of ``radius`` pixels at ``centres`` (pixel units, ``(count, n, 2)``)
+    into the flat ``canvas`` ``(count, size * size)``, keeping the brighter value; in chunks of
+    images, to bound the memory of the per-pixel arrays."""
+    chunk = 256
+    if len(centres) > chunk:
+        for begin in range(0, len(centres), chunk):
+            _stamp(canvas[begin:begin + chunk], centres[begin:begin + chunk], radius, size)
+        return
+    reach = int(np.ceil(radius + 0.5))
+    offsets = np.arange(-reach, reach + 1)
+    count, n, _ = centres.shape
+    base = np.floor(centres).astype(np.int64)
+    cols = base[..., 0, None, None] + offsets[None, :]  # (count, n, 1, k)
+    rows = base[..., 1, None, None] + offsets[:, None]  # (count, n, k, 1)
+    distance = np.hypot(cols + 0.5 - centres[..., 0, None, None], rows + 0.5 - centres[..., 1, None, None])
+    value = np.clip(radius + 0.5 - distance, 0.0, 1.0).astype(np.float32)
+    inside = (cols >= 0) & (cols < size) & (rows >= 0) & (rows < size) & (value > 0)
+    image = np.broadcast_to(np.arange(count)[:, None, None, None], inside.shape)
+    index = image * size * size + np.clip(rows, 0, size - 1) * size + np.clip(cols, 0, size - 1)
+    np.maximum.at(canvas.reshape(-1), index[inside], value[inside])
+
+
+def _pathfinder(name: str) -> Callable[[int, int], DataBundle]:
+    @functools.lru_cache(maxsize=8)
+    def build(seed: int, size: int) -> DataBundle:
+        recipe = PATHFINDER_LEVELS[name]
+        train_x, train_y = render_pathfinder(recipe.train_images, size, np.random.default_rng([seed, 0]), recipe)
+        val_x, val_y = render_pathfinder(recipe.val_images, size, np.random.default_rng([seed, 1]), recipe)
+        return _bundle(train_x, train_y, val_x, val_y, name, num_classes=2)
+
+    return build
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """An embedded data set: its builder (``(seed, img_size) -> DataBundle``, cached per
+    process), its default side and its training-set size (known without building it)."""
+
+    build: Callable[[int, int], DataBundle]
+    default_size: int
+    train_images: int
+
+
+# The one list of embedded data sets: parsing, loading, sizes and error messages read it.
+EMBEDDED: dict[str, Embedded] = {
+    "digits": Embedded(_digits, 32, _DIGITS_TRAIN),
+    "cluttered-digits": Embedded(_cluttered_digits, 64, _DIGITS_TRAIN * ClutterRecipe.train_per_digit),
+    **{name: Embedded(_pathfinder(name), 64, recipe.train_images) for name, recipe in PATHFINDER_LEVELS.items()},
+}
 
 
 # ---------------------------------------------------------------------- on-disk sets

@@ -24,7 +24,7 @@ import optuna
 from litv2 import LITConfig
 
 from .budget import CostModel, Ledger, parse_budget
-from .cache import ThroughputCache
+from .cache import CACHE_FILE, ThroughputCache
 from .constraints import latency_ms, violated
 from .executor import Event, Executor, try_submit
 from .jobs import CountJob, Job, MeasureJob, TrainJob
@@ -203,7 +203,7 @@ class Search:
     def _prepare(self) -> None:
         if self.executor is None:
             self.executor = self._make_executor(self)
-        self.cache = ThroughputCache(self.workdir / "throughput_cache.db")
+        self.cache = ThroughputCache(self.workdir / CACHE_FILE)
         self.tracker = StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
         run_id = self.tracker.start(self.settings.study, self._parent_params(), self.study.user_attrs.get(RUN_ID_ATTR))
         self.study.set_user_attr(RUN_ID_ATTR, run_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -82,6 +82,11 @@ class StudyTracker:
             plot(png_path)
             self.client.log_artifact(self.run_id, str(csv_path))
             self.client.log_artifact(self.run_id, str(png_path))
+
+    def log_artifacts(self, paths: Iterable[Path], run_id: str | None = None) -> None:
+        """Attach files (tables, plots) to the study's parent run, or to the run ``run_id``."""
+        for path in paths:
+            self.client.log_artifact(run_id or self.run_id, str(path))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

@@ -57,7 +57,10 @@ STAGE_AXES: dict[str, Domain] = {
     "window_size": Domain(int, positive_int),
     "alpha_per_stage": Domain(float, unit_interval),
 }
-TOP_KEYS = ("name", "description", "base", "fixed", "deploy_img_size", "proxy", "fixed_points", "dimensions", "points")
+# ``experiment``: what an ablation recipe needs beyond its architectures (data set, seeds, plots);
+# read by the ``experiments`` package, ignored by the space, so a recipe is also a space file.
+TOP_KEYS = ("name", "description", "base", "fixed", "deploy_img_size", "proxy", "fixed_points", "dimensions", "points",
+            "experiment")
 PROXY_KEYS = ("img_size", "width_mult")
 POINT_KEYS = ("label", "base", "fixed")
 DEFAULT_BASE = "litv2_s"

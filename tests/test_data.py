@@ -11,13 +11,14 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from search.data import (
-    ClutterRecipe, DataBundle, DatasetSpec, load_dataset, parse_dataset_spec, render_cluttered,
+    PATHFINDER_LEVELS, ClutterRecipe, DataBundle, DatasetSpec, PathfinderRecipe, load_dataset, parse_dataset_spec,
+    render_cluttered, render_pathfinder, train_size,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("spec", ["digits", "cluttered-digits", "cifar10", "cifar100"])
+@pytest.mark.parametrize("spec", ["digits", "cluttered-digits", "pathfinder", "pathfinder-hard", "cifar10", "cifar100"])
 def test_known_specs_parse(spec):
     assert parse_dataset_spec(spec) == DatasetSpec(spec)
 
@@ -27,6 +28,7 @@ def test_unknown_spec_names_value_and_choices():
         parse_dataset_spec("mnist")
     message = str(error.value)
     assert "'mnist'" in message and "cluttered-digits" in message and "imagefolder:PATH" in message
+    assert "pathfinder" in message
     assert "\n" not in message
 
 
@@ -95,6 +97,48 @@ def test_cluttered_digits_identical_across_processes():
     bundle = load_dataset("cluttered-digits", img_size=32)
     here = hashlib.sha256(bundle.train.tensors[0].numpy().tobytes() + bundle.val.tensors[0].numpy().tobytes())
     assert _cluttered_digest() == here.hexdigest()
+
+
+def test_pathfinder_bundle_is_balanced_and_binary():
+    bundle = load_dataset("pathfinder", img_size=32)
+    recipe = PATHFINDER_LEVELS["pathfinder"]
+    assert (bundle.num_classes, bundle.img_size, bundle.in_chans, bundle.name) == (2, 32, 1, "pathfinder")
+    assert bundle.train.tensors[0].shape == (recipe.train_images, 1, 32, 32) == (train_size("pathfinder"), 1, 32, 32)
+    assert torch.bincount(bundle.train.tensors[1]).tolist() == [recipe.train_images // 2] * 2
+    assert torch.bincount(bundle.val.tensors[1]).tolist() == [recipe.val_images // 2] * 2
+    other = load_dataset("pathfinder", seed=1, img_size=32)
+    assert not torch.equal(bundle.train.tensors[0][:100], other.train.tensors[0][:100])
+
+
+def test_pathfinder_draws_dashed_curves_and_two_discs():
+    """Two discs per image; harder levels draw more ink (longer curves, more distractors); both
+    classes draw the same ink (the same number of curves of the same length)."""
+    rng = np.random.default_rng(0)
+    images, labels = render_pathfinder(400, 64, rng)
+    assert images.shape == (400, 1, 64, 64) and 0 <= images.min() and images.max() <= 1
+    no_curves = PathfinderRecipe(segments=1, dash=0.0, distractors=0)
+    discs, _ = render_pathfinder(20, 64, np.random.default_rng(0), no_curves)
+    lit = discs.flatten(1).gt(0.5).sum(1).float()
+    assert lit.min() > 2 * 16  # two discs of radius ~2.9 px: about 26 pixels each
+    hard, _ = render_pathfinder(400, 64, np.random.default_rng(0), PATHFINDER_LEVELS["pathfinder-hard"])
+    easy, _ = render_pathfinder(400, 64, np.random.default_rng(0), PATHFINDER_LEVELS["pathfinder-easy"])
+    assert hard.mean() > images.mean() > easy.mean()
+    ink = images.flatten(1).mean(1)
+    assert abs(ink[labels == 1].mean() - ink[labels == 0].mean()) < 0.1 * ink.mean()
+
+
+def _pathfinder_digest() -> str:
+    code = ("import hashlib; from search.data import load_dataset; b = load_dataset('pathfinder', img_size=32);"
+            "print(hashlib.sha256(b.train.tensors[0].numpy().tobytes() + b.val.tensors[1].numpy().tobytes())"
+            ".hexdigest())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def test_pathfinder_identical_across_processes():
+    bundle = load_dataset("pathfinder", img_size=32)
+    here = hashlib.sha256(bundle.train.tensors[0].numpy().tobytes() + bundle.val.tensors[1].numpy().tobytes())
+    assert _pathfinder_digest() == here.hexdigest()
 
 
 def test_cifar_without_data_says_where_it_looked(tmp_path, monkeypatch):

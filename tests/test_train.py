@@ -1,13 +1,11 @@
 """Proxy training on the embedded digits with tiny models: learning, determinism, early stop, eval."""
 import functools
-import json
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from experiments import separability
 from litv2 import LITConfig, build_model
 from search.data import load_dataset
 from search.train import TrainResult, evaluate, resolve_precision, train_proxy
@@ -91,22 +89,6 @@ def test_cuda_path_trains_with_amp(digits):
     assert result.device.startswith("cuda") and result.accuracy > 50
     fp16 = train_proxy(TINY, digits, epochs=1, device="cuda", precision="fp16")  # GradScaler path
     assert 0 <= fp16.accuracy <= 100
-
-
-def test_separated_pairs_uses_twice_the_larger_std():
-    score = lambda name, *acc: separability.ArchScore(name, 1, acc, (1.0,) * len(acc))  # noqa: E731
-    a, b, c = score("a", 80, 82), score("b", 70, 71), score("c", 79, 81)
-    pairs = {(x.name, y.name) for x, y in separability.separated_pairs([a, b, c])}
-    assert pairs == {("a", "b"), ("c", "b")}
-
-
-def test_separability_check_runs_end_to_end(tmp_path, capsys):
-    out = tmp_path / "sep.json"
-    separability.main(["--dataset", "digits", "--seeds", "1", "--epochs", "1", "--json", str(out)])
-    printed = capsys.readouterr().out
-    assert "mlp-only" in printed and "wall time" in printed
-    report = json.loads(out.read_text())
-    assert [s["name"] for s in report["scores"]] == [name for name, _ in separability.contrasting_architectures()]
 
 
 def _state(path):

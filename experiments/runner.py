@@ -1,0 +1,309 @@
+"""Run a recipe and make its table: ``experiments run`` and ``experiments show``.
+
+A trained recipe is a fixed-point study of the search engine (``search.Search``): every
+(row, seed) is one trial, counted, measured and trained by the engine's workers within the
+budget, reused when the work directory already holds the same training (architecture, data
+set, epochs, seed), logged as a child run of the study's MLflow parent run, and resumable
+with ``python -m search resume``. The table is then read back from the study and the work
+directory's caches, so ``show`` prints the same table for a finished study and what there is
+of an interrupted one. Recipes that train nothing (``measure: attention``) are measured in
+this process and stored on an Optuna study of their own, with an MLflow parent run and a
+child run per row.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import optuna
+
+from search.cache import CACHE_FILE, ThroughputCache
+from search.data import DEFAULT_DATASET
+from search.orchestrator import RUN_ID_ATTR, SETTINGS_ATTR, Search, open_study
+from search.settings import SearchSettings, build_settings, stored
+from search.storage import default_storage_url, open_storage
+from search.target import Target, parse_target
+from search.tracking import StudyTracker
+from space import arch_id
+
+from .recipes import Recipe, load_recipe, row_label
+from .table import Column, Row, Series, csv_text, fixed, giga, latex, markdown, millions, plot_panels, write_atomic, \
+    write_text
+
+ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
+TrialState = optuna.trial.TrialState
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """``experiments run``'s options; ``None`` takes the recipe's (or the search's) default."""
+
+    budget: str = "0.2cpu-h"
+    dataset: str | None = None
+    target: str | None = None
+    seeds: int | None = None
+    epochs: int | None = None
+    out: str | None = None
+    study: str | None = None
+    workdir: str = "."
+    storage: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = None
+    data_root: str | None = None
+    max_memory: str | None = None
+    seed: int = 0
+
+
+def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:
+    """The study's settings, every option validated (a one-line ValueError naming the bad one)."""
+    return build_settings(
+        study=options.study or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}", space=str(recipe.path),
+        budget=options.budget, dataset=options.dataset or recipe.dataset or DEFAULT_DATASET, target=options.target,
+        storage=options.storage, tracking_uri=options.tracking_uri, workdir=options.workdir, sampler="random",
+        epochs=options.epochs or recipe.epochs, seed=options.seed, address=options.address,
+        data_root=options.data_root, trials_per_device=1, cpus_per_trial=1, seeds=options.seeds or recipe.seeds,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run or a show produced: the exit code, the study and the table's rows and files."""
+
+    code: int
+    study: str
+    rows: list[Row]
+    files: list[Path]
+
+
+def run_recipe(recipe: Recipe, options: RunOptions, out: TextIO | None = None,
+               executor: Callable[[Search], Any] | None = None) -> Outcome:
+    """Run ``recipe`` to its table; ``executor`` is the search's (tests pass an in-process one)."""
+    out = out or sys.stdout
+    settings = settings_for(recipe, options)
+    if recipe.attention is not None:
+        return _run_attention(recipe, settings, options, out)
+    code = Search(settings, out=out, executor=executor).run()
+    study = open_study(settings.storage, settings.study)
+    rows, files = _publish_trained(recipe, settings, study, _out_dir(options.out, settings), out)
+    if code:
+        _say(out, f"the experiment was interrupted: continue it with 'python -m search resume --study {settings.study}'"
+                  f" and print its table with 'python -m experiments show --study {settings.study}'")
+    return Outcome(code, settings.study, rows, files)
+
+
+def show(study_name: str, workdir: str = ".", storage: str | None = None, out_dir: str | None = None,
+         out: TextIO | None = None) -> Outcome:
+    """Print (and write) the table of a finished or interrupted experiment."""
+    out = out or sys.stdout
+    storage_url = storage or default_storage_url(Path(workdir))
+    study = open_study(storage_url, study_name)
+    if SETTINGS_ATTR not in study.user_attrs:
+        raise ValueError(f"study {study_name!r} is not an experiment (it has no settings)")
+    settings = SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR]).relocated(workdir, storage, None)
+    recipe = load_recipe(settings.space)
+    where = _out_dir(out_dir, settings)
+    if recipe.attention is not None:
+        rows = study.user_attrs[ATTENTION_ROWS_ATTR]
+        files = _publish_attention(recipe, settings, rows, study, where, out)
+    else:
+        rows, files = _publish_trained(recipe, settings, study, where, out)
+    return Outcome(0, study_name, rows, files)
+
+
+# ---------------------------------------------------------------------- trained tables
+def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, cache: ThroughputCache,
+                 say: Callable[[str], None] = print) -> list[Row]:
+    """One row per recipe row: full-size figures from the work directory's caches, proxy top-1
+    over the seeds that completed, and the extra resolutions (measured here when missing)."""
+    target = parse_target(settings.target)
+    trials: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if "duplicate_of" not in trial.user_attrs and trial.params:
+            trials.setdefault(row_label(trial.params), []).append(trial)
+    rows = []
+    for params, config in zip(recipe.space.grid_params(), recipe.space.enumerate()):
+        label, arch = row_label(params), arch_id(config)
+        done = [t for t in trials.get(label, []) if t.state == TrialState.COMPLETE and t.values]
+        accuracies = [t.values[0] for t in done]
+        row: Row = dict(row=label, arch_id=arch, seeds=len(accuracies), x=params.get(recipe.sweep),
+                        top1=statistics.fmean(accuracies) if accuracies else None,
+                        top1_std=statistics.stdev(accuracies) if len(accuracies) > 1 else None)
+        row.update(cache.get_figures(arch, target.img_size) or {})
+        measured = cache.get(arch, target.key) or {}
+        row.update({k: measured.get(k) for k in ("throughput", "throughput_spread", "peak_memory_mb")})
+        for height, width in recipe.resolutions:
+            row.update(_dense_figures(config, arch, height, width, target, cache, say))
+        missing = settings.seeds - len(accuracies)
+        if missing:
+            why = {t.user_attrs.get("not_trained") for t in trials.get(label, []) if t.user_attrs.get("not_trained")}
+            row["note"] = f"{missing} of {settings.seeds} seeds not trained" + (" (budget)" if why else "")
+        rows.append(row)
+    return rows
+
+
+def trained_columns(recipe: Recipe, settings: SearchSettings) -> list[Column]:
+    target = parse_target(settings.target)
+    columns = [Column("params", "params", millions), Column("flops", f"GFLOPs@{target.img_size}", giga),
+               Column("throughput", f"img/s {target.key}", fixed(1), spread="throughput_spread"),
+               Column("peak_memory_mb", "peak MB", fixed(0))]
+    for height, width in recipe.resolutions:
+        key = f"{height}x{width}"
+        columns += [Column(f"flops_{key}", f"GFLOPs@{width}x{height}", giga),
+                    Column(f"throughput_{key}", f"img/s@{width}x{height}", fixed(2), spread=f"throughput_{key}_spread")]
+    columns.append(Column("top1", f"proxy top-1 % ({settings.dataset}, {settings.epochs} ep)", fixed(2),
+                          spread="top1_std", change="points", count="seeds"))
+    return columns
+
+
+def _dense_figures(config, arch: str, height: int, width: int, target: Target, cache: ThroughputCache,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """FLOPs and throughput of the full-size network on a ``height x width`` input, cached
+    in the work directory like the search's own figures."""
+    key = f"{target.device}:bs{target.batch_size}:{height}x{width}:{target.precision}" + (
+        f":t{target.threads}" if target.threads else "")
+    figures = cache.get(arch, key)
+    if figures is None:
+        import torch
+
+        from litv2 import build_model, count_flops
+
+        from .measuring import measure_forward
+
+        say(f"{arch}: measuring at {width}x{height} on {key}")
+        torch.manual_seed(0)
+        model = build_model(config, num_classes=1000, img_size=(height, width))
+        figures = dict(flops=count_flops(model, (3, height, width)),
+                       **measure_forward(model, torch.randn(target.batch_size, 3, height, width), target))
+        cache.put(arch, key, figures)
+    name = f"{height}x{width}"
+    return {f"flops_{name}": figures["flops"], f"throughput_{name}": figures["throughput"],
+            f"throughput_{name}_spread": figures["throughput_spread"]}
+
+
+def _publish_trained(recipe: Recipe, settings: SearchSettings, study: optuna.Study, where: Path,
+                     out: TextIO) -> tuple[list[Row], list[Path]]:
+    from .separability import separated_pairs
+
+    cache = ThroughputCache(Path(settings.workdir) / CACHE_FILE)
+    rows = trained_rows(recipe, settings, study, cache, lambda line: _say(out, line))
+    columns = trained_columns(recipe, settings)
+    lines = [f"{recipe.name} ({settings.study}): {recipe.description}", markdown(rows, columns)]
+    pairs = separated_pairs(rows)
+    if any(row["seeds"] > 1 for row in rows):
+        lines.append("rows whose top-1 differ by more than twice the larger std: "
+                     + ("; ".join(f"{a['row']} > {b['row']} ({a['top1'] - b['top1']:+.2f})" for a, b in pairs)
+                        or "none"))
+    plot = None
+    if recipe.sweep:
+        plot = lambda path: _plot_trained(path, recipe, settings, rows)  # noqa: E731
+    return rows, _publish(recipe, settings, study, rows, columns, lines, plot, where, out)
+
+
+def _plot_trained(path: Path, recipe: Recipe, settings: SearchSettings, rows: list[Row]) -> None:
+    target = parse_target(settings.target)
+    xs = [row["x"] for row in rows]
+    speed = [Series(target.key, xs, [r.get("throughput") for r in rows], [r.get("throughput_spread") for r in rows])]
+    flops = [Series(f"{target.img_size} px", xs, [r.get("flops") for r in rows])]
+    for height, width in recipe.resolutions:
+        key = f"{height}x{width}"
+        speed.append(Series(f"{width}x{height}", xs, [r.get(f"throughput_{key}") for r in rows],
+                            [r.get(f"throughput_{key}_spread") for r in rows]))
+        flops.append(Series(f"{width}x{height}", xs, [r.get(f"flops_{key}") for r in rows]))
+    accuracy = [Series("mean +- std over seeds", xs, [r.get("top1") for r in rows], [r.get("top1_std") for r in rows])]
+    plot_panels(path, f"{recipe.name} ({settings.study})", recipe.sweep, {
+        f"proxy top-1 % ({settings.dataset})": accuracy, "img/s (median +- spread)": speed, "FLOPs": flops,
+    }, log_y=("img/s (median +- spread)", "FLOPs") if recipe.resolutions else ())
+
+
+# ---------------------------------------------------------------------- tables that train nothing
+def _run_attention(recipe: Recipe, settings: SearchSettings, options: RunOptions, out: TextIO) -> Outcome:
+    from search.constraints import parse_count
+
+    from .attention import attention_rows, available_memory
+
+    target = parse_target(settings.target)
+    limit = int(parse_count(options.max_memory, "--max-memory")) if options.max_memory else available_memory(
+        target.device)
+    storage = open_storage(settings.storage)
+    if settings.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        raise ValueError(f"study {settings.study!r} already exists; pick another --study")
+    _say(out, f"study {settings.study}: {recipe.name} on {target.key}, memory limit {limit / 2**20:,.0f} MB; "
+              f"storage {settings.storage}")
+    rows = attention_rows(recipe, target, limit, lambda line: _say(out, line))
+    study = optuna.create_study(study_name=settings.study, storage=storage)
+    study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+    study.set_user_attr(ATTENTION_ROWS_ATTR, rows)
+    tracker = StudyTracker(settings.tracking_uri, Path(settings.workdir) / "mlartifacts")
+    run_id = tracker.start(settings.study, {**stored(settings), "max_memory_bytes": limit})
+    study.set_user_attr(RUN_ID_ATTR, run_id)
+    for number, label in enumerate(recipe.labels):
+        mine = [row for row in rows if row["label"] == label]
+        metrics = {f"{key}_{row['side']}": row[key] for row in mine
+                   for key in ("params", "flops", "throughput", "throughput_spread", "peak_memory_mb") if row.get(key)}
+        tracker.log_trial(number, {"row": label, "kind": mine[0]["kind"]}, metrics,
+                          {"row": label, "status": "measured"})
+    try:
+        files = _publish_attention(recipe, settings, rows, study, _out_dir(options.out, settings), out)
+    finally:
+        tracker.finish()
+    return Outcome(0, settings.study, rows, files)
+
+
+ATTENTION_COLUMNS = [Column("params", "params", millions), Column("flops", "GFLOPs/map", giga),
+                     Column("throughput", "maps/s", fixed(1), spread="throughput_spread"),
+                     Column("peak_memory_mb", "peak MB", fixed(0))]
+
+
+def _publish_attention(recipe: Recipe, settings: SearchSettings, rows: list[Row], study: optuna.Study, where: Path,
+                       out: TextIO) -> list[Path]:
+    from .attention import speedup_lines
+
+    lines = [f"{recipe.name} ({settings.study}) on {settings.target}: {recipe.description}",
+             markdown(rows, ATTENTION_COLUMNS, label="attention, token map"),
+             "throughput against the first row, per side:", *speedup_lines(rows)]
+    return _publish(recipe, settings, study, rows, ATTENTION_COLUMNS, lines,
+                    lambda path: _plot_attention(path, recipe, settings, rows), where, out)
+
+
+def _plot_attention(path: Path, recipe: Recipe, settings: SearchSettings, rows: list[Row]) -> None:
+    panels: dict[str, list[Series]] = {"maps/s (median +- spread)": [], "GFLOPs per map": [], "peak MB": []}
+    for label in recipe.labels:
+        mine = [row for row in rows if row["label"] == label]
+        sides = [row["side"] for row in mine]
+        panels["maps/s (median +- spread)"].append(Series(label, sides, [r.get("throughput") for r in mine],
+                                                          [r.get("throughput_spread") for r in mine]))
+        panels["GFLOPs per map"].append(Series(label, sides, [r["flops"] / 1e9 for r in mine]))
+        panels["peak MB"].append(Series(label, sides, [r.get("peak_memory_mb") for r in mine]))
+    plot_panels(path, f"{recipe.name} on {settings.target} ({settings.study})", "token-map side", panels,
+                log_y=tuple(panels), log_x=True)
+
+
+# ---------------------------------------------------------------------- output
+def _publish(recipe: Recipe, settings: SearchSettings, study: optuna.Study, rows: list[Row], columns: list[Column],
+             lines: list[str], plot: Callable[[Path], None] | None, where: Path, out: TextIO) -> list[Path]:
+    """Print the table; write it as Markdown, CSV and LaTeX (and the plot) to ``where``; attach
+    them to the study's MLflow parent run."""
+    text = "\n\n".join(lines)
+    _say(out, "\n" + text)
+    paths = [write_text(where / f"{recipe.name}.md", text),
+             write_text(where / f"{recipe.name}.csv", csv_text(rows, columns, extra=("side", "batch", "x", "arch_id"))),
+             write_text(where / f"{recipe.name}.tex", latex(rows, columns))]
+    if plot is not None:
+        paths.append(write_atomic(where / f"{recipe.name}.png", plot))
+    run_id = study.user_attrs.get(RUN_ID_ATTR)
+    if run_id:
+        StudyTracker(settings.tracking_uri, Path(settings.workdir) / "mlartifacts").log_artifacts(paths, run_id)
+    _say(out, f"\nwrote {', '.join(str(p) for p in paths)}" + (f"; logged to MLflow run {run_id}" if run_id else ""))
+    return paths
+
+
+def _out_dir(out: str | None, settings: SearchSettings) -> Path:
+    return Path(out) if out else Path(settings.workdir) / "results" / settings.study
+
+
+def _say(out: TextIO, line: str) -> None:
+    print(line, file=out, flush=True)
