@@ -3,9 +3,8 @@
 Trained tables get their throughput from the search's measurement task; two kinds of figure
 are measured here, in the ``experiments`` process: single attention layers against the
 token-map side (``attention-resolution``) and whole models at extra input sizes such as a
-detector's 1280x800 (``window``). Both go through :func:`measure_forward`, which wraps
-:func:`litv2.throughput.measure_throughput`: when the measurement protocol of ``litv2.measure``
-replaces it, this function is what changes.
+detector's 1280x800 (``window``). Both go through :func:`measure_forward`, the project's one
+protocol (:func:`litv2.measure.measure_throughput`) applied to a fixed input.
 
 :func:`predicted_peak_bytes` runs a forward on fake tensors (no memory is allocated) and
 tracks the bytes of the tensors alive at each step, so a layer that would not fit the
@@ -41,17 +40,13 @@ def measure_forward(module: nn.Module, example: torch.Tensor, target: Target) ->
     Returns ``throughput`` (inputs per second: ``example``'s first dimension is the batch),
     ``throughput_spread`` and ``peak_memory_mb`` (``None`` where the protocol has no figure).
     """
-    from litv2.throughput import measure_throughput
+    from litv2.measure import measure_throughput
 
-    previous = torch.get_num_threads()
-    if target.device == "cpu":
-        torch.set_num_threads(target.threads)
-    try:
-        measured = measure_throughput(_Fed(module, example), batch_size=example.shape[0], img_size=1, in_chans=1,
-                                      device=target.device, precision=target.precision, warmup=3, repeats=5)
-    finally:
-        torch.set_num_threads(previous)
-    return dict(throughput=measured.median, throughput_spread=measured.spread, peak_memory_mb=measured.peak_memory_mb)
+    measured = measure_throughput(_Fed(module, example), batch_size=example.shape[0], img_size=1, in_chans=1,
+                                  device=target.device, precision=target.precision,
+                                  threads=target.threads if target.device == "cpu" else None)
+    return dict(throughput=measured.median, throughput_spread=measured.spread, peak_memory_mb=measured.peak_memory_mb,
+                measurement=measured.to_dict())
 
 
 def is_out_of_memory(error: BaseException) -> bool:

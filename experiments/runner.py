@@ -133,7 +133,7 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
                         top1=statistics.fmean(accuracies) if accuracies else None,
                         top1_std=statistics.stdev(accuracies) if len(accuracies) > 1 else None)
         row.update(cache.get_figures(arch, target.img_size) or {})
-        measured = cache.get(arch, target.key) or {}
+        measured = next((t.user_attrs for t in trials.get(label, []) if "throughput" in t.user_attrs), {})
         row.update({k: measured.get(k) for k in ("throughput", "throughput_spread", "peak_memory_mb")})
         for height, width in recipe.resolutions:
             row.update(_dense_figures(config, arch, height, width, target, cache, say))
@@ -165,7 +165,9 @@ def _dense_figures(config, arch: str, height: int, width: int, target: Target, c
     in the work directory like the search's own figures."""
     key = f"{target.device}:bs{target.batch_size}:{height}x{width}:{target.precision}" + (
         f":t{target.threads}" if target.threads else "")
-    figures = cache.get(arch, key)
+    from litv2.measure import device_fingerprint
+
+    figures = cache.get(arch, key, device_fingerprint(target.device))  # measured in this process
     if figures is None:
         import torch
 

@@ -609,6 +609,7 @@ class Search:
         if candidate.measured is not None:
             out.update(throughput=candidate.measured["throughput"],
                        throughput_spread=candidate.measured.get("throughput_spread", 0.0),
+                       peak_memory_mb=candidate.measured.get("peak_memory_mb"),
                        latency_ms=latency_ms(candidate.measured["throughput"], self.target.batch_size))
         return out
 

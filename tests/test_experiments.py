@@ -154,6 +154,14 @@ def test_a_two_row_recipe_runs_end_to_end_with_two_seeds(tmp_path, capsys):
     assert printed.split("\n| row |")[1].split("\n\n")[0] in capsys.readouterr().out
 
 
+def _record(target_key):
+    """A measurement record of this machine, as the real measurement task returns one."""
+    from search.measuring import measuring_fingerprint
+
+    here = measuring_fingerprint(target_key)
+    return dict(device_name=here["device_name"], versions={k: v for k, v in here.items() if k != "device_name"})
+
+
 class CountingJobs:
     """Fake count / measure / train jobs that record what trained."""
 
@@ -162,7 +170,8 @@ class CountingJobs:
 
     def runners(self):
         return {"count": lambda job: dict(params=1e6, flops=1e8, wall_seconds=0.1),
-                "measure": lambda job: dict(throughput=100.0, throughput_spread=1.0, wall_seconds=1.0),
+                "measure": lambda job: dict(throughput=100.0, throughput_spread=1.0, wall_seconds=1.0,
+                                            measurement=_record(job.target_key)),
                 "train": self.train}
 
     def train(self, job):
