@@ -73,17 +73,9 @@ class Placement:
     def end(self, kind: str, node: str) -> None:
         (self.measuring if kind == "measure" else self.work)[node] -= 1
 
-    def drop(self, node: str) -> None:
-        """A node that died takes nothing more."""
-        self.nodes.pop(node, None)
-
     @property
     def capacity(self) -> int:
         return sum(n.slots for n in self.nodes.values())
-
-    @property
-    def measure_slots(self) -> int:
-        return sum(1 for n in self.nodes.values() if n.bench)
 
 
 class Executor(Protocol):
