@@ -31,8 +31,8 @@ from search.tracking import StudyTracker
 from space import arch_id
 
 from .recipes import Recipe, load_recipe, row_label
-from .table import Column, Row, Series, csv_text, fixed, giga, latex, markdown, millions, plot_panels, write_atomic, \
-    write_text
+from .table import Column, Row, Series, csv_text, exact, fixed, giga, latex, markdown, plot_panels, significant, \
+    write_atomic, write_text
 
 ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
 TrialState = optuna.trial.TrialState
@@ -148,7 +148,7 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
 
 def trained_columns(recipe: Recipe, settings: SearchSettings) -> list[Column]:
     target = parse_target(settings.target)
-    columns = [Column("params", "params", millions), Column("flops", f"GFLOPs@{target.img_size}", giga),
+    columns = [Column("params", "params", exact), Column("flops", f"GFLOPs@{target.img_size}", giga),
                Column("throughput", f"img/s {target.key}", fixed(1), spread="throughput_spread"),
                Column("peak_memory_mb", "peak MB", fixed(0))]
     for height, width in recipe.resolutions:
@@ -266,8 +266,8 @@ def _run_attention(recipe: Recipe, settings: SearchSettings, options: RunOptions
     return Outcome(0, settings.study, rows, files)
 
 
-ATTENTION_COLUMNS = [Column("params", "params", millions), Column("flops", "GFLOPs/map", giga),
-                     Column("throughput", "maps/s", fixed(1), spread="throughput_spread"),
+ATTENTION_COLUMNS = [Column("params", "params", exact), Column("flops", "GFLOPs/map", giga),
+                     Column("throughput", "maps/s", significant(3), spread="throughput_spread"),
                      Column("peak_memory_mb", "peak MB", fixed(0))]
 
 
@@ -292,7 +292,7 @@ def _plot_attention(path: Path, recipe: Recipe, settings: SearchSettings, rows: 
         panels["GFLOPs per map"].append(Series(label, sides, [r["flops"] / 1e9 for r in mine]))
         panels["peak MB"].append(Series(label, sides, [r.get("peak_memory_mb") for r in mine]))
     plot_panels(path, f"{recipe.name} on {settings.target} ({settings.study})", "token-map side", panels,
-                log_y=tuple(panels), log_x=True)
+                log_y=("maps/s (median +- spread)", "GFLOPs per map"), log_x=True)
 
 
 # ---------------------------------------------------------------------- output
