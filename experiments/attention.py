@@ -99,7 +99,7 @@ def attention_rows(recipe: Recipe, target: Target, max_memory: int,
                     row.update(throughput=measured["throughput"], throughput_spread=measured["throughput_spread"],
                                peak_memory_mb=measured.get("peak_memory_mb") or row["predicted_memory_mb"])
             rows.append(row)
-            figure = (f"{row['throughput']:.1f} +- {row['throughput_spread']:.1f} maps/s, "
+            figure = (f"{row['throughput']:.3g} +- {row['throughput_spread']:.2g} maps/s, "
                       f"peak {row['peak_memory_mb']:.0f} MB" if "throughput" in row else row["note"])
             say(f"[{label}] {side}x{side} tokens, batch {batch}: {row['flops'] / 1e9:.2f} GFLOPs/map, {figure}")
             del layer

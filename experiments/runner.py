@@ -31,8 +31,8 @@ from search.tracking import StudyTracker
 from space import arch_id
 
 from .recipes import Recipe, load_recipe, row_label
-from .table import Column, Row, Series, csv_text, fixed, giga, latex, markdown, millions, plot_panels, write_atomic, \
-    write_text
+from .table import Column, Row, Series, csv_text, exact, fixed, giga, latex, markdown, plot_panels, significant, \
+    write_atomic, write_text
 
 ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
 TrialState = optuna.trial.TrialState
@@ -117,8 +117,9 @@ def show(study_name: str, workdir: str = ".", storage: str | None = None, out_di
 # ---------------------------------------------------------------------- trained tables
 def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, cache: ThroughputCache,
                  say: Callable[[str], None] = print) -> list[Row]:
-    """One row per recipe row: full-size figures from the work directory's caches, proxy top-1
-    over the seeds that completed, and the extra resolutions (measured here when missing)."""
+    """One row per recipe row: full-size figures from the work directory's caches (params, FLOPs
+    and the extra resolutions counted or measured here when missing), proxy top-1 over the
+    seeds that completed."""
     target = parse_target(settings.target)
     trials: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False):
@@ -132,7 +133,7 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
         row: Row = dict(row=label, arch_id=arch, seeds=len(accuracies), x=params.get(recipe.sweep),
                         top1=statistics.fmean(accuracies) if accuracies else None,
                         top1_std=statistics.stdev(accuracies) if len(accuracies) > 1 else None)
-        row.update(cache.get_figures(arch, target.img_size) or {})
+        row.update(_static_figures(config, arch, target.img_size, cache))
         measured = next((t.user_attrs for t in trials.get(label, []) if "throughput" in t.user_attrs), {})
         row.update({k: measured.get(k) for k in ("throughput", "throughput_spread", "peak_memory_mb")})
         for height, width in recipe.resolutions:
@@ -147,7 +148,7 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
 
 def trained_columns(recipe: Recipe, settings: SearchSettings) -> list[Column]:
     target = parse_target(settings.target)
-    columns = [Column("params", "params", millions), Column("flops", f"GFLOPs@{target.img_size}", giga),
+    columns = [Column("params", "params", exact), Column("flops", f"GFLOPs@{target.img_size}", giga),
                Column("throughput", f"img/s {target.key}", fixed(1), spread="throughput_spread"),
                Column("peak_memory_mb", "peak MB", fixed(0))]
     for height, width in recipe.resolutions:
@@ -157,6 +158,18 @@ def trained_columns(recipe: Recipe, settings: SearchSettings) -> list[Column]:
     columns.append(Column("top1", f"proxy top-1 % ({settings.dataset}, {settings.epochs} ep)", fixed(2),
                           spread="top1_std", change="points", count="seeds"))
     return columns
+
+
+def _static_figures(config, arch: str, img_size: int, cache: ThroughputCache) -> dict[str, Any]:
+    """Params and FLOPs of the full-size network: the search's count, or counted here for a
+    row the budget did not reach (they need no training)."""
+    figures = cache.get_figures(arch, img_size)
+    if figures is None:
+        from search.measuring import count_architecture
+
+        figures = count_architecture(config.to_json(), img_size)
+        cache.put_figures(arch, img_size, figures)
+    return figures
 
 
 def _dense_figures(config, arch: str, height: int, width: int, target: Target, cache: ThroughputCache,
@@ -255,8 +268,8 @@ def _run_attention(recipe: Recipe, settings: SearchSettings, options: RunOptions
     return Outcome(0, settings.study, rows, files)
 
 
-ATTENTION_COLUMNS = [Column("params", "params", millions), Column("flops", "GFLOPs/map", giga),
-                     Column("throughput", "maps/s", fixed(1), spread="throughput_spread"),
+ATTENTION_COLUMNS = [Column("params", "params", exact), Column("flops", "GFLOPs/map", giga),
+                     Column("throughput", "maps/s", significant(3), spread="throughput_spread"),
                      Column("peak_memory_mb", "peak MB", fixed(0))]
 
 
@@ -281,7 +294,7 @@ def _plot_attention(path: Path, recipe: Recipe, settings: SearchSettings, rows: 
         panels["GFLOPs per map"].append(Series(label, sides, [r["flops"] / 1e9 for r in mine]))
         panels["peak MB"].append(Series(label, sides, [r.get("peak_memory_mb") for r in mine]))
     plot_panels(path, f"{recipe.name} on {settings.target} ({settings.study})", "token-map side", panels,
-                log_y=tuple(panels), log_x=True)
+                log_y=("maps/s (median +- spread)", "GFLOPs per map"), log_x=True)
 
 
 # ---------------------------------------------------------------------- output

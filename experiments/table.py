@@ -39,8 +39,8 @@ class Column:
     count: str | None = None
 
 
-def millions(value: float) -> str:
-    return f"{value / 1e6:.2f}M"
+def exact(value: float) -> str:
+    return f"{value:,.0f}"
 
 
 def giga(value: float) -> str:
@@ -49,6 +49,15 @@ def giga(value: float) -> str:
 
 def fixed(digits: int) -> Callable[[float], str]:
     return lambda value: f"{value:.{digits}f}"
+
+
+def significant(digits: int) -> Callable[[float], str]:
+    """For figures spanning decades (maps/s from tens to hundredths)."""
+    def show(value: float) -> str:
+        decimals = digits - 1 - math.floor(math.log10(abs(value))) if value else digits - 1
+        return f"{value:.{max(0, decimals)}f}"
+
+    return show
 
 
 def _known(value: Any) -> bool:
@@ -180,6 +189,9 @@ def plot_panels(path: Path, title: str, x_label: str, panels: dict[str, list[Ser
             ax.set_yscale("log")
         if log_x:
             ax.set_xscale("log", base=2)
+            ticks = sorted({x for series in series_list for x in series.x})
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            ax.minorticks_off()
         ax.grid(alpha=0.3)
         if len(series_list) > 1:
             ax.legend(fontsize=7)

@@ -173,8 +173,12 @@ def _bundle(
     train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray, name: str,
     num_classes: int = 10,
 ) -> DataBundle:
-    """Standardise with the training statistics and wrap as TensorDatasets."""
-    mean, std = train_x.mean(), train_x.std()
+    """Standardise with the training statistics and wrap as TensorDatasets.
+
+    The statistics are summed by numpy in float64: torch's parallel reductions round
+    differently with the thread count, which would make a seeded set differ by process."""
+    pixels = train_x.numpy()
+    mean, std = float(pixels.mean(dtype=np.float64)), float(pixels.std(dtype=np.float64, ddof=1))
     train = TensorDataset((train_x - mean) / std, torch.as_tensor(train_y, dtype=torch.long))
     val = TensorDataset((val_x - mean) / std, torch.as_tensor(val_y, dtype=torch.long))
     return DataBundle(train, val, num_classes=num_classes, img_size=train_x.shape[-1], in_chans=train_x.shape[1],

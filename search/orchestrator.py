@@ -194,9 +194,10 @@ class Search:
                              f"'python -m search resume --study {self.settings.study}' or pick another --study")
         self.study = create_objective_study(self.settings.study, storage, sampler)
         if self.space.fixed_points:
-            # Ablation tables: every (point, seed) exactly once, in the table's order.
-            for params in self.space.grid_params():
-                for seed in range(self.settings.seed, self.settings.seed + self.settings.seeds):
+            # Ablation tables: every (point, seed) exactly once, seed by seed in the table's order,
+            # so a budget that runs short leaves seeds missing, not whole rows.
+            for seed in range(self.settings.seed, self.settings.seed + self.settings.seeds):
+                for params in self.space.grid_params():
                     self.study.enqueue_trial(params, user_attrs={"seed": seed})
         return self.study
 

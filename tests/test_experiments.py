@@ -140,7 +140,7 @@ def test_a_two_row_recipe_runs_end_to_end_with_two_seeds(tmp_path, capsys):
     accuracies = [t.values[0] for t in study.trials if t.params["point"] == "HiLo"]
     assert rows["HiLo"]["top1"] == pytest.approx(sum(accuracies) / 2)
     printed = capsys.readouterr().out
-    assert re.search(r"\| MSA \| [\d.]+M \(\+[\d.]+%\) \|.*\| [\d.]+ ± [\d.]+ \(n=2\) \([+-][\d.]+\) \|", printed)
+    assert re.search(r"\| MSA \| [\d,]+ \(\+[\d.]+%\) \|.*\| [\d.]+ ± [\d.]+ \(n=2\) \([+-][\d.]+\) \|", printed)
     names = sorted(path.name for path in outcome.files)
     assert names == ["pair.csv", "pair.md", "pair.tex"] and all(p.parent == tmp_path / "results" / "pair"
                                                                for p in outcome.files)
