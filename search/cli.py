@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .budget import parse_budget
 from .storage import default_storage_url
+from .target import Target, parse_target
 
 EXIT_USAGE = 2
 
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
     train.add_argument("--epochs", type=int, help="epochs of the schedule (default 300)")
     train.add_argument("--batch-size", type=int, help="images per process and step (default 128)")
-    train.add_argument("--img-size", type=int, help="training resolution (default: the model's, 224)")
+    train.add_argument("--img-size", type=int, help="training resolution (default: the export's, or 224)")
     train.add_argument("--warmup-epochs", type=int, help="linear warm-up (default: 20 of 300 epochs, in proportion)")
     train.add_argument("--ema-decay", type=float, help="keep an EMA of the weights with this decay (default: off)")
     train.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
@@ -153,12 +154,12 @@ def _front(args: argparse.Namespace) -> int:
 
 
 def _pick(args: argparse.Namespace) -> int:
+    from .cache import ThroughputCache
     from .deploy import Deployment, export_deployment, log_deployment
     from .export import check_new_folder, require_export_extra
     from .orchestrator import RUN_ID_ATTR, SETTINGS_ATTR, open_study
     from .pick import pick_model, pick_summary, pick_table
     from .settings import SearchSettings
-    from .target import parse_target
 
     if not args.study:
         raise ValueError("pick needs --study NAME")
@@ -175,8 +176,6 @@ def _pick(args: argparse.Namespace) -> int:
         args.workdir, args.storage, args.tracking_uri)
     target = target or parse_target(settings.target)
     _check_device(target)
-    from .cache import ThroughputCache
-
     pick = pick_model(study, settings, target, constraints, args.top,
                       ThroughputCache(Path(settings.workdir) / "throughput_cache.db"))
     print(pick_table(pick))
@@ -193,7 +192,7 @@ def _pick(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_device(target) -> None:
+def _check_device(target: Target) -> None:
     import torch
 
     if target.device == "cuda" and not torch.cuda.is_available():

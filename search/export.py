@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,8 +85,6 @@ def create_lit_model(config: LITConfig, num_classes: int, img_size: int, **kwarg
     """``config`` as a timm model (``lit_custom``), so that timm records what rebuilds it."""
     import timm
 
-    import litv2  # noqa: F401  (registers lit_custom)
-
     return timm.create_model(CUSTOM_ARCHITECTURE, lit_config=config.to_dict(), num_classes=num_classes,
                              img_size=img_size, **kwargs)
 
@@ -127,7 +126,16 @@ def onnx_max_difference(model: nn.Module, path: Path, img_size: int, batch_size:
     return float((torch.from_numpy(ours) - reference).abs().max())
 
 
-def read_export(folder: str | Path, flag: str = "--model") -> tuple[LITConfig, dict[str, Any]]:
+@dataclass(frozen=True)
+class Export:
+    """What an export folder holds: the architecture, its input side and where it came from."""
+
+    config: LITConfig
+    img_size: int
+    provenance: dict[str, Any]
+
+
+def read_export(folder: str | Path, flag: str = "--model") -> Export:
     """The architecture and provenance of an export folder, or a one-line ValueError saying why it is not one."""
     path = Path(folder)
     expected = (f"expected a folder written by 'python -m search pick --export' or 'search train' "
@@ -151,7 +159,8 @@ def read_export(folder: str | Path, flag: str = "--model") -> tuple[LITConfig, d
         raise ValueError(f"{flag} {str(folder)!r} is not a LIT-family export (architecture {architecture!r}); {expected}")
     if not (path / WEIGHTS_FILE).is_file():
         raise ValueError(f"{flag} {str(folder)!r} has no {WEIGHTS_FILE}; {expected}")
-    return config, dict(data.get(PROVENANCE_KEY) or {})
+    input_size = (data.get("pretrained_cfg") or {}).get("input_size") or (3, 224, 224)
+    return Export(config, int(input_size[-1]), dict(data.get(PROVENANCE_KEY) or {}))
 
 
 def library_versions() -> dict[str, str]:

@@ -160,13 +160,14 @@ class Distributed:
 
 
 # ---------------------------------------------------------------------- planning (no side effects)
-def resolve_model(ref: str) -> tuple[LITConfig, str, dict[str, Any]]:
-    """``--model``: an export folder or a registered name -> (config, short name, provenance)."""
+def resolve_model(ref: str) -> tuple[LITConfig, str, int, dict[str, Any]]:
+    """``--model``: an export folder or a registered name -> (config, short name, input side, provenance)."""
     if Path(ref).exists():
-        config, provenance = read_export(ref)
-        return config, provenance.get("arch_id") or Path(ref).resolve().name, provenance
+        export = read_export(ref)
+        name = export.provenance.get("arch_id") or Path(ref).resolve().name
+        return export.config, name, export.img_size, export.provenance
     if ref in NAMED_CONFIGS:
-        return NAMED_CONFIGS[ref], ref, {}
+        return NAMED_CONFIGS[ref], ref, Recipe.img_size, {}
     raise ValueError(f"--model {ref!r} is neither an export folder (search pick --export) nor a registered model "
                      f"({', '.join(NAMED_CONFIGS)})")
 
@@ -205,10 +206,10 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
         if not request.model or not request.dataset:
             raise ValueError("train needs --model DIR|NAME and --dataset digits|cluttered-digits|cifar10|cifar100|"
                              "imagefolder:PATH (or --resume CHECKPOINT)")
-        config, name, source = resolve_model(request.model)
+        config, name, img_size, source = resolve_model(request.model)
         dataset = parse_dataset_spec(request.dataset).name
         recipe = Recipe(**{k: v for k, v in dict(
-            epochs=request.epochs, batch_size=request.batch_size, img_size=request.img_size,
+            epochs=request.epochs, batch_size=request.batch_size, img_size=request.img_size or img_size,
             warmup_epochs=request.warmup_epochs, ema_decay=request.ema_decay, seed=request.seed).items()
             if v is not None})
         workdir = Path(request.workdir)

@@ -19,6 +19,17 @@ def _measured(figure: dict[str, Any] | None, batch_size: int) -> tuple[str, str]
     return f"{throughput:.1f} +- {spread:.1f}", f"{latency:.2f} +- {latency_spread:.2f}"
 
 
+def _proxy_text(space_name: str) -> str:
+    """How the space scales its proxies (a user's space file may have moved since the search)."""
+    from space import get_space
+
+    try:
+        proxy = get_space(space_name).proxy
+    except ValueError:
+        return f"space {space_name!r} is no longer readable"
+    return f"width x{proxy.width_mult:g}, {proxy.img_size} px input"
+
+
 def _measurement_notes(figure: dict[str, Any]) -> list[str]:
     """Whatever the measurement recorded about itself (device, samples, protocol), as list items."""
     notes = []
@@ -32,6 +43,9 @@ def _measurement_notes(figure: dict[str, Any]) -> list[str]:
     return notes
 
 
+_SOURCE = {"cache": "cached", "study": "recorded by the search", "measured now": "measured by this pick"}
+
+
 def render_card(deployment: Deployment) -> str:
     """The card's Markdown text."""
     pick, settings = deployment.pick, deployment.settings
@@ -40,16 +54,15 @@ def render_card(deployment: Deployment) -> str:
     cached_tp, cached_lat = _measured(c.cached, target.batch_size)
     fresh_tp, fresh_lat = _measured(c.remeasured, target.batch_size)
     constraints = pick.constraints.to_dict()
-    from space import get_space
-
-    proxy = get_space(settings.space).proxy
+    remeasured = sum(1 for candidate in pick.candidates if candidate.remeasured is not None)
     lines = [
         f"# {c.arch_id}: a LIT-family model for `{target}`",
         "",
         f"Picked by `search pick` from study `{pick.study}` (trial {c.trial}) on {deployment.created}: the most "
         f"accurate of the study's full-fidelity Pareto front that meets "
         + (", ".join(f"`{k}={v:g}`" for k, v in constraints.items()) or "no constraint")
-        + f" on the target, after re-measuring the {pick.top} most accurate feasible candidates.",
+        + f" on the target, after re-measuring the most accurate feasible candidates ({remeasured} of "
+        f"{len(pick.candidates)}, --top {pick.top}).",
         "",
         "## Architecture",
         "",
@@ -63,7 +76,7 @@ def render_card(deployment: Deployment) -> str:
         "",
         f"## Measured on `{target}`",
         "",
-        f"| figure | cached ({c.source}) | re-measured by this pick |",
+        f"| figure | {_SOURCE.get(c.source, c.source)} | re-measured by this pick |",
         "|---|---|---|",
         f"| throughput, img/s (median +- spread) | {cached_tp} | {fresh_tp} |",
         f"| latency, ms per batch of {target.batch_size} | {cached_lat} | {fresh_lat} |",
@@ -74,15 +87,15 @@ def render_card(deployment: Deployment) -> str:
         "## Accuracy (proxy)",
         "",
         f"Proxy top-1 {c.accuracy:.2f} % on `{settings.dataset}` after {c.epochs} of {settings.epochs} epochs "
-        f"(full fidelity), trained as the search trains its proxies: width x{proxy.width_mult:g}, "
-        f"{proxy.img_size} px input, seed {c.seed}. This ranks architectures; it is not the accuracy of this "
+        f"(full fidelity), trained as the search trains its proxies ({_proxy_text(settings.space)}), seed "
+        f"{c.seed}. This ranks architectures; it is not the accuracy of this "
         f"network. The weights here are a seeded initialisation (seed {deployment.seed}): train them with "
         f"`python -m search train --model DIR --dataset ...`.",
         "",
         "## Files",
         "",
-        f"- `config.json` + `model.safetensors`: `timm.create_model(\"local-dir:DIR\", pretrained=True)` after "
-        f"`import litv2` (architecture `lit_custom`, the LITConfig in `model_args`).",
+        "- `config.json` + `model.safetensors`: `timm.create_model(\"local-dir:DIR\", pretrained=True)` after "
+        "`import litv2` (architecture `lit_custom`, the LITConfig in `model_args`).",
         f"- `model.onnx`: input `images` float32 (N, 3, {target.img_size}, {target.img_size}), output `logits` "
         f"(N, {deployment.num_classes}), dynamic N; onnxruntime matches PyTorch to "
         f"{deployment.onnx_difference:.1e} (largest absolute difference on a batch of 3).",

@@ -147,7 +147,7 @@ def pick_model(study: optuna.Study, settings: SearchSettings, target: Target, co
         stale = [c for c in best if c.remeasured is None]
         if not stale:
             break
-        say(f"re-measuring the {len(best)} most accurate feasible candidates on {target}: "
+        say(f"re-measuring the most accurate feasible candidates on {target}: "
             + ", ".join(f"trial {c.trial}" for c in stale))
         for candidate in stale:
             with _threads_kept():

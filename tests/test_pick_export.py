@@ -3,7 +3,6 @@
 Measurements are a deterministic stand-in (a figure per architecture, and a second one for
 re-measurements) except in the end-to-end export test, which measures the tiny networks for real.
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -193,10 +192,9 @@ def test_export_is_a_timm_folder_an_onnx_model_and_a_card(exported, capsys):
     code, workdir, folder = exported
     assert code == 0
     assert sorted(p.name for p in folder.iterdir()) == sorted(["config.json", "model.safetensors", ONNX_FILE, CARD_FILE])
-    config, provenance = read_export(folder)
-    assert config == FRONT["b"][0] and provenance["arch_id"] == "b" and provenance["study"] == "s"
-    import litv2  # noqa: F401  (registers lit_custom)
-
+    export = read_export(folder)
+    assert export.config == FRONT["b"][0] and export.img_size == 32
+    assert export.provenance["arch_id"] == "b" and export.provenance["study"] == "s"
     torch.manual_seed(0)
     model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     images = torch.randn(5, 3, 32, 32)
@@ -235,3 +233,27 @@ def test_export_is_logged_to_the_parent_run_and_as_an_mlflow_model(exported):
     images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
     assert np.allclose(np.asarray(served.predict(images)["logits"]), session.run(None, {"images": images})[0], atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine could measure a cuda target")
+def test_a_cuda_target_without_a_gpu_is_refused(study_dir, capsys):
+    assert main(["pick", "--workdir", str(study_dir), "--study", "s", "--target", "cuda:bs8:32"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_lit_custom_takes_a_config_its_dict_or_its_json():
+    config = tiny(16)
+    models = [timm.create_model("lit_custom", lit_config=form, num_classes=10, img_size=32)
+              for form in (config, config.to_dict(), config.to_json())]
+    assert all(m.config == config and m.num_classes == 10 for m in models)
+    with pytest.raises(ValueError, match="lit_custom needs lit_config"):
+        timm.create_model("lit_custom")
+
+
+def test_a_folder_without_weights_is_not_an_export(exported, tmp_path):
+    _, _, folder = exported
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(ValueError, match="has no model.safetensors"):
+        read_export(partial)
