@@ -39,11 +39,19 @@ def _measurement_notes(figure: dict[str, Any]) -> list[str]:
         notes.append(f"peak memory: {figure['peak_memory_mb']:.0f} MB")
     record = figure.get("measurement")
     if isinstance(record, dict):
-        notes.append("protocol: " + json.dumps(record, sort_keys=True, default=str))
+        keys = ("device_name", "precision", "threads", "n_samples", "ci_low", "ci_high", "calls_per_block",
+                "channels_last", "compiled", "warmup_converged", "capped")
+        notes.append("protocol: " + ", ".join(f"{k} {_short(record[k])}" for k in keys if k in record))
+        if record.get("versions"):
+            notes.append("measured under " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()))
     return notes
 
 
-_SOURCE = {"cache": "cached", "study": "recorded by the search", "measured now": "measured by this pick"}
+def _short(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+_SOURCE = {"cache": "cached", "measured now": "measured by this pick"}
 
 
 def render_card(deployment: Deployment) -> str:

@@ -2,8 +2,10 @@
 
 Candidates are the study's full-fidelity Pareto set (``Study.best_trials``: feasible COMPLETE
 trials; trials stopped by successive halving never). The target may differ from the one the
-search measured on: every candidate is measured there unless the throughput cache (or the
-study itself, for the same target) already holds a figure, and new figures are cached.
+search measured on: every candidate is measured there unless the work directory's throughput
+cache holds a figure for it under this machine's measuring fingerprint (device and library
+versions: a figure from another GPU model or another torch does not count), and new figures
+are cached.
 One cached figure is one noisy sample, so before choosing, the K most accurate feasible
 candidates are measured again; a candidate whose re-measured figure breaks a constraint
 drops out and the next one is measured, until the K best feasible ones all carry a fresh
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import optuna
 import torch
@@ -46,9 +48,8 @@ class Candidate:
     seed: int
     params: float
     flops: float
-    searched: dict[str, Any] | None = None  # the figure the study recorded on its own target
     cached: dict[str, Any] | None = None  # the figure known before re-measuring
-    source: str = ""  # where ``cached`` came from: "cache", "study" or "measured now"
+    source: str = ""  # where ``cached`` came from: "cache" or "measured now"
     remeasured: dict[str, Any] | None = None
 
     @property
@@ -94,8 +95,6 @@ def front_candidates(study: optuna.Study) -> list[Candidate]:
             config=LITConfig.from_json(attrs["config"]), accuracy=float(trial.values[0]),
             epochs=int(attrs.get("epochs_done", 0)), seed=int(attrs.get("seed", 0)),
             params=float(attrs.get("params", 0)), flops=float(attrs.get("flops", 0)),
-            searched=({"throughput": attrs["throughput"], "throughput_spread": attrs.get("throughput_spread", 0.0)}
-                      if "throughput" in attrs else None),
         ))
     return out
 
@@ -113,16 +112,17 @@ def _threads_kept() -> Iterator[None]:
 def pick_model(study: optuna.Study, settings: SearchSettings, target: Target, constraints: Constraints, top: int,
                cache: ThroughputCache, measure: Measure | None = None, count: Count | None = None,
                say: Callable[[str], None] = print) -> Pick:
-    """Choose the most accurate feasible candidate of ``study``'s front on ``target``.
+    """Choose the most accurate feasible candidate of ``study``'s front on ``target``, measured here.
 
     ``measure(config_json, target_key)`` and ``count(config_json, img_size)`` default to
     :mod:`search.measuring`'s (tests pass deterministic ones). Raises :class:`NoFeasibleModel`
     with the closest achievable figures when no candidate meets ``constraints``.
     """
-    from .measuring import count_architecture, measure_architecture
+    from .measuring import count_architecture, measure_architecture, measuring_fingerprint
 
     measure = measure or measure_architecture
     count = count or count_architecture
+    fingerprint = measuring_fingerprint(target.key)
     if top < 1:
         raise ValueError(f"--top {top} is invalid: expected a positive integer")
     candidates = front_candidates(study)
@@ -131,7 +131,7 @@ def pick_model(study: optuna.Study, settings: SearchSettings, target: Target, co
                          f"empty): resume the search with more budget, or lower --epochs in a new one")
     searched = parse_target(settings.target)
     for candidate in candidates:
-        _attach_figures(candidate, target, searched, cache, count)
+        _attach_figures(candidate, target, searched, fingerprint, cache, count)
     unmeasured = [c for c in candidates if c.cached is None]
     if unmeasured:
         say(f"measuring {len(unmeasured)} of {len(candidates)} candidates on {target} (not measured there yet)")
@@ -157,8 +157,8 @@ def pick_model(study: optuna.Study, settings: SearchSettings, target: Target, co
     return Pick(study.study_name, target, constraints, top, candidates, chosen=best[0])
 
 
-def _attach_figures(candidate: Candidate, target: Target, searched: Target, cache: ThroughputCache,
-                    count: Count) -> None:
+def _attach_figures(candidate: Candidate, target: Target, searched: Target, fingerprint: Mapping[str, str],
+                    cache: ThroughputCache, count: Count) -> None:
     """Params/FLOPs at the target's resolution and any throughput already known on the target."""
     if target.img_size != searched.img_size:
         figures = cache.get_figures(candidate.arch_id, target.img_size)
@@ -166,11 +166,9 @@ def _attach_figures(candidate: Candidate, target: Target, searched: Target, cach
             figures = count(candidate.config.to_json(), target.img_size)
             cache.put_figures(candidate.arch_id, target.img_size, figures)
         candidate.params, candidate.flops = float(figures["params"]), float(figures["flops"])
-    cached = cache.get(candidate.arch_id, target.key)
+    cached = cache.get(candidate.arch_id, target.key, fingerprint)
     if cached is not None:
         candidate.cached, candidate.source = cached, "cache"
-    elif target.key == searched.key and candidate.searched is not None:
-        candidate.cached, candidate.source = candidate.searched, "study"
 
 
 def _limit_text(name: str, value: float) -> str:

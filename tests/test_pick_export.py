@@ -18,6 +18,7 @@ from search.cache import ThroughputCache
 from search.cli import main
 from search.constraints import Constraints
 from search.export import CARD_FILE, ONNX_FILE, read_export
+from search.measuring import measuring_fingerprint
 from search.objectives import create_objective_study
 from search.orchestrator import RUN_ID_ATTR, SETTINGS_ATTR
 from search.pick import NoFeasibleModel, pick_model
@@ -46,7 +47,15 @@ FRONT = {
 }
 
 
-def build_study(workdir: Path, name: str = "s", tracked: bool = False) -> optuna.Study:
+def measured(throughput: float, target: str = TARGET, device_name: str | None = None) -> dict:
+    """A measurement result as search.measuring returns it, made on this machine (its fingerprint)."""
+    fingerprint = measuring_fingerprint(target)
+    record = dict(device_name=device_name or fingerprint["device_name"],
+                  versions={k: v for k, v in fingerprint.items() if k != "device_name"})
+    return dict(throughput=throughput, throughput_spread=2.0, samples=[throughput] * 3, measurement=record)
+
+
+def build_study(workdir: Path, name: str = "s", tracked: bool = False, cached: bool = False) -> optuna.Study:
     settings = build_settings(study=name, space="tiny", budget="0.05cpu-h", dataset="digits", target=TARGET,
                               storage=None, tracking_uri=None, workdir=str(workdir), sampler="random", epochs=2,
                               seed=0, address=None, data_root=None, trials_per_device=1, cpus_per_trial=1)
@@ -64,6 +73,8 @@ def build_study(workdir: Path, name: str = "s", tracked: bool = False) -> optuna
         study.add_trial(optuna.trial.create_trial(
             state=state, values=[accuracy, throughput] if state == TrialState.COMPLETE else None,
             user_attrs=attrs, system_attrs={"constraints": [-1.0]}))
+        if cached:  # the search's measurement, left in the work directory's cache
+            ThroughputCache(workdir / "throughput_cache.db").put(arch, parse_target(TARGET).key, measured(throughput))
     return study
 
 
@@ -78,13 +89,13 @@ class FakeMeasure:
         arch = next(a for a, row in FRONT.items() if row[0].to_json() == config_json)
         figures = self.again if arch in self.calls else self.first
         self.calls.append(arch)
-        return dict(throughput=figures[arch], throughput_spread=2.0, samples=[figures[arch]] * 3)
+        return measured(figures[arch], target_key)
 
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("study")
-    build_study(folder)
+    build_study(folder, cached=True)
     return folder
 
 
@@ -131,11 +142,13 @@ def test_re_measuring_decides_not_one_noisy_cached_figure(study, tmp_path):
 
 
 def test_a_new_target_is_measured_once_and_cached(study, tmp_path):
+    cache = ThroughputCache(tmp_path / "throughput_cache.db")
+    cache.put("c", "cpu:bs4:32:fp32:t1", measured(999.0, "cpu:bs4:32", device_name="another CPU"))
     first = FakeMeasure({a: 50.0 + i for i, a in enumerate(FRONT)})
     run_pick(study, tmp_path, target="cpu:bs4:32", top=1, measure=first)
-    assert sorted(first.calls) == ["a", "a", "b", "c", "d"]  # the four candidates, then the pick again
-    cache = ThroughputCache(tmp_path / "throughput_cache.db")
-    assert cache.get("b", "cpu:bs4:32:fp32:t1")["throughput"] == 51.0
+    # The four candidates (c's figure from another machine does not count), then the pick again.
+    assert sorted(first.calls) == ["a", "a", "b", "c", "d"]
+    assert cache.get("b", "cpu:bs4:32:fp32:t1", measuring_fingerprint("cpu:bs4:32"))["throughput"] == 51.0
     second = FakeMeasure({a: 10.0 for a in FRONT})
     pick = run_pick(study, tmp_path, target="cpu:bs4:32", top=1, measure=second)
     assert second.calls == ["a"]  # only the re-measurement: the rest came from the cache
@@ -173,15 +186,15 @@ def test_an_existing_export_folder_is_refused_before_measuring(study_dir, tmp_pa
     code = main(["pick", "--workdir", str(study_dir), "--study", "s", "--target", "cpu:bs2:32",
                  "--export", str(tmp_path / "taken")])
     assert code == 2 and "already exists" in capsys.readouterr().err
-    assert not (study_dir / "throughput_cache.db").exists() or ThroughputCache(
-        study_dir / "throughput_cache.db").get("a", parse_target("cpu:bs2:32").key) is None
+    assert ThroughputCache(study_dir / "throughput_cache.db").get(
+        "a", parse_target("cpu:bs2:32").key, measuring_fingerprint("cpu:bs2:32")) is None
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One real end-to-end pick (real measurements of the tiny networks) with --export."""
     workdir = tmp_path_factory.mktemp("pick")
-    build_study(workdir, tracked=True)
+    build_study(workdir, tracked=True, cached=True)
     folder = workdir / "deploy"
     code = main(["pick", "--workdir", str(workdir), "--study", "s", "--max-params", "3.5M", "--top", "2",
                  "--export", str(folder)])
