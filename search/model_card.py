@@ -36,7 +36,7 @@ def _measurement_notes(figure: dict[str, Any]) -> list[str]:
     if figure.get("samples"):
         notes.append(f"samples (img/s): {', '.join(f'{s:.1f}' for s in figure['samples'])}")
     if figure.get("peak_memory_mb") is not None:
-        notes.append(f"peak memory: {figure['peak_memory_mb']:.0f} MB")
+        notes.append(f"peak memory the measurement added: {figure['peak_memory_mb']:.0f} MiB")
     record = figure.get("measurement")
     if isinstance(record, dict):
         keys = ("device_name", "precision", "threads", "n_samples", "ci_low", "ci_high", "calls_per_block",
