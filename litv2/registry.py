@@ -44,14 +44,16 @@ def _cfg(**kwargs) -> dict:
 
 
 default_cfgs = generate_default_cfgs({name: _cfg() for name in NAMED_CONFIGS})
+# ``lit_custom``: any architecture, its LITConfig in the model arguments (see :func:`lit_custom`).
+default_cfgs.update(generate_default_cfgs({"lit_custom": _cfg()}))
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
+def _create(variant: str, pretrained: bool = False, config: LITConfig | None = None, **kwargs) -> LITv2:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     # NCHW feature maps although the model's own output_fmt is NHWC, stated explicitly: timm
     # versions differ in whether the feature wrapper inherits the model's format.
     return build_model_with_cfg(
-        LITv2, variant, pretrained, config=get_config(variant),
+        LITv2, variant, pretrained, config=config or get_config(variant),
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices, output_fmt="NCHW"), **kwargs,
     )
 
@@ -90,3 +92,21 @@ def lit_m(pretrained: bool = False, **kwargs) -> LITv2:
 def lit_b(pretrained: bool = False, **kwargs) -> LITv2:
     """LITv1-B: 87,292,384 params, as the official code (the LITv1 zoo prints 86M)."""
     return _create("lit_b", pretrained, **kwargs)
+
+
+@register_model
+def lit_custom(pretrained: bool = False, lit_config: LITConfig | dict | str | None = None, **kwargs) -> LITv2:
+    """Any LIT-family architecture: ``lit_config`` is a :class:`LITConfig`, its dict or its JSON.
+
+    Searched architectures have no name of their own, so the config travels in timm's model
+    arguments: a folder written by ``timm.models.save_for_hf(model, DIR, model_args={"lit_config":
+    config.to_dict()})`` (what ``python -m search pick --export`` writes) is rebuilt, weights
+    included, by ``timm.create_model("local-dir:DIR", pretrained=True)``.
+    """
+    if lit_config is None:
+        raise ValueError("lit_custom needs lit_config=LITConfig(...) (or its dict or JSON)")
+    if isinstance(lit_config, str):
+        lit_config = LITConfig.from_json(lit_config)
+    elif not isinstance(lit_config, LITConfig):
+        lit_config = LITConfig.from_dict(dict(lit_config))
+    return _create("lit_custom", pretrained, config=lit_config, **kwargs)

@@ -1,13 +1,15 @@
-"""``python -m search run|resume|status|front``: the command line of the orchestrator."""
+"""``python -m search run|resume|status|front|pick|train``: the command line of the orchestrator."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from .budget import parse_budget
 from .storage import default_storage_url
+from .target import Target, parse_target
 
 EXIT_USAGE = 2
 
@@ -43,10 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--min-epochs", type=int, default=1, help="mo-asha: epochs of the first rung")
     run.add_argument("--eta", type=int, default=3, help="mo-asha: reduction factor between rungs")
     run.add_argument("--seeds", type=int, default=1, help="fixed-point spaces: trainings per point, one per seed")
-    run.add_argument("--min-throughput", help="constraint: img/s on the target, at least")
-    run.add_argument("--max-latency-ms", help="constraint: milliseconds per batch on the target, at most")
-    run.add_argument("--max-params", help="constraint: parameters, at most (e.g. 30M)")
-    run.add_argument("--max-flops", help="constraint: FLOPs at the target resolution, at most (e.g. 4G)")
+    _constraint_options(run)
     run.add_argument("--checkpoint-dir", help="rung checkpoints, readable by every node (default WORKDIR/checkpoints)")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep rung checkpoints of finished trials")
     resume = commands.add_parser("resume", help="continue an interrupted or finished study")
@@ -59,7 +58,39 @@ def build_parser() -> argparse.ArgumentParser:
     _common(front)
     front.add_argument("--csv", help="write the front as CSV")
     front.add_argument("--plot", help="write the front as a PNG plot")
+    pick = commands.add_parser("pick", help="the most accurate model of a study's front that meets a target")
+    _common(pick)
+    pick.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS] (default: the "
+                      "study's); candidates not yet measured there are measured")
+    _constraint_options(pick)
+    pick.add_argument("--top", type=int, default=3, help="re-measure the K most accurate feasible candidates")
+    pick.add_argument("--export", help="write the picked model to this new folder (timm local-dir, ONNX, model card)")
+    pick.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, or WORKDIR/mlflow.db)")
+    train = commands.add_parser("train", help="train an architecture at full size with the paper's recipe")
+    train.add_argument("--model", help="an export folder (search pick --export) or a registered name (litv2_s, ...)")
+    train.add_argument("--dataset", help="digits, cluttered-digits, cifar10, cifar100 or imagefolder:PATH")
+    train.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
+    train.add_argument("--epochs", type=int, help="epochs of the schedule (default 300)")
+    train.add_argument("--batch-size", type=int, help="images per process and step (default 128)")
+    train.add_argument("--img-size", type=int, help="training resolution (default: the export's, or 224)")
+    train.add_argument("--warmup-epochs", type=int, help="linear warm-up (default: 20 of 300 epochs, in proportion)")
+    train.add_argument("--ema-decay", type=float, help="keep an EMA of the weights with this decay (default: off)")
+    train.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
+    train.add_argument("--workers", type=int, default=4, help="data loading processes per training process")
+    train.add_argument("--resume", help="continue exactly from a checkpoint (OUTPUT/last.pt)")
+    train.add_argument("--stop-after-epoch", type=int, help="end after this epoch of the schedule (continue with "
+                       "--resume), e.g. to fit a job's time limit")
+    train.add_argument("--output", help="new folder for checkpoints and the trained model (default ./train-NAME-TIME)")
+    train.add_argument("--workdir", default=".", help="folder of the default MLflow store")
+    train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     return parser
+
+
+def _constraint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-throughput", help="constraint: img/s on the target, at least")
+    parser.add_argument("--max-latency-ms", help="constraint: milliseconds per batch on the target, at most")
+    parser.add_argument("--max-params", help="constraint: parameters, at most (e.g. 30M)")
+    parser.add_argument("--max-flops", help="constraint: FLOPs at the target resolution, at most (e.g. 4G)")
 
 
 def _storage(args: argparse.Namespace) -> str:
@@ -122,9 +153,70 @@ def _front(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pick(args: argparse.Namespace) -> int:
+    from .cache import ThroughputCache
+    from .deploy import Deployment, export_deployment, log_deployment
+    from .export import check_new_folder, require_export_extra
+    from .orchestrator import RUN_ID_ATTR, SETTINGS_ATTR, open_study
+    from .pick import pick_model, pick_summary, pick_table
+    from .settings import SearchSettings
+
+    if not args.study:
+        raise ValueError("pick needs --study NAME")
+    constraints = _constraints(args)
+    target = parse_target(args.target) if args.target else None
+    folder = None
+    if args.export:
+        require_export_extra()
+        folder = check_new_folder(args.export, "--export")
+    study = open_study(_storage(args), args.study)
+    if SETTINGS_ATTR not in study.user_attrs:
+        raise ValueError(f"study {args.study!r} was not made by 'python -m search run': it has no search settings")
+    settings = SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR]).relocated(
+        args.workdir, args.storage, args.tracking_uri)
+    target = target or parse_target(settings.target)
+    _check_device(target)
+    pick = pick_model(study, settings, target, constraints, args.top,
+                      ThroughputCache(Path(settings.workdir) / "throughput_cache.db"))
+    print(pick_table(pick))
+    print(pick_summary(pick))
+    if folder is not None:
+        deployment = Deployment(pick, settings, args.command_line, study.user_attrs.get(RUN_ID_ATTR),
+                                settings.tracking_uri)
+        export_deployment(deployment, folder)
+        print(f"exported to {folder}: timm folder, {folder.name}/model.onnx (onnxruntime matches PyTorch to "
+              f"{deployment.onnx_difference:.1e}), {folder.name}/MODEL_CARD.md")
+        if deployment.run_id:
+            uri = log_deployment(deployment, folder)
+            print(f"logged to MLflow run {deployment.run_id} (deploy/{pick.chosen.arch_id}/) and as model {uri}")
+    return 0
+
+
+def _check_device(target: Target) -> None:
+    import torch
+
+    if target.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"target {target} needs a CUDA GPU, and this machine has none: pick on the deployment "
+                         "machine, or name a cpu target")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .fulltrain import TrainRequest, train_model
+
+    return train_model(TrainRequest(
+        model=args.model, dataset=args.dataset, data_root=args.data_root, epochs=args.epochs,
+        batch_size=args.batch_size, img_size=args.img_size, warmup_epochs=args.warmup_epochs,
+        ema_decay=args.ema_decay, seed=args.seed, workers=args.workers, resume=args.resume,
+        stop_after_epoch=args.stop_after_epoch, output=args.output, workdir=args.workdir,
+        tracking_uri=args.tracking_uri,
+    ))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": _run, "resume": _resume, "status": _status, "front": _front}[args.command]
+    args.command_line = "python -m search " + shlex.join(sys.argv[1:] if argv is None else argv)
+    handler = {"run": _run, "resume": _resume, "status": _status, "front": _front, "pick": _pick,
+               "train": _train}[args.command]
     from .lease import LeaseHeld
 
     try:
