@@ -20,15 +20,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=".", help="folder for the default storage, MLflow store and caches")
 
 
+# Kept literal (not read from search.data) so that parsing needs no torch import.
+DATASET_HELP = ("cluttered-digits, digits, pathfinder, pathfinder-easy, pathfinder-hard, cifar10, cifar100 "
+                "or imagefolder:PATH")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m search", description="Hardware-aware LITv2 architecture search")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start a search within a device budget")
     _common(run)
     run.add_argument("--budget", default="0.05cpu-h", help="device budget, e.g. 64gpu-h, 2cpu-h, 90gpu-min")
-    run.add_argument("--space", default="tiny", help="named space (default, tiny, table5, ...) or a YAML/JSON file")
+    run.add_argument("--space", default="tiny",
+                     help="named space (tiny, default, table5, table4, alpha, window) or a YAML/JSON file")
     run.add_argument("--dataset", default="cluttered-digits",
-                     help="digits, cluttered-digits, cifar10, cifar100 or imagefolder:PATH")
+                     help=DATASET_HELP)
     run.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
     run.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS], e.g. cpu:bs1:224 "
                           "(1 thread), cpu:bs8:224:t4 or cuda:bs64:224:fp16 (default: the local device)")
@@ -68,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, or WORKDIR/mlflow.db)")
     train = commands.add_parser("train", help="train an architecture at full size with the paper's recipe")
     train.add_argument("--model", help="an export folder (search pick --export) or a registered name (litv2_s, ...)")
-    train.add_argument("--dataset", help="digits, cluttered-digits, cifar10, cifar100 or imagefolder:PATH")
+    train.add_argument("--dataset", help=DATASET_HELP)
     train.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
     train.add_argument("--epochs", type=int, help="epochs of the schedule (default 300)")
     train.add_argument("--batch-size", type=int, help="images per process and step (default 128)")

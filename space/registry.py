@@ -35,12 +35,27 @@ def get_space(name_or_path: str) -> SearchSpace:
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """The space a YAML or JSON file defines; its name defaults to the file's stem."""
+    """The space a YAML or JSON file defines; its name defaults to the file's stem.
+
+    A file may say ``extends: NAME`` (a named space): it then holds only what it adds to or
+    changes in that space, top-level key by key, so one definition of the paper's rows
+    serves both ``search run --space table5`` and the ``table5`` ablation recipe.
+    """
     path = Path(path)
     try:
-        return SearchSpace.from_dict(_read(path), default_name=path.stem)
+        return SearchSpace.from_dict(_resolve_extends(_read(path)), default_name=path.stem)
     except SpaceError as err:
         raise err.located(str(path)) from None
+
+
+def _resolve_extends(data: Any) -> Any:
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    name = data["extends"]
+    if name not in SPACE_NAMES:
+        raise SpaceError("extends", f"{name!r} is not a named space; expected one of {', '.join(SPACE_NAMES)}")
+    base = _read(SPACES_DIR / f"{name}.yaml")
+    return {**base, **{key: value for key, value in data.items() if key != "extends"}}
 
 
 def _read(path: Path) -> Any:

@@ -59,8 +59,9 @@ STAGE_AXES: dict[str, Domain] = {
 }
 # ``experiment``: what an ablation recipe needs beyond its architectures (data set, seeds, plots);
 # read by the ``experiments`` package, ignored by the space, so a recipe is also a space file.
+# ``extends``: resolved by the file loader (space.registry) before the space is parsed.
 TOP_KEYS = ("name", "description", "base", "fixed", "deploy_img_size", "proxy", "fixed_points", "dimensions", "points",
-            "experiment")
+            "experiment", "extends")
 PROXY_KEYS = ("img_size", "width_mult")
 POINT_KEYS = ("label", "base", "fixed")
 DEFAULT_BASE = "litv2_s"

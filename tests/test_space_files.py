@@ -56,6 +56,22 @@ def test_user_space_round_trips_through_files(tmp_path, suffix):
     assert loaded.base.drop_path_rate == 0.1 and loaded.proxy.width_mult == 0.5
 
 
+def test_a_file_extends_a_named_space_key_by_key(tmp_path):
+    named = space.get_space("alpha")
+    mine = space.get_space(str(write(tmp_path, {"extends": "alpha", "dimensions": {"alpha": [0.0, 1.0]},
+                                                "experiment": {"seeds": 3}})))
+    assert mine.base == named.base and mine.proxy == named.proxy and mine.description == named.description
+    assert [c.alpha[2] for c in mine.enumerate()] == [0.0, 1.0]
+    assert len(named.enumerate()) == 7
+
+
+def test_extending_an_unknown_space_names_it(tmp_path):
+    path = write(tmp_path, {"extends": "table9"})
+    with pytest.raises(space.SpaceError, match=f"^{path}: field 'extends': 'table9' is not a named space; "
+                                               "expected one of default"):
+        space.get_space(str(path))
+
+
 def test_file_name_is_the_default_space_name(tmp_path):
     assert space.get_space(str(write(tmp_path, {"dimensions": {"alpha": [0.5, 0.9]}}))).name == "space"
 
