@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Optuna storage URL (default sqlite:///WORKDIR/optuna.db)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     run.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: a local Ray instance)")
+    run.add_argument("--measure-seconds", type=float,
+                     help="time cap of one throughput measurement (default 6; a capped figure is flagged)")
     run.add_argument("--max-memory", help="measured recipes: the memory a layer may use, e.g. 8G (default: what the "
                                           "device has free)")
     show = commands.add_parser("show", help="print the table of a finished or interrupted experiment")
@@ -61,6 +63,7 @@ def run_command(args: argparse.Namespace) -> Outcome:
         budget=args.budget, dataset=args.dataset, target=args.target, seeds=args.seeds, epochs=args.epochs,
         out=args.out, study=args.study, workdir=args.workdir, storage=args.storage, tracking_uri=args.tracking_uri,
         address=args.address, data_root=args.data_root, max_memory=args.max_memory, seed=args.seed,
+        measure_seconds=args.measure_seconds,
     )
     return run_recipe(load_recipe(args.recipe), options)
 

@@ -56,6 +56,7 @@ class RunOptions:
     data_root: str | None = None
     max_memory: str | None = None
     seed: int = 0
+    measure_seconds: float | None = None
 
 
 def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:
@@ -66,6 +67,7 @@ def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:
         storage=options.storage, tracking_uri=options.tracking_uri, workdir=options.workdir, sampler="random",
         epochs=options.epochs or recipe.epochs, seed=options.seed, address=options.address,
         data_root=options.data_root, trials_per_device=1, cpus_per_trial=1, seeds=options.seeds or recipe.seeds,
+        measure_seconds=options.measure_seconds,
     )
 
 

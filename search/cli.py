@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     _constraint_options(run)
     run.add_argument("--checkpoint-dir", help="rung checkpoints, readable by every node (default WORKDIR/checkpoints)")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep rung checkpoints of finished trials")
+    run.add_argument("--measure-seconds", type=float,
+                     help="time cap of one throughput measurement (default 6; a capped figure is flagged)")
     resume = commands.add_parser("resume", help="continue an interrupted or finished study")
     _common(resume)
     resume.add_argument("--budget", help="extra budget to add, e.g. 1gpu-h")
@@ -126,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial, max_trials=args.max_trials, scheduler=args.scheduler,
         min_epochs=args.min_epochs, eta=args.eta, seeds=args.seeds, constraints=_constraints(args),
         checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
+        measure_seconds=args.measure_seconds,
     )
     return Search(settings).run(resume=False)
 

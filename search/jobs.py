@@ -32,6 +32,7 @@ class MeasureJob:
     trial: int
     config_json: str
     target_key: str
+    max_seconds: float | None = None  # the protocol's time cap; None: its default
     kind: str = field(default="measure", init=False)
 
 
@@ -105,7 +106,8 @@ def measure(job: MeasureJob) -> dict[str, Any]:
     from search.measuring import measure_architecture
 
     start, began = time.perf_counter(), time.time()
-    return _stamp(dict(measure_architecture(job.config_json, job.target_key)), start, began)
+    cap = {} if job.max_seconds is None else {"max_seconds": job.max_seconds}
+    return _stamp(dict(measure_architecture(job.config_json, job.target_key, **cap)), start, began)
 
 
 def train(job: TrainJob) -> dict[str, Any]:

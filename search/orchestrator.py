@@ -403,8 +403,9 @@ class Search:
         for candidate in list(self.queues["measure"]):
             if self._shared(candidate, "measure"):
                 continue
-            if not self._submit(candidate, MeasureJob(candidate.number, candidate.config.to_json(), self.target.key),
-                                self.costs.measure() * self.devices["measure"], "measure"):
+            job = MeasureJob(candidate.number, candidate.config.to_json(), self.target.key,
+                             self.settings.measure_seconds)
+            if not self._submit(candidate, job, self.costs.measure() * self.devices["measure"], "measure"):
                 break
         waiting = sorted(self.queues["train"], key=lambda c: (-c.epochs_done, c.number))
         for candidate in waiting:

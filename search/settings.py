@@ -53,6 +53,8 @@ class SearchSettings:
     constraints: dict[str, float] = field(default_factory=dict)
     checkpoint_dir: str | None = None  # None: WORKDIR/checkpoints
     keep_checkpoints: bool = False
+    # Time cap of one throughput measurement (litv2.measure's max_seconds); None: the protocol's 6 s.
+    measure_seconds: float | None = None
     # Whether storage / tracking URI were the work directory's defaults: those follow the
     # work directory on resume, explicit ones are kept unless the resume command overrides them.
     default_storage: bool = True
@@ -110,6 +112,7 @@ def build_settings(
     data_root: str | None, trials_per_device: int, cpus_per_trial: int, max_trials: int | None = None,
     scheduler: str | None = None, min_epochs: int = 1, eta: int = 3, seeds: int = 1,
     constraints: Constraints | None = None, checkpoint_dir: str | None = None, keep_checkpoints: bool = False,
+    measure_seconds: float | None = None,
 ) -> SearchSettings:
     """Validate every option and fill in the defaults; raises ValueError naming the bad value."""
     from space import get_space
@@ -127,6 +130,8 @@ def build_settings(
                         ("seeds", seeds), ("min-epochs", min_epochs), ("eta", eta)):
         if value < 1:
             raise ValueError(f"--{name} {value} is invalid: expected a positive integer")
+    if measure_seconds is not None and not measure_seconds > 0:
+        raise ValueError(f"--measure-seconds {measure_seconds} is invalid: expected a positive number of seconds")
     if seeds > 1 and not study_space.fixed_points:
         raise ValueError(f"--seeds {seeds} is for fixed-point spaces (ablation tables); space {space!r} is searched")
     if scheduler is not None and scheduler not in SCHEDULERS:
@@ -151,7 +156,8 @@ def build_settings(
         epochs=epochs, seed=seed, address=address, data_root=data_root, trials_per_device=trials_per_device,
         cpus_per_trial=cpus_per_trial, max_trials=max_trials, scheduler=scheduler, min_epochs=min_epochs, eta=eta,
         seeds=seeds, constraints=(constraints or Constraints()).to_dict(), checkpoint_dir=checkpoint_dir,
-        keep_checkpoints=keep_checkpoints, default_storage=storage is None, default_tracking=tracking_uri is None,
+        keep_checkpoints=keep_checkpoints, measure_seconds=measure_seconds, default_storage=storage is None,
+        default_tracking=tracking_uri is None,
     )
 
 

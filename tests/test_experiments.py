@@ -129,7 +129,8 @@ def test_changes_are_against_the_first_row_of_each_group():
 def test_a_two_row_recipe_runs_end_to_end_with_two_seeds(tmp_path, capsys):
     """Real counts, measurements and trainings, in process (the executor is the engine's seam)."""
     outcome = run_recipe(load_recipe(str(_pair(tmp_path))), RunOptions(
-        budget="3000cpu-s", target="cpu:bs1:32", workdir=str(tmp_path), study="pair"), executor=_in_process())
+        budget="3000cpu-s", target="cpu:bs1:32", workdir=str(tmp_path), study="pair", measure_seconds=1.0),
+        executor=_in_process())
     assert outcome.code == 0
     rows = {row["row"]: row for row in outcome.rows}
     assert list(rows) == ["HiLo", "MSA"]
@@ -248,7 +249,8 @@ def test_separability_runs_on_the_engine_and_a_second_run_trains_nothing(tmp_pat
     import ray
 
     # One seed: two seeds' means and stds are test_a_two_row_recipe_runs_end_to_end_with_two_seeds's job.
-    common = ["--dataset", "digits", "--seeds", "1", "--epochs", "1", "--budget", "1cpu-h", "--workdir", str(tmp_path)]
+    common = ["--dataset", "digits", "--seeds", "1", "--epochs", "1", "--budget", "1cpu-h", "--workdir", str(tmp_path),
+              "--measure-seconds", "1"]
     try:
         code = separability.main([*common, "--study", "first"])
         first = capsys.readouterr().out

@@ -216,3 +216,16 @@ def test_a_pinned_allocator_reaches_a_steady_state_without_page_faults():
         forward()
     # glibc's default maps the 48 MB tensor afresh every time: ~24,500 faults per forward here
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 1000
+
+
+def test_the_measure_job_passes_its_time_cap_to_the_protocol(monkeypatch):
+    """--measure-seconds reaches litv2.measure's max_seconds; without it the protocol's default holds."""
+    import search.measuring
+    from search.jobs import MeasureJob, measure
+
+    seen = []
+    monkeypatch.setattr(search.measuring, "measure_architecture",
+                        lambda config_json, target_key, **protocol: seen.append(protocol) or {"throughput": 1.0})
+    measure(MeasureJob(0, TINY.to_json(), "cpu:bs1:32", max_seconds=1.5))
+    measure(MeasureJob(1, TINY.to_json(), "cpu:bs1:32"))
+    assert seen == [{"max_seconds": 1.5}, {}]

@@ -26,7 +26,8 @@ def local_ray():
 def make_settings(workdir: Path, **changes):
     options = dict(study="s", space="tiny", budget="900cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
                    tracking_uri=None, workdir=str(workdir), sampler="random", epochs=1, seed=0, address=None,
-                   data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=2)
+                   data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=2,
+                   measure_seconds=1.0)  # short measurements: these tests check the flow, not the figures
     options.update(changes)
     return build_settings(**options)
 
@@ -176,6 +177,7 @@ def test_status_and_front_commands(tmp_path, capsys):
     ("--max-params", "3X", "--max-params '3X'"),
     ("--max-flops", "0G", "--max-flops '0G'"),
     ("--seeds", "2", "--seeds 2"),
+    ("--measure-seconds", "0", "--measure-seconds 0"),
     ("--target", "cpu:bs1:64:t100000", "100000 threads"),
     pytest.param("--target", "cuda:bs64:224:fp16", "no GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
@@ -196,7 +198,7 @@ def _start_search(tmp_path, *extra):
 
     command = [sys.executable, "-m", "search", "run", "--study", "s", "--space", "tiny", "--dataset", "digits",
                "--target", "cpu:bs1:64", "--budget", "900cpu-s", "--sampler", "random", "--workdir", str(tmp_path),
-               *extra]
+               "--measure-seconds", "1", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
