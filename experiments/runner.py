@@ -23,7 +23,8 @@ import optuna
 
 from search.cache import CACHE_FILE, ThroughputCache
 from search.data import DEFAULT_DATASET
-from search.orchestrator import RUN_ID_ATTR, SETTINGS_ATTR, Search, open_study
+from search.orchestrator import Search
+from search.studies import RUN_ID_ATTR, SETTINGS_ATTR, open_study
 from search.settings import SearchSettings, build_settings, stored
 from search.storage import default_storage_url, open_storage
 from search.target import Target, parse_target

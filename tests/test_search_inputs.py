@@ -5,7 +5,7 @@ import pytest
 from search.budget import parse_budget
 from search.storage import check_storage_url, open_storage
 from search.target import Target, parse_target
-from search.tracking import check_tracking_uri
+from search.preflight import check_tracking_uri
 
 
 @pytest.mark.parametrize("text,seconds,kind", [

@@ -1,0 +1,35 @@
+"""The terminal is for the tool's own lines: Ray's and MLflow's INFO chatter goes to a log file.
+
+Ray prints its start-up ("Started a local Ray instance") and MLflow its table creation
+("Creating initial MLflow database tables") through their own stream handlers; those
+handlers are raised to WARNING, so warnings and errors still reach the terminal, and every
+record at INFO and above is kept in WORKDIR/search.log.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+LOG_FILE = "search.log"
+LIBRARY_LOGGERS = ("ray", "mlflow", "alembic")
+
+
+def route_library_logs(workdir: Path) -> Path:
+    """Send the libraries' INFO lines to ``workdir/search.log`` (made on the first record);
+    call once the checks have passed, since it imports Ray and MLflow, whose import installs
+    the handlers this re-levels."""
+    import mlflow  # noqa: F401 (installs the 'mlflow' handler)
+    import ray  # noqa: F401 (installs the 'ray' handler)
+
+    path = (workdir / LOG_FILE).resolve()
+    to_file = logging.FileHandler(path, delay=True)
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:  # the terminal, not a file someone added
+                handler.setLevel(logging.WARNING)
+        if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
+            logger.addHandler(to_file)
+    return path
