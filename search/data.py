@@ -38,10 +38,9 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-from .datacheck import CIFAR, IMAGE_SUFFIXES, VAL_FRACTION, DatasetSpec, data_root, parse_dataset_spec, \
-    readable_image, require_cifar
+from .datacheck import CIFAR, DEFAULT_DATASET, IMAGE_SUFFIXES, VAL_FRACTION, DatasetSpec, data_root, \
+    parse_dataset_spec, readable_image, require_cifar
 
-DEFAULT_DATASET = "cluttered-digits"
 _DEFAULT_SIZE = {"cifar10": 32, "cifar100": 32, "imagefolder": 64}  # embedded sets: EMBEDDED[name].default_size
 # Per-channel statistics for the on-disk sets (the usual published values).
 _CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

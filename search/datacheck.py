@@ -19,6 +19,7 @@ from pathlib import Path
 # Built in memory by search.data (EMBEDDED there has exactly these keys, a test checks it).
 EMBEDDED_NAMES = ("digits", "cluttered-digits", "pathfinder-easy", "pathfinder", "pathfinder-hard")
 CIFAR = ("cifar10", "cifar100")
+DEFAULT_DATASET = "cluttered-digits"
 DATA_ENV = "LITV2_DATA"
 VAL_FRACTION = 0.2
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")

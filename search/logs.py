@@ -1,9 +1,9 @@
 """The terminal is for the tool's own lines: Ray's and MLflow's INFO chatter goes to a log file.
 
-Ray prints its start-up ("Started a local Ray instance") and MLflow its table creation
-("Creating initial MLflow database tables") through their own stream handlers; those
-handlers are raised to WARNING, so warnings and errors still reach the terminal, and every
-record at INFO and above is kept in WORKDIR/search.log.
+Ray prints its start-up ("Started a local Ray instance"), MLflow its table creation
+("Creating initial MLflow database tables") and Optuna each new study through their own
+stream handlers; those handlers are raised to WARNING, so warnings and errors still reach the
+terminal, and every record at INFO and above is kept in WORKDIR/search.log.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 LOG_FILE = "search.log"
-LIBRARY_LOGGERS = ("ray", "mlflow", "alembic")
+LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
 
 
 def route_library_logs(workdir: Path) -> Path:
@@ -19,6 +19,7 @@ def route_library_logs(workdir: Path) -> Path:
     call once the checks have passed, since it imports Ray and MLflow, whose import installs
     the handlers this re-levels."""
     import mlflow  # noqa: F401 (installs the 'mlflow' handler)
+    import optuna  # noqa: F401 (installs the 'optuna' handler: "A new study created ...")
     import ray  # noqa: F401 (installs the 'ray' handler)
 
     path = (workdir / LOG_FILE).resolve()
@@ -28,7 +29,7 @@ def route_library_logs(workdir: Path) -> Path:
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         for handler in logger.handlers:
-            if type(handler) is logging.StreamHandler:  # the terminal, not a file someone added
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.WARNING)
         if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
             logger.addHandler(to_file)
