@@ -5,6 +5,8 @@ files and command lines can name them without importing torch or timm.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import LITConfig
 
 LITV2_S = LITConfig()
@@ -26,3 +28,13 @@ def get_config(name: str) -> LITConfig:
     if name not in NAMED_CONFIGS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(NAMED_CONFIGS)}")
     return NAMED_CONFIGS[name]
+
+
+def config_from(text: str, flag: str = "--config") -> LITConfig:
+    """A registered model name, or a JSON file holding a :class:`LITConfig` (a trial's ``config``)."""
+    if text in NAMED_CONFIGS:
+        return NAMED_CONFIGS[text]
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"{flag} {text!r} is neither a model name ({', '.join(NAMED_CONFIGS)}) nor a JSON file")
+    return LITConfig.from_json(path.read_text())
