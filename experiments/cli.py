@@ -110,9 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _show(args: argparse.Namespace) -> int:
     from search.settings import check_study_name
 
+    from search.storage import default_storage_url
+    from search.studies import open_study
+
     check_study_name(args.study)
     if args.out is not None:
         _check_out(args.out)
+    open_study(args.storage or default_storage_url(Path(args.workdir)), args.study)  # there, before the stack loads
     from .runner import show
 
     return show(args.study, args.workdir, args.storage, args.out).code

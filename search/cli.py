@@ -200,7 +200,6 @@ def _new_file(path: str | None, flag: str, suffixes: tuple[str, ...]) -> str | N
 
 
 def _pick(args: argparse.Namespace) -> int:
-    from .export import check_new_folder, require_export_extra
     from .studies import RUN_ID_ATTR, open_study, settings_of
 
     name = _study(args)
@@ -210,6 +209,8 @@ def _pick(args: argparse.Namespace) -> int:
         raise ValueError(f"--top {args.top} is invalid: expected a positive integer")
     folder = None
     if args.export:
+        from .export import check_new_folder, require_export_extra
+
         require_export_extra()
         folder = check_new_folder(args.export, "--export")
     study = open_study(_storage(args), name)

@@ -72,7 +72,9 @@ def open_storage(url: str) -> "optuna.storages.BaseStorage":
     if url.startswith("journal:"):
         backend = optuna.storages.journal.JournalFileBackend(url[len("journal:"):])
         return optuna.storages.JournalStorage(backend)
-    storage = optuna.storages.RDBStorage(url)
+    # SQLAlchemy's default MySQL driver (mysqlclient) needs a C library; the [mysql] extra installs PyMySQL.
+    storage = optuna.storages.RDBStorage("mysql+pymysql://" + url[len("mysql://"):] if url.startswith("mysql://")
+                                         else url)
     if url.startswith("sqlite"):
         import sqlalchemy
 

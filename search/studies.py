@@ -22,7 +22,10 @@ def budget_used(study: optuna.Study) -> float:
 
 def open_study(storage_url: str, name: str) -> optuna.Study:
     """An existing study, or a one-line ValueError naming the storage; creates nothing."""
-    storage = open_existing_storage(storage_url)
+    try:
+        storage = open_existing_storage(storage_url)
+    except ValueError as error:
+        raise ValueError(f"study {name!r} cannot be read: {error}") from None
     if name not in set(optuna.get_all_study_names(storage)):
         raise ValueError(f"study {name!r} does not exist in {storage_url}")
     return optuna.load_study(study_name=name, storage=storage)

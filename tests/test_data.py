@@ -173,3 +173,77 @@ def test_imagefolder_uses_train_and_val_folders(tmp_path):
     bundle = load_dataset(f"imagefolder:{tmp_path}")
     assert (len(bundle.train), len(bundle.val), bundle.img_size) == (6, 2, 64)
     assert bundle.train[0][0].shape == (3, 64, 64)
+
+
+def test_embedded_sets_are_the_names_the_light_parser_accepts():
+    from search.data import EMBEDDED
+    from search.datacheck import EMBEDDED_NAMES
+
+    assert tuple(EMBEDDED) == EMBEDDED_NAMES
+
+
+def test_cifar_check_says_where_it_looked_and_how_to_place_the_files(tmp_path):
+    from search.datacheck import check_dataset
+
+    with pytest.raises(ValueError) as error:
+        check_dataset("cifar10", str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in message
+    assert "cifar-10-python.tar.gz" in message and f"-C {tmp_path}" in message
+    assert "download=True" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("layout,error", [
+    ({"cat": 6}, "has 1 class folder: a classification needs at least 2"),
+    ({}, "holds no readable images"),
+    ({"cat": 6, "dog": 0}, "dog' has 0 readable images"),
+    ({"cat": 6, "dog": 3}, "validation split needs at least 5 per class"),
+])
+def test_image_folders_that_cannot_serve_a_search_are_refused(tmp_path, layout, error):
+    from search.datacheck import scan_image_folder
+
+    rng = np.random.default_rng(0)
+    for label, count in layout.items():
+        (tmp_path / label).mkdir()
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    with pytest.raises(ValueError, match=error):
+        scan_image_folder(tmp_path)
+
+
+def test_train_and_val_folders_must_hold_the_same_classes(tmp_path):
+    from search.datacheck import scan_image_folder
+
+    _write_images(tmp_path / "train", per_class=2)
+    _write_images(tmp_path / "val", per_class=1)
+    (tmp_path / "val" / "dog").rename(tmp_path / "val" / "bird")
+    with pytest.raises(ValueError, match="'bird' is in only one of them"):
+        scan_image_folder(tmp_path)
+
+
+def test_an_unreadable_image_is_reported_by_path_skipped_and_the_rest_trains(tmp_path):
+    from litv2 import LITConfig
+    from search.datacheck import scan_image_folder
+    from search.train import train_proxy
+
+    _write_images(tmp_path, per_class=5)
+    broken = tmp_path / "cat" / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    warnings = scan_image_folder(tmp_path).warnings()
+    assert len(warnings) == 1 and repr(str(broken)) in warnings[0]
+    bundle = load_dataset(f"imagefolder:{tmp_path}", img_size=32)
+    assert len(bundle.train) + len(bundle.val) == 10  # the 10 good images, not the broken one
+    tiny = LITConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=(0, 0, 2, 1),
+                     merge="patch")
+    result = train_proxy(tiny, bundle, epochs=1, batch_size=4, num_threads=1)
+    assert result.epochs_run == 1 and 0 <= result.accuracy <= 100
+
+
+def test_a_file_that_fails_to_decode_is_named_in_the_error(tmp_path):
+    from search.data import _decode_rgb
+
+    truncated = tmp_path / "cut.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(OSError, match=repr(str(truncated)).replace(".", r"\.")):
+        _decode_rgb(str(truncated))
