@@ -55,10 +55,10 @@ def open_existing_storage(url: str) -> "optuna.storages.BaseStorage":
     path = storage_file(url)
     if path is not None and not path.is_file():
         raise ValueError(f"storage {url!r} holds no studies: the file {str(path)!r} does not exist")
-    return open_storage(url)
+    return open_storage(url, existing=True)
 
 
-def open_storage(url: str) -> "optuna.storages.BaseStorage":
+def open_storage(url: str, existing: bool = False) -> "optuna.storages.BaseStorage":
     """An Optuna storage for ``url`` (validated by :func:`check_storage_url`).
 
     sqlite files run in write-ahead-log mode with ``synchronous=NORMAL``: every trial
@@ -73,8 +73,10 @@ def open_storage(url: str) -> "optuna.storages.BaseStorage":
         backend = optuna.storages.journal.JournalFileBackend(url[len("journal:"):])
         return optuna.storages.JournalStorage(backend)
     # SQLAlchemy's default MySQL driver (mysqlclient) needs a C library; the [mysql] extra installs PyMySQL.
+    # An ``existing`` database is read as it is: neither its tables nor their schema version are
+    # touched, which also spares the import of alembic (~2 s of ``status`` and ``front``).
     storage = optuna.storages.RDBStorage("mysql+pymysql://" + url[len("mysql://"):] if url.startswith("mysql://")
-                                         else url)
+                                         else url, skip_compatibility_check=existing, skip_table_creation=existing)
     if url.startswith("sqlite"):
         import sqlalchemy
 

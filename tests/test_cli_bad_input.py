@@ -155,3 +155,34 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(answers, index):
     assert named in lines[0] and "error" in lines[0]
     assert left == []
     assert seconds < SLOWEST_S
+
+
+HEAVY_MODULES = ("torch", "timm", "ray", "mlflow")
+
+
+def test_status_and_front_read_the_storage_without_the_deep_learning_stack(tmp_path):
+    """``status`` and ``front`` answer from the Optuna storage alone: `-X importtime` shows no
+    torch, timm, Ray or MLflow (together ~8 s of imports here)."""
+    import optuna
+
+    from search.objectives import create_objective_study
+    from search.settings import build_settings
+    from search.storage import open_storage
+    from search.studies import SETTINGS_ATTR
+
+    settings = build_settings(study="small", space="tiny", budget="1cpu-h", dataset="digits", target="cpu:bs1:224",
+                              storage=None, tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=1,
+                              seed=0, address=None, data_root=None, trials_per_device=1, cpus_per_trial=1)
+    study = create_objective_study("small", open_storage(settings.storage), optuna.samplers.RandomSampler())
+    study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+    trial = study.ask()
+    trial.set_user_attr("arch_id", "abc")
+    study.tell(trial, [50.0, 10.0])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for args in (["status"], ["front", "--csv", "front.csv"]):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "search", *args, "--study", "small"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+        assert not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
+    assert "trial" in done.stdout and (tmp_path / "front.csv").read_text().startswith("trial,arch_id")
