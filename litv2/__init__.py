@@ -3,12 +3,13 @@
 Names resolve lazily (PEP 562), so ``import litv2`` and ``litv2.config`` / ``litv2.target``
 stay free of torch: the command lines parse and validate their arguments before the ~4 s
 import of the deep-learning stack. The timm models (``litv2_s``, ``lit_custom``, ...) are
-registered as soon as a name that needs torch is used (a layer, a model builder), or here at
-once when timm was imported first (``import timm, litv2``).
+registered as soon as timm is imported (before or after litv2; the model code imports it too).
 """
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 from typing import Any
 
@@ -23,7 +24,6 @@ _MODULE_OF = {
                     "named"),
 }
 __all__ = sorted(_MODULE_OF)
-_LIGHT_MODULES = ("config", "named")  # no torch: everything else imports it, and then timm is registered too
 
 
 def __getattr__(name: str) -> Any:
@@ -31,8 +31,6 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'litv2' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
-    if module not in _LIGHT_MODULES:
-        importlib.import_module(".registry", __name__)
     globals()[name] = value
     return value
 
@@ -41,5 +39,28 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-if "timm" in sys.modules:  # timm already paid for: register litv2_s & co. now, as ``import timm, litv2`` expects
+class _RegisterOnTimmImport(importlib.abc.MetaPathFinder):
+    """Registers the models right after timm is first imported, so ``import litv2`` followed by
+    ``timm.create_model("litv2_s")`` (or an exported ``local-dir:``) works as it always did,
+    while ``import litv2`` alone stays free of torch."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("timm")
+        if spec is not None and spec.loader is not None:
+            run_module = spec.loader.exec_module
+
+            def exec_then_register(module) -> None:
+                run_module(module)
+                importlib.import_module(".registry", __name__)
+
+            spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "timm" in sys.modules:  # timm already paid for: register litv2_s & co. now
     importlib.import_module(".registry", __name__)
+else:
+    sys.meta_path.insert(0, _RegisterOnTimmImport())
