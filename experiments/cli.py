@@ -56,7 +56,7 @@ def list_text() -> str:
 def run_command(args: argparse.Namespace) -> int:
     """Check the recipe, every option, endpoint and folder; only then import the stack and run."""
     from search.logs import route_library_logs
-    from search.preflight import check_writable_folder, preflight_search
+    from search.preflight import preflight_search
 
     from .options import RunOptions, settings_for
     from .recipes import load_recipe
@@ -70,7 +70,7 @@ def run_command(args: argparse.Namespace) -> int:
     settings = settings_for(recipe, options)
     if args.out is not None:
         _check_out(args.out)
-    for line in preflight_search(settings, new_study=True):
+    for line in preflight_search(settings):
         print(line, flush=True)
     from .runner import run_recipe
 

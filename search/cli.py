@@ -22,6 +22,7 @@ from .storage import default_storage_url
 from .target import parse_target
 
 if TYPE_CHECKING:
+    from .settings import SearchSettings
     from .target import Target
 
 EXIT_USAGE = 2
@@ -136,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         min_epochs=args.min_epochs, eta=args.eta, seeds=args.seeds, constraints=_constraints(args),
         checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
     )
-    return _search(settings, new_study=True)
+    return _search(settings, resume=False)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -146,20 +147,20 @@ def _resume(args: argparse.Namespace) -> int:
     settings = load_settings(_study(args), _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
     if extra is not None:
         settings = settings.with_budget(str(parse_budget(settings.budget).plus(extra)))
-    return _search(settings, new_study=False)
+    return _search(settings, resume=True)
 
 
-def _search(settings, new_study: bool) -> int:
+def _search(settings: "SearchSettings", resume: bool) -> int:
     """Check every endpoint, folder and the data, then (only then) import the stack and search."""
     from .preflight import preflight_search
 
-    for line in preflight_search(settings, new_study=new_study):
+    for line in preflight_search(settings):
         print(line, flush=True)
     from .logs import route_library_logs
     from .orchestrator import Search
 
     route_library_logs(Path(settings.workdir))
-    return Search(settings).run(resume=not new_study)
+    return Search(settings).run(resume=resume)
 
 
 def _study(args: argparse.Namespace) -> str:

@@ -148,15 +148,14 @@ def _hide_password(url: str) -> str:
     return url.replace(f":{parts.password}@", ":***@", 1)
 
 
-def preflight_search(settings: "SearchSettings", *, new_study: bool) -> list[str]:
-    """Everything a ``run`` (``new_study``) or ``resume`` will touch, in the order a user fixes
-    them; returns warning lines (image files that will be skipped)."""
+def preflight_search(settings: "SearchSettings") -> list[str]:
+    """Everything a ``run`` or ``resume`` will touch, in the order a user fixes them; returns
+    warning lines (image files that will be skipped)."""
     from .datacheck import check_dataset
 
     check_writable_folder(Path(settings.workdir), "--workdir")
     check_storage_endpoint(settings.storage)
     check_tracking_endpoint(settings.tracking_uri)
-    if new_study:
-        check_ray_address(settings.address)
-        check_cpus_per_trial(settings.cpus_per_trial, settings.address)
+    check_ray_address(settings.address)
+    check_cpus_per_trial(settings.cpus_per_trial, settings.address)
     return check_dataset(settings.dataset, settings.data_root)
