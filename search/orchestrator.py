@@ -696,7 +696,8 @@ def _ray_executor(search: Search) -> Executor:
         if search.settings.address:
             ray.init(address=search.settings.address, log_to_driver=False)
         else:
-            ray.init(resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+            # address="local": a new instance even where `ray start` left one running on this machine
+            ray.init(address="local", resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
     on_disk_images = search.settings.dataset.startswith("imagefolder:")
     resources = plan_resources(search.budget.kind, search.target, search.settings.trials_per_device,
                                search.settings.cpus_per_trial, data_workers=IMAGEFOLDER_GPU_WORKERS if on_disk_images else 0)
