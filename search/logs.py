@@ -12,6 +12,7 @@ from pathlib import Path
 
 LOG_FILE = "search.log"
 LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
+_to_file: logging.FileHandler | None = None  # the handler the last call installed
 
 
 def route_library_logs(workdir: Path) -> Path:
@@ -22,6 +23,7 @@ def route_library_logs(workdir: Path) -> Path:
     import optuna  # noqa: F401 (installs the 'optuna' handler: "A new study created ...")
     import ray  # noqa: F401 (installs the 'ray' handler)
 
+    global _to_file
     path = (workdir / LOG_FILE).resolve()
     to_file = logging.FileHandler(path, delay=True)
     to_file.setLevel(logging.INFO)
@@ -31,6 +33,10 @@ def route_library_logs(workdir: Path) -> Path:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.WARNING)
-        if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
-            logger.addHandler(to_file)
+        if _to_file is not None:
+            logger.removeHandler(_to_file)  # a second search in one process logs to its own work directory
+        logger.addHandler(to_file)
+    if _to_file is not None:
+        _to_file.close()
+    _to_file = to_file
     return path

@@ -180,3 +180,20 @@ def test_option_values_that_start_with_a_dash_reach_their_checks():
         parser.parse_args(["--budget", "--flag"])  # an option is never taken as a value
     with pytest.raises(SystemExit):
         parser.parse_args(["--bud", "1cpu-h"])  # no prefix matching
+
+
+def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capfd):
+    import logging
+
+    from search.logs import route_library_logs
+
+    first = route_library_logs(tmp_path)
+    logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+    logging.getLogger("ray").warning("a warning still reaches the terminal")
+    (tmp_path / "other").mkdir()
+    second = route_library_logs(tmp_path / "other")  # a second search in this process: its own file only
+    logging.getLogger("optuna").info("A new study created")
+    assert "Creating initial MLflow database tables" in first.read_text()
+    assert "A new study created" in second.read_text() and "A new study created" not in first.read_text()
+    err = capfd.readouterr().err
+    assert "Creating initial" not in err and "a warning still reaches the terminal" in err
