@@ -2,11 +2,10 @@
 deep-learning stack, so the command line refuses bad input before importing it."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from search.datacheck import DEFAULT_DATASET
-from search.settings import SearchSettings, build_settings
+from search.settings import SearchSettings, build_settings, default_study_name
 
 from .recipes import Recipe
 
@@ -34,7 +33,7 @@ class RunOptions:
 def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:
     """The study's settings, every option validated (a one-line ValueError naming the bad one)."""
     return build_settings(
-        study=options.study or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}", space=str(recipe.path),
+        study=default_study_name(recipe.name) if options.study is None else options.study, space=str(recipe.path),
         budget=options.budget, dataset=options.dataset or recipe.dataset or DEFAULT_DATASET, target=options.target,
         storage=options.storage, tracking_uri=options.tracking_uri, workdir=options.workdir, sampler="random",
         epochs=recipe.epochs if options.epochs is None else options.epochs, seed=options.seed, address=options.address,

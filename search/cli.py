@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,9 +124,9 @@ def _constraints(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .settings import build_settings
+    from .settings import build_settings, default_study_name
 
-    study = args.study if args.study is not None else f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    study = args.study if args.study is not None else default_study_name(Path(args.space).stem)
     settings = build_settings(
         study=study, space=args.space,
         budget=args.budget, dataset=args.dataset, target=args.target, storage=args.storage,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,12 @@ def check_study_name(name: str) -> str:
     if not STUDY_NAME.fullmatch(name):
         raise ValueError(f"--study {name!r} is invalid: expected {STUDY_NAME_RULE}")
     return name
+
+
+def default_study_name(prefix: str) -> str:
+    """``PREFIX-DATE-TIME``, with PREFIX (a space file's stem, a recipe's name) made a valid study name."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", prefix).strip("-._")[:80] or "study"
+    return f"{cleaned}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def check_seed(seed: int) -> int:

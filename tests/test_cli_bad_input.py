@@ -94,6 +94,7 @@ CASES = [
     ("experiments", ["run", "table5", "--budget", "-1cpu-h"], "'-1cpu-h'"),
     ("experiments", ["run", "table5", "--out", "missing/table"], "'missing/table'"),
     ("experiments", ["run", "table5", "--tracking-uri", "http://127.0.0.1:1"], "'http://127.0.0.1:1'"),
+    ("experiments", ["run", "table5", "--study", ""], "--study ''"),
     ("experiments", ["show", "--study", ".."], "'..'"),
     ("experiments", ["show", "--study", "absent"], "'absent'"),
 ]

@@ -197,3 +197,11 @@ def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capfd):
     assert "A new study created" in second.read_text() and "A new study created" not in first.read_text()
     err = capfd.readouterr().err
     assert "Creating initial" not in err and "a warning still reaches the terminal" in err
+
+
+def test_generated_study_names_are_valid_whatever_the_space_file_is_called():
+    from search.settings import check_study_name, default_study_name
+
+    for stem in ("my space", "..", "tiny", "ünïcode/space"):
+        assert check_study_name(default_study_name(stem))
+    assert default_study_name("my space").startswith("my-space-")
