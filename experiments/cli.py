@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
-from .runner import Outcome
+from litv2.argparsing import StrictParser
 
 EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments",
-                                     description="LITv2 ablation tables on the search engine")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = StrictParser(prog="python -m experiments", description="LITv2 ablation tables on the search engine")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=StrictParser)
     commands.add_parser("list", help="the shipped recipes and what each reproduces")
     run = commands.add_parser("run", help="run a recipe and print its table")
     run.add_argument("recipe", help="a shipped recipe (python -m experiments list) or a recipe file (.yaml/.json)")
@@ -55,9 +55,13 @@ def list_text() -> str:
     return "\n".join(lines)
 
 
-def run_command(args: argparse.Namespace) -> Outcome:
+def run_command(args: argparse.Namespace) -> int:
+    """Check the recipe, every option, endpoint and folder; only then import the stack and run."""
+    from search.logs import route_library_logs
+    from search.preflight import preflight_search
+
+    from .options import RunOptions, settings_for
     from .recipes import load_recipe
-    from .runner import RunOptions, run_recipe
 
     options = RunOptions(
         budget=args.budget, dataset=args.dataset, target=args.target, seeds=args.seeds, epochs=args.epochs,
@@ -65,21 +69,36 @@ def run_command(args: argparse.Namespace) -> Outcome:
         address=args.address, data_root=args.data_root, max_memory=args.max_memory, seed=args.seed,
         measure_seconds=args.measure_seconds,
     )
-    return run_recipe(load_recipe(args.recipe), options)
+    recipe = load_recipe(args.recipe)
+    settings = settings_for(recipe, options)
+    if args.out is not None:
+        _check_out(args.out)
+    for line in preflight_search(settings):
+        print(line, flush=True)
+    from .runner import run_recipe
+
+    route_library_logs(Path(settings.workdir))
+    return run_recipe(recipe, options).code
+
+
+def _check_out(out: str) -> None:
+    """``--out`` is a folder to be (or already) there: its parent must exist, it must not be a file."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out!r} is a file: expected a folder")
+    if not folder.resolve().parent.is_dir():
+        raise ValueError(f"--out {out!r} is invalid: its parent folder {str(folder.parent)!r} does not exist")
 
 
 def guarded(action: Callable[[], int]) -> int:
     """Bad input -> one line and exit 2; a run that cannot go on -> one line and exit 1."""
-    from search.lease import LeaseHeld
+    from search.cli import usage_error
 
     try:
         return action()
-    except (ValueError, LeaseHeld) as error:  # SpaceError (a bad recipe) is a ValueError
+    except (ValueError, RuntimeError) as error:  # SpaceError (a bad recipe) is a ValueError
         print(f"experiments: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except RuntimeError as error:  # SearchError and failures of the services behind a run
-        print(f"experiments: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if usage_error(error) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         return guarded(lambda: print(list_text()) or 0)
     if args.command == "run":
-        return guarded(lambda: run_command(args).code)
+        return guarded(lambda: run_command(args))
+    return guarded(lambda: _show(args))
+
+
+def _show(args: argparse.Namespace) -> int:
+    from search.settings import check_study_name
+
+    from search.storage import default_storage_url
+    from search.studies import open_study
+
+    check_study_name(args.study)
+    if args.out is not None:
+        _check_out(args.out)
+    open_study(args.storage or default_storage_url(Path(args.workdir)), args.study)  # there, before the stack loads
     from .runner import show
 
-    return guarded(lambda: show(args.study, args.workdir, args.storage, args.out).code)
+    return show(args.study, args.workdir, args.storage, args.out).code

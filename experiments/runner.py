@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -22,53 +21,21 @@ from typing import Any, Callable, TextIO
 import optuna
 
 from search.cache import CACHE_FILE, ThroughputCache
-from search.data import DEFAULT_DATASET
-from search.orchestrator import RUN_ID_ATTR, SETTINGS_ATTR, Search, open_study
+from search.orchestrator import Search
+from search.studies import RUN_ID_ATTR, SETTINGS_ATTR, open_study
 from search.settings import SearchSettings, build_settings, stored
 from search.storage import default_storage_url, open_storage
 from search.target import Target, parse_target
 from search.tracking import StudyTracker
 from space import arch_id
 
+from .options import RunOptions, settings_for
 from .recipes import Recipe, load_recipe, row_label
 from .table import Column, Row, Series, csv_text, exact, fixed, giga, latex, markdown, plot_panels, significant, \
     write_atomic, write_text
 
 ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
 TrialState = optuna.trial.TrialState
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """``experiments run``'s options; ``None`` takes the recipe's (or the search's) default."""
-
-    budget: str = "0.2cpu-h"
-    dataset: str | None = None
-    target: str | None = None
-    seeds: int | None = None
-    epochs: int | None = None
-    out: str | None = None
-    study: str | None = None
-    workdir: str = "."
-    storage: str | None = None
-    tracking_uri: str | None = None
-    address: str | None = None
-    data_root: str | None = None
-    max_memory: str | None = None
-    seed: int = 0
-    measure_seconds: float | None = None
-
-
-def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:
-    """The study's settings, every option validated (a one-line ValueError naming the bad one)."""
-    return build_settings(
-        study=options.study or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}", space=str(recipe.path),
-        budget=options.budget, dataset=options.dataset or recipe.dataset or DEFAULT_DATASET, target=options.target,
-        storage=options.storage, tracking_uri=options.tracking_uri, workdir=options.workdir, sampler="random",
-        epochs=options.epochs or recipe.epochs, seed=options.seed, address=options.address,
-        data_root=options.data_root, trials_per_device=1, cpus_per_trial=1, seeds=options.seeds or recipe.seeds,
-        measure_seconds=options.measure_seconds,
-    )
 
 
 @dataclass(frozen=True)

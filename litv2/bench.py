@@ -11,222 +11,16 @@ Every figure comes from :mod:`litv2.measure`'s protocol.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
-import os
-import random
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import timm
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from .config import LITConfig
-from .flops import count_flops, count_params
-from .layers import HiLo
-from .layers.attention import Attention, build_attention
-from .layers.windows import pad_to_multiple
-from .measure import (
-    MIN_SAMPLES_FOR_CI, BlockTimer, MeasureProtocol, allocator_policy, autocast_dtype, backend_settings, block_timer,
-    device_name, library_versions, measure_config, median_ci, peak_memory, pin_allocator, resolve_device, warm_up,
-)
-from .registry import NAMED_CONFIGS
-from .target import parse_target
+from .argparsing import StrictParser
+from .named import config_from
+from .protocol import MIN_SAMPLES_FOR_CI, MeasureProtocol
+from .target import PRECISIONS, parse_target
 
 EXIT_USAGE = 2
-
-DIM, HEADS = 768, 12
-# (map side, batch) pairs: the paper's 14x14 setting and the larger maps of early stages.
-LAYER_SETTINGS = ((14, 64), (28, 16), (56, 4))
-LAYER_KINDS = {
-    "MSA": dict(kind="msa"),
-    "MSA + RPE": dict(kind="msa", rel_pos_bias=True),
-    "SRA (sr 2)": dict(kind="sra", sr_ratio=2),
-    "W-MSA (ws 7)": dict(kind="wmsa", window_size=7, shift=False),
-    "SW-MSA (ws 7)": dict(kind="wmsa", window_size=7, shift=True, block_index=1),
-    "T-MSA GSA (sr 2)": dict(kind="tmsa", sr_ratio=2, block_index=1),
-    "HiLo (ws 2, a 0.9)": dict(kind="hilo", window_size=2, alpha=0.9),
-}
-MODELS = ("lit_s", "litv2_s")
-
-
-def matmul_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                             bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention as the official releases write it: explicit ``q @ k^T``, softmax, ``@ v``."""
-    attn = (q @ k.transpose(-2, -1)) * scale
-    if bias is not None:
-        attn = attn + bias
-    return attn.softmax(dim=-1) @ v
-
-
-class NaiveMSA(Attention):
-    """Standard MSA in the official matmul-softmax formulation (the paper's MSA baseline)."""
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        out = matmul_softmax_attention(q, k, v, self.scale, bias)
-        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.dim)
-
-
-class NaiveHiLo(HiLo):
-    """HiLo written as the official release does, with the same parameters and semantics as
-    :class:`~litv2.layers.HiLo` (padding of non-divisible maps included), so it serves as the
-    reference in equivalence tests and as the baseline in this benchmark.
-    """
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return matmul_softmax_attention(q, k, v, self.scale, bias)
-
-    def hifi(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, channels = x.shape
-        ws = self.window_size
-        x = pad_to_multiple(x, ws)
-        hg, wg = x.shape[1] // ws, x.shape[2] // ws
-        x = x.reshape(batch, hg, ws, wg, ws, channels).transpose(2, 3)
-        qkv = self.h_qkv(x).reshape(batch, hg * wg, -1, 3, self.h_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        bias = self.h_rel_pos(ws, ws) if self.h_rel_pos is not None else None
-        out = self._attend(qkv[0], qkv[1], qkv[2], bias)
-        out = out.transpose(2, 3).reshape(batch, hg, wg, ws, ws, self.h_dim)
-        return out.transpose(2, 3).reshape(batch, hg * ws, wg * ws, self.h_dim)[:, :height, :width]
-
-    def lofi(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, channels = x.shape
-        ws = self.window_size
-        if ws > 1 and not self.lofi_valid_average:
-            x = pad_to_multiple(x, ws)  # queries from every padded token, zeros in the border averages
-        padded_h, padded_w = x.shape[1], x.shape[2]
-        q = self.l_q(x).reshape(batch, padded_h * padded_w, self.l_heads, self.head_dim).permute(0, 2, 1, 3)
-        if ws > 1:
-            x = F.avg_pool2d(x.permute(0, 3, 1, 2), ws, ceil_mode=self.lofi_valid_average)
-            x = x.reshape(batch, channels, -1).permute(0, 2, 1)
-        kv = self.l_kv(x).reshape(batch, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = self._attend(q, kv[0], kv[1]).transpose(1, 2).reshape(batch, padded_h, padded_w, self.l_dim)
-        return out[:, :height, :width]
-
-    def join(self, hifi: torch.Tensor, lofi: torch.Tensor) -> torch.Tensor:
-        """The official ``torch.cat`` of the two projected paths."""
-        return torch.cat((self.h_proj(hifi), self.l_proj(lofi)), dim=-1)
-
-
-class TokenLayer(nn.Module):
-    """Wraps an ``attn(x, H, W)`` layer as ``f(x)`` for a fixed map, for counters and timers."""
-
-    def __init__(self, attn: nn.Module, side: int) -> None:
-        super().__init__()
-        self.attn, self.side = attn, side
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attn(x, self.side, self.side)
-
-
-NAIVE_LAYERS = {
-    "MSA naive (official)": lambda: NaiveMSA(DIM, HEADS),
-    "HiLo naive (official)": lambda: NaiveHiLo(DIM, HEADS, window_size=2, alpha=0.9),
-}
-
-
-def _layer(name: str, side: int) -> nn.Module:
-    if name in NAIVE_LAYERS:
-        return NAIVE_LAYERS[name]()
-    spec = dict(LAYER_KINDS[name])
-    return build_attention(spec.pop("kind"), DIM, HEADS, max_size=(side, side), **spec)
-
-
-def _round_robin(modules: dict[str, nn.Module], inputs: torch.Tensor, device: torch.device, rounds: int,
-                 protocol: MeasureProtocol = MeasureProtocol(), precision: str = "fp32") -> dict[str, dict]:
-    """Warm every module up, then time one block of each per round, ``rounds`` rounds.
-
-    Interleaving puts every module's samples in the same stretch of time, so a background
-    burst on a shared machine slows all of them alike instead of sinking whichever module
-    happened to be timed during it; the speed-up ratios stay meaningful. The order is
-    shuffled every round (with a fixed seed) because a module's time can also depend on its
-    predecessor (what that one freed decides which memory the allocator hands back). Blocks
-    are sized by the warm-up to ``protocol.block_seconds`` (hundreds of calls of a layer on a
-    GPU). Autocast is entered once around everything, so each module's weights are cast
-    once; on CUDA a module's peak memory is what it added to what was allocated before it
-    was moved to the device (its weights included, the other modules' not).
-    """
-    dtype = autocast_dtype(precision)
-    inputs = inputs.to(device)
-    blocks: dict[str, tuple[BlockTimer, int]] = {}
-    peaks: dict[str, float | None] = {}
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for name, module in modules.items():
-            with peak_memory(device) as added_mib:
-                timer = block_timer(functools.partial(module.to(device).eval(), inputs), device)
-                with torch.inference_mode():
-                    blocks[name] = timer, warm_up(timer, protocol).calls_per_block
-                # On the CPU the freed memory of earlier modules is reused: no per-module figure.
-                peaks[name] = added_mib() if device.type == "cuda" else None
-        seconds: dict[str, list[float]] = {name: [] for name in modules}
-        order = list(modules)
-        shuffler = random.Random(0)
-        with torch.inference_mode():
-            for _ in range(rounds):
-                shuffler.shuffle(order)
-                for name in order:
-                    timer, calls = blocks[name]
-                    seconds[name].append(timer(calls) / calls)
-    results = {}
-    for name, times in seconds.items():
-        rates = [inputs.shape[0] / t for t in times]
-        low, high = median_ci(rates)
-        results[name] = dict(img_s=statistics.median(rates), ci=[low, high], spread=(high - low) / 2,
-                             peak_mb=peaks[name], seconds=times)
-    return results
-
-
-def run(device: torch.device, rounds: int, model_batch: int, quick: bool = False,
-        protocol: MeasureProtocol = MeasureProtocol(), precision: str = "fp32") -> list[dict]:
-    rows = []
-    names = list(LAYER_KINDS) + list(NAIVE_LAYERS)
-    settings = LAYER_SETTINGS[:1] if quick else LAYER_SETTINGS
-    time_them = functools.partial(_round_robin, device=device, rounds=rounds, protocol=protocol, precision=precision)
-    for side, batch in settings:
-        torch.manual_seed(0)
-        layers = {name: TokenLayer(_layer(name, side), side) for name in names}
-        timings = time_them(layers, torch.randn(batch, side * side, DIM))
-        for name, layer in layers.items():
-            row = dict(name=name, input=f"{side}x{side} b{batch}", params=count_params(layer),
-                       flops=count_flops(layer, input_size=(side * side, DIM)), **timings[name])
-            rows.append(row)
-            print(_format_row(row), file=sys.stderr, flush=True)
-    models = {name: timm.create_model(name) for name in (() if quick else MODELS)}
-    timings = time_them(models, torch.randn(model_batch, 3, 224, 224)) if models else {}
-    for name, model in models.items():
-        row = dict(name=name, input=f"224x224 b{model_batch}", params=count_params(model), flops=count_flops(model),
-                   **timings[name])
-        rows.append(row)
-        print(_format_row(row), file=sys.stderr, flush=True)
-    return rows
-
-
-def _format_row(row: dict) -> str:
-    peak = f"{row['peak_mb']:.0f}" if row["peak_mb"] is not None else "-"
-    return (f"| {row['name']:<22} | {row['input']:<12} | {row['params'] / 1e6:7.2f}M | {row['flops'] / 1e6:9.2f}M "
-            f"| {row['img_s']:9.1f} +- {row['spread']:6.1f} | {peak:>7} |")
-
-
-def _paired_speedup(rows: dict[str, dict], ours: str, other: str) -> float:
-    """Median over rounds of ``other``'s time / ``ours`` in the same round (see :func:`_round_robin`)."""
-    ratios = sorted(b / a for a, b in zip(rows[ours]["seconds"], rows[other]["seconds"]))
-    return ratios[len(ratios) // 2]
-
-
-def _ratio_lines(rows: list[dict]) -> list[str]:
-    """The speed-ups the project promises: our HiLo vs the naive HiLo and vs MSA, paired per round."""
-    lines = []
-    for setting in dict.fromkeys(r["input"] for r in rows if r["name"].startswith("HiLo")):
-        by_name = {r["name"]: r for r in rows if r["input"] == setting}
-        speedup = functools.partial(_paired_speedup, by_name, "HiLo (ws 2, a 0.9)")
-        lines.append(f"{setting}: HiLo / naive HiLo = {speedup('HiLo naive (official)'):.2f}x, "
-                     f"HiLo / naive MSA = {speedup('MSA naive (official)'):.2f}x, "
-                     f"HiLo / MSA (SDPA) = {speedup('MSA'):.2f}x")
-    return lines
+DEVICES = ("cpu", "cuda")
 
 
 def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
@@ -237,130 +31,9 @@ def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
                         help="leave glibc's malloc as it is (default: pinned, see litv2.measure.pin_allocator)")
 
 
-def _table(args: argparse.Namespace) -> int:
-    if args.repeats < MIN_SAMPLES_FOR_CI:
-        raise ValueError(f"--repeats {args.repeats} is invalid: expected at least {MIN_SAMPLES_FOR_CI} "
-                         f"(a 95% interval of the median needs {MIN_SAMPLES_FOR_CI} rounds)")
-    autocast_dtype(args.precision)
-    device = resolve_device(args.device)
-    if not args.default_allocator:
-        pin_allocator()
-    protocol = MeasureProtocol(block_seconds=args.block_seconds)
-    model_batch = args.model_batch or (64 if device.type == "cuda" else 8)
-    with backend_settings(device, args.threads, cudnn_benchmark=True, tf32=False):
-        threads = torch.get_num_threads()
-        flags = "cudnn.benchmark on, TF32 off, " if device.type == "cuda" else ""
-        print(f"litv2.bench on {device_name(device)} ({device.type}, {threads} threads), torch {torch.__version__}, "
-              f"{args.precision}, {flags}allocator {allocator_policy()}; dim {DIM}, {HEADS} heads; "
-              f"median of {args.repeats} rounds [95% interval]")
-        rows = run(device, args.repeats, model_batch, args.quick, protocol, args.precision)
-    print("| layer / model          | input        |  params  |   FLOPs    |  img/s (median +- half 95% CI) | peak MB |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print(_format_row(row))
-    print("speed-ups, median over rounds of the paired times:")
-    for line in _ratio_lines(rows):
-        print(line)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(dict(device=device_name(device), threads=threads, precision=args.precision, rows=rows,
-                           versions=library_versions(device), allocator=allocator_policy()), handle, indent=2)
-    return 0
-
-
-def _config(text: str) -> LITConfig:
-    """A registered model name, or a JSON file holding a :class:`LITConfig` (a trial's ``config``)."""
-    if text in NAMED_CONFIGS:
-        return NAMED_CONFIGS[text]
-    path = Path(text)
-    if not path.is_file():
-        raise ValueError(f"--config {text!r} is neither a model name ({', '.join(NAMED_CONFIGS)}) nor a JSON file")
-    return LITConfig.from_json(path.read_text())
-
-
-def _measure_options(args: argparse.Namespace) -> dict:
-    return dict(compile=args.compile, channels_last=args.channels_last, tf32=args.tf32,
-                steady_allocator=not args.default_allocator,
-                protocol=MeasureProtocol(block_seconds=args.block_seconds, max_seconds=args.max_seconds))
-
-
-def _faults(record: dict) -> str:
-    return "-" if record["page_faults_per_call"] is None else f"{record['page_faults_per_call']:.0f}"
-
-
-def _summary(record: dict) -> str:
-    return (f"{record['median']:.2f} img/s [{record['ci_low']:.2f}, {record['ci_high']:.2f}] "
-            f"({record['relative_ci']:.1%} wide{', CAPPED' if record['capped'] else ''}; {record['n_samples']} blocks "
-            f"of {record['calls_per_block']}), {record['seconds']:.1f} s building included, "
-            f"{_faults(record)} page faults/call")
-
-
-def _measure(args: argparse.Namespace) -> int:
-    """Each ``--config`` in turn, in this process, by the search's protocol
-    (:func:`litv2.measure.measure_config`); several show what one measurement leaves to the next."""
-    texts = args.config or ["litv2_s"]
-    configs, target, options = [_config(text) for text in texts], parse_target(args.target), _measure_options(args)
-    records = []
-    for text, config in zip(texts, configs):
-        start = time.perf_counter()
-        measured = measure_config(config, target, **options)
-        records.append(dict(config=text, target=target.key, seconds=time.perf_counter() - start, pid=os.getpid(),
-                            **measured.to_dict()))
-        if args.json != "-":
-            print(f"{text} at {target.key}: {_summary(records[-1])}", flush=True)
-    if args.json == "-":
-        print(json.dumps(records))
-        return 0
-    first = records[0]
-    print(f"{first['device_name']}, {first['threads']} threads, torch {first['versions']['torch']}, "
-          f"allocator {first['allocator']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2))
-    return 0
-
-
-def _repeatability(args: argparse.Namespace) -> int:
-    """``--runs`` measurements, each in a fresh process, and how far their medians spread."""
-    _config(args.config)
-    target = parse_target(args.target)
-    if args.runs < 2:
-        raise ValueError(f"--runs {args.runs} is invalid: expected at least 2")
-    _measure_options(args)  # bad options fail here, not in every child
-    command = [sys.executable, "-m", "litv2.bench", "measure", "--config", args.config, "--target", target.key,
-               "--json", "-", "--block-seconds", str(args.block_seconds), "--max-seconds", str(args.max_seconds)]
-    command += [flag for flag, on in (("--compile", args.compile), ("--tf32", args.tf32),
-                                      ("--default-allocator", args.default_allocator)) if on]
-    if args.channels_last is not None:
-        command.append("--channels-last" if args.channels_last else "--no-channels-last")
-    print(f"{args.config} at {target.key}, {args.runs} fresh processes, each `{' '.join(command[1:5])} ...`:")
-    print("| run | median img/s | 95% interval | width | blocks | capped | faults/call | measure s | process s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    records = []
-    for run_index in range(1, args.runs + 1):
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"run {run_index} failed: {done.stderr.strip().splitlines()[-1:]}")
-        record = json.loads(done.stdout.strip().splitlines()[-1])[0]
-        record["process_seconds"] = time.perf_counter() - start
-        records.append(record)
-        print(f"| {run_index} | {record['median']:.2f} | [{record['ci_low']:.2f}, {record['ci_high']:.2f}] | "
-              f"{record['relative_ci']:.1%} | {record['n_samples']} x {record['calls_per_block']} | "
-              f"{'yes' if record['capped'] else 'no'} | {_faults(record)} | {record['seconds']:.1f} | "
-              f"{record['process_seconds']:.1f} |", flush=True)
-    medians = [r["median"] for r in records]
-    spread = max(medians) / min(medians) - 1
-    first = records[0]
-    print(f"spread of the medians (max/min - 1): {spread:.1%}; {first['device_name']}, {first['threads']} threads, "
-          f"torch {first['versions']['torch']}, allocator {first['allocator']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(spread=spread, runs=records), indent=2))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m litv2.bench", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command")
+    parser = StrictParser(prog="python -m litv2.bench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", parser_class=StrictParser)
     table = commands.add_parser("table", help="every attention layer and model, round-robin (the default command)")
     table.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     table.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
@@ -394,14 +67,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument, before the benchmark imports torch or runs anything (a bad ``--json``
+    folder used to be found after the whole table had run); one-line ValueErrors."""
+    if args.block_seconds <= 0:
+        raise ValueError(f"--block-seconds {args.block_seconds} is invalid: expected a positive number of seconds")
+    if args.json not in (None, "-") and not Path(args.json).resolve().parent.is_dir():
+        raise ValueError(f"--json {args.json!r} is invalid: its folder {str(Path(args.json).parent)!r} does not exist")
+    if args.command == "table":
+        if args.repeats < MIN_SAMPLES_FOR_CI:
+            raise ValueError(f"--repeats {args.repeats} is invalid: expected at least {MIN_SAMPLES_FOR_CI} "
+                             f"(a 95% interval of the median needs {MIN_SAMPLES_FOR_CI} rounds)")
+        for flag, value in (("--threads", args.threads), ("--model-batch", args.model_batch)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} {value} is invalid: expected a positive integer")
+        if args.precision not in PRECISIONS:
+            raise ValueError(f"--precision {args.precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
+        if args.device not in (None, *DEVICES):
+            raise ValueError(f"--device {args.device!r} is unknown; expected one of {', '.join(DEVICES)}")
+        return
+    parse_target(args.target)
+    if args.max_seconds <= 0:
+        raise ValueError(f"--max-seconds {args.max_seconds} is invalid: expected a positive number of seconds")
+    for text in args.config or [] if args.command == "measure" else [args.config]:
+        config_from(text)
+    if args.command == "repeatability" and args.runs < 2:
+        raise ValueError(f"--runs {args.runs} is invalid: expected at least 2")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("table", "measure", "repeatability", "-h", "--help"):
         argv.insert(0, "table")  # the table is the default command, as before subcommands existed
     args = build_parser().parse_args(argv)
-    handler = {"table": _table, "measure": _measure, "repeatability": _repeatability}[args.command]
     try:
-        return handler(args)
+        check_arguments(args)
+        from . import benchmarks  # torch and timm: only once the arguments are known to be good
+
+        return {"table": benchmarks.table, "measure": benchmarks.measure,
+                "repeatability": benchmarks.repeatability}[args.command](args)
     except ValueError as error:
         print(f"litv2.bench: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -160,3 +160,14 @@ class LITConfig:
 def _check(ok: bool, field: str, value: Any, expected: str) -> None:
     if not ok:
         raise ValueError(f"LITConfig.{field}={value!r} is invalid: expected {expected}")
+
+
+def lofi_heads(num_heads: int, alpha: float, window_size: int) -> int:
+    """Number of Lo-Fi heads, exactly as the official code splits them.
+
+    ``int(num_heads * alpha)``; a window of 1 makes Hi-Fi attention meaningless, so every
+    head goes to the (then un-pooled, i.e. plain global) Lo-Fi path.
+    """
+    if window_size == 1:
+        return num_heads
+    return int(num_heads * alpha)

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from .config import LITConfig
+from .protocol import CONFIDENCE, MIN_SAMPLES_FOR_CI, MeasureProtocol
 from .model import build_model
 from .target import Target
 
@@ -88,32 +89,6 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 
 # ---------------------------------------------------------------------------- the stopping rule
-@dataclass(frozen=True)
-class MeasureProtocol:
-    """When warm-up ends and sampling stops. The defaults keep a measurement of a LITv2-S-sized
-    network at CPU batch 1 (~0.2 s a forward on one thread) under 10 s of wall time, model
-    construction included, and a small network's (~20 ms) at about 3 s when the machine is quiet."""
-
-    min_warmup_seconds: float = 1.0
-    max_warmup_seconds: float = 3.0
-    min_warmup_calls: int = 3
-    warmup_agreement: float = 0.02  # two consecutive warm-up blocks within 2% of each other
-    block_seconds: float = 0.2  # one sample: back-to-back calls lasting at least this long
-    min_samples: int = 8  # fewer than MIN_SAMPLES_FOR_CI still wait for that many
-    target_ci: float = 0.02  # stop when the 95% interval of the median is narrower than 2% of it
-    max_seconds: float = 6.0  # warm-up + sampling, after the first call
-
-    def __post_init__(self) -> None:
-        for name in ("min_warmup_seconds", "max_warmup_seconds", "warmup_agreement", "block_seconds", "target_ci",
-                     "max_seconds"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} {getattr(self, name)!r} is invalid: expected a number >= 0")
-
-
-CONFIDENCE = 0.95
-MIN_SAMPLES_FOR_CI = 6  # the fewest samples whose range covers the median with 95% confidence
-
-
 def median_ci(values: list[float] | tuple[float, ...], confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Distribution-free confidence interval of the median: the order statistics
     ``x(j)`` and ``x(n+1-j)`` for the largest ``j`` with ``P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2``.

@@ -1,7 +1,7 @@
-"""Named architectures and their timm registrations.
+"""The timm registrations of the named architectures (:mod:`litv2.named`).
 
-``import litv2`` registers ``litv2_s``, ``litv2_m``, ``litv2_b`` (official LITv2 configs) and
-``lit_s``, ``lit_m``, ``lit_b`` (LITv1: MLP-only stages 1-2, plain MLP, MSA with relative
+Importing this module (done by ``import litv2`` once timm is imported) registers ``litv2_s``,
+``litv2_m``, ``litv2_b`` (official LITv2 configs) and ``lit_s``, ``lit_m``, ``lit_b`` (LITv1: MLP-only stages 1-2, plain MLP, MSA with relative
 position bias, DTM, at the same widths and depths) so
 ``timm.create_model(name, num_classes=..., checkpoint_path=...)`` works, ``features_only``
 included (NCHW maps, as detection and segmentation necks take them).
@@ -11,29 +11,13 @@ from __future__ import annotations
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from typing import TYPE_CHECKING
+
 from .config import LITConfig
-from .model import LITv2
+from .named import LIT_B, LIT_M, LIT_S, LITV2_B, LITV2_M, LITV2_S, NAMED_CONFIGS, get_config  # noqa: F401 (re-exported)
 
-LITV2_S = LITConfig()
-LITV2_M = LITConfig(depths=(2, 2, 18, 2), drop_path_rate=0.3)
-LITV2_B = LITConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)
-# LITv1 is LITv2 with global MSA + relative position bias for HiLo and a plain MLP for ConvFFN.
-_LITV1 = dict(attn_kind=("msa",) * 4, window_size=(0, 0, 0, 0), ffn="mlp", rel_pos_bias=True)
-LIT_S = LITV2_S.replace(**_LITV1)
-LIT_M = LITV2_M.replace(**_LITV1)
-LIT_B = LITV2_B.replace(**_LITV1)
-
-NAMED_CONFIGS: dict[str, LITConfig] = {
-    "litv2_s": LITV2_S, "litv2_m": LITV2_M, "litv2_b": LITV2_B, "lit_s": LIT_S, "lit_m": LIT_M, "lit_b": LIT_B,
-}
-
-
-def get_config(name: str) -> LITConfig:
-    """The :class:`LITConfig` of a registered model name."""
-    if name not in NAMED_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(NAMED_CONFIGS)}")
-    return NAMED_CONFIGS[name]
-
+if TYPE_CHECKING:
+    from .model import LITv2
 
 def _cfg(**kwargs) -> dict:
     return {
@@ -49,6 +33,8 @@ default_cfgs.update(generate_default_cfgs({"lit_custom": _cfg()}))
 
 
 def _create(variant: str, pretrained: bool = False, config: LITConfig | None = None, **kwargs) -> LITv2:
+    from .model import LITv2  # here, not at the top: timm's import registers these (see litv2/__init__.py)
+
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     # NCHW feature maps although the model's own output_fmt is NHWC, stated explicitly: timm
     # versions differ in whether the feature wrapper inherits the model's format.

@@ -14,8 +14,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+PRECISIONS = ("fp32", "fp16", "bf16")
 _PATTERN = re.compile(
-    r"^(?P<device>cpu|cuda):bs(?P<batch>\d+):(?P<res>\d+)(?::(?P<precision>fp32|fp16|bf16))?(?::t(?P<threads>\d+))?$"
+    rf"^(?P<device>cpu|cuda):bs(?P<batch>\d+):(?P<res>\d+)(?::(?P<precision>{'|'.join(PRECISIONS)}))?"
+    r"(?::t(?P<threads>\d+))?$"
 )
 
 

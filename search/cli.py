@@ -1,21 +1,36 @@
-"""``python -m search run|resume|status|front|pick|train``: the command line of the orchestrator."""
+"""``python -m search run|resume|status|front|pick|train``: the command line of the orchestrator.
+
+Every argument, and then every endpoint and folder a command uses (:mod:`search.preflight`),
+is checked before anything is created and before the deep-learning stack is imported, so a
+typo answers in well under two seconds with one line and exit status 2, and leaves nothing
+behind; ``status`` and ``front`` read the Optuna storage without importing torch or Ray.
+"""
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from litv2.argparsing import StrictParser
 
 from .budget import parse_budget
+from .settings import check_study_name
 from .storage import default_storage_url
-from .target import Target, parse_target
+from .target import parse_target
+
+if TYPE_CHECKING:
+    from .settings import SearchSettings
+    from .target import Target
 
 EXIT_USAGE = 2
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", help="study name (run: default SPACE-DATE-TIME)")
+    parser.add_argument("--study", help="study name: 1-100 letters, digits, '.', '_' or '-', starting with a letter "
+                        "or digit (run: default SPACE-DATE-TIME)")
     parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///WORKDIR/optuna.db)")
     parser.add_argument("--workdir", default=".", help="folder for the default storage, MLflow store and caches")
 
@@ -26,8 +41,8 @@ DATASET_HELP = ("cluttered-digits, digits, pathfinder, pathfinder-easy, pathfind
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search", description="Hardware-aware LITv2 architecture search")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = StrictParser(prog="python -m search", description="Hardware-aware LITv2 architecture search")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=StrictParser)
     run = commands.add_parser("run", help="start a search within a device budget")
     _common(run)
     run.add_argument("--budget", default="0.05cpu-h", help="device budget, e.g. 64gpu-h, 2cpu-h, 90gpu-min")
@@ -117,11 +132,11 @@ def _constraints(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .orchestrator import Search
-    from .settings import build_settings
+    from .settings import build_settings, default_study_name
 
+    study = args.study if args.study is not None else default_study_name(Path(args.space).stem)
     settings = build_settings(
-        study=args.study or f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}", space=args.space,
+        study=study, space=args.space,
         budget=args.budget, dataset=args.dataset, target=args.target, storage=args.storage,
         tracking_uri=args.tracking_uri, workdir=args.workdir, sampler=args.sampler, epochs=args.epochs,
         seed=args.seed, address=args.address, data_root=args.data_root, trials_per_device=args.trials_per_device,
@@ -130,61 +145,91 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
         measure_seconds=args.measure_seconds,
     )
-    return Search(settings).run(resume=False)
+    return _search(settings, resume=False)
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from .orchestrator import Search, load_settings
+    from .studies import load_settings
 
-    if not args.study:
-        raise ValueError("resume needs --study NAME")
-    settings = load_settings(args.study, _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
-    if args.budget:
-        settings = settings.with_budget(str(parse_budget(settings.budget).plus(parse_budget(args.budget))))
-    return Search(settings).run(resume=True)
+    extra = parse_budget(args.budget) if args.budget else None
+    settings = load_settings(_study(args), _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
+    if extra is not None:
+        settings = settings.with_budget(str(parse_budget(settings.budget).plus(extra)))
+    return _search(settings, resume=True)
+
+
+def _search(settings: "SearchSettings", resume: bool) -> int:
+    """Check every endpoint, folder and the data, then (only then) import the stack and search."""
+    from .preflight import preflight_search
+
+    for line in preflight_search(settings):
+        print(line, flush=True)
+    from .logs import route_library_logs
+    from .orchestrator import Search
+
+    route_library_logs(Path(settings.workdir))
+    return Search(settings).run(resume=resume)
+
+
+def _study(args: argparse.Namespace) -> str:
+    if args.study is None:
+        raise ValueError(f"{args.command} needs --study NAME")
+    return check_study_name(args.study)
 
 
 def _status(args: argparse.Namespace) -> int:
     from .report import status_text
 
-    if not args.study:
-        raise ValueError("status needs --study NAME")
-    print(status_text(args.study, _storage(args)))
+    print(status_text(_study(args), _storage(args)))
     return 0
 
 
 def _front(args: argparse.Namespace) -> int:
     from .report import write_front
 
-    if not args.study:
-        raise ValueError("front needs --study NAME")
-    print(write_front(args.study, _storage(args), args.csv, args.plot))
+    study = _study(args)
+    csv_path = _new_file(args.csv, "--csv", (".csv",))
+    plot_path = _new_file(args.plot, "--plot", PLOT_SUFFIXES)
+    print(write_front(study, _storage(args), csv_path, plot_path))
     return 0
 
 
-def _pick(args: argparse.Namespace) -> int:
-    from .cache import ThroughputCache
-    from .deploy import Deployment, export_deployment, log_deployment
-    from .export import check_new_folder, require_export_extra
-    from .orchestrator import RUN_ID_ATTR, SETTINGS_ATTR, open_study
-    from .pick import pick_model, pick_summary, pick_table
-    from .settings import SearchSettings
+def _new_file(path: str | None, flag: str, suffixes: tuple[str, ...]) -> str | None:
+    """An output file's name and folder, checked before anything is written."""
+    if path is None:
+        return None
+    file = Path(path)
+    if file.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path!r} is invalid: expected a {'/'.join(suffixes)} file")
+    if not file.resolve().parent.is_dir():
+        raise ValueError(f"{flag} {path!r} is invalid: its folder {str(file.parent)!r} does not exist")
+    if file.is_dir():
+        raise ValueError(f"{flag} {path!r} is a folder: expected a file name")
+    return path
 
-    if not args.study:
-        raise ValueError("pick needs --study NAME")
+
+def _pick(args: argparse.Namespace) -> int:
+    from .studies import RUN_ID_ATTR, open_study, settings_of
+
+    name = _study(args)
     constraints = _constraints(args)
     target = parse_target(args.target) if args.target else None
+    if args.top < 1:
+        raise ValueError(f"--top {args.top} is invalid: expected a positive integer")
     folder = None
     if args.export:
+        from .export import check_new_folder, require_export_extra
+
         require_export_extra()
         folder = check_new_folder(args.export, "--export")
-    study = open_study(_storage(args), args.study)
-    if SETTINGS_ATTR not in study.user_attrs:
-        raise ValueError(f"study {args.study!r} was not made by 'python -m search run': it has no search settings")
-    settings = SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR]).relocated(
-        args.workdir, args.storage, args.tracking_uri)
+    study = open_study(_storage(args), name)
+    settings = settings_of(study).relocated(args.workdir, args.storage, args.tracking_uri)
     target = target or parse_target(settings.target)
     _check_device(target)
+    from .cache import ThroughputCache
+    from .deploy import Deployment, export_deployment, log_deployment
+    from .pick import pick_model, pick_summary, pick_table
+
     pick = pick_model(study, settings, target, constraints, args.top,
                       ThroughputCache(Path(settings.workdir) / "throughput_cache.db"))
     print(pick_table(pick))
@@ -201,7 +246,7 @@ def _pick(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_device(target: Target) -> None:
+def _check_device(target: "Target") -> None:
     import torch
 
     if target.device == "cuda" and not torch.cuda.is_available():
@@ -210,6 +255,12 @@ def _check_device(target: Target) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .datacheck import check_dataset
+    from .preflight import check_writable_folder
+
+    check_writable_folder(Path(args.workdir), "--workdir")
+    for line in check_dataset(args.dataset, args.data_root) if args.dataset else ():
+        print(line, flush=True)
     from .fulltrain import TrainRequest, train_model
 
     return train_model(TrainRequest(
@@ -226,13 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "python -m search " + shlex.join(sys.argv[1:] if argv is None else argv)
     handler = {"run": _run, "resume": _resume, "status": _status, "front": _front, "pick": _pick,
                "train": _train}[args.command]
-    from .lease import LeaseHeld
-
     try:
         return handler(args)
-    except (ValueError, LeaseHeld) as error:
+    except (ValueError, RuntimeError) as error:  # RuntimeError: SearchError, the services behind a search
         print(f"search: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except RuntimeError as error:  # SearchError and failures of the services behind a search
-        print(f"search: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if usage_error(error) else 1
+
+
+def usage_error(error: Exception) -> bool:
+    """Bad input (exit 2): a ValueError, or a study another driver holds (pick another or wait)."""
+    if isinstance(error, ValueError):
+        return True
+    from .lease import LeaseHeld  # imported only now: optuna is loaded by then if a lease was involved
+
+    return isinstance(error, LeaseHeld)

@@ -26,7 +26,6 @@ cached, because the search loads data once per worker and then trains many proxi
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Callable
 from pathlib import Path
@@ -39,26 +38,13 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-CIFAR = ("cifar10", "cifar100")
-DEFAULT_DATASET = "cluttered-digits"
-DATA_ENV = "LITV2_DATA"
-VAL_FRACTION = 0.2
+from .datacheck import CIFAR, DEFAULT_DATASET, IMAGE_SUFFIXES, VAL_FRACTION, DatasetSpec, data_root, \
+    parse_dataset_spec, readable_image, require_cifar
+
 _DEFAULT_SIZE = {"cifar10": 32, "cifar100": 32, "imagefolder": 64}  # embedded sets: EMBEDDED[name].default_size
 # Per-channel statistics for the on-disk sets (the usual published values).
 _CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A parsed data-set spec: its ``kind`` and, for ``imagefolder``, the folder."""
-
-    kind: str
-    path: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"imagefolder:{self.path}" if self.kind == "imagefolder" else self.kind
 
 
 @dataclass(frozen=True)
@@ -95,7 +81,6 @@ class ToFloatResized:
 
 _DIGITS_TRAIN = 1437  # load_digits' 1,797 minus the 20 % validation split
 _CIFAR_TRAIN = 50000
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def train_size(spec: str, root: str | None = None) -> int:
@@ -107,27 +92,9 @@ def train_size(spec: str, root: str | None = None) -> int:
         return _CIFAR_TRAIN
     folder = Path(parsed.path)
     if (folder / "train").is_dir():
-        return sum(1 for p in (folder / "train").rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-    total = sum(1 for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        return sum(1 for p in (folder / "train").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    total = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     return round(total * (1 - VAL_FRACTION))
-
-
-def parse_dataset_spec(spec: str) -> DatasetSpec:
-    """Validate a spec string early, so a typo fails before any worker starts."""
-    if not isinstance(spec, str):
-        raise ValueError(f"dataset {spec!r} is not a string; expected {_expected()}")
-    if spec in EMBEDDED or spec in CIFAR:
-        return DatasetSpec(spec)
-    if spec.startswith("imagefolder:"):
-        path = spec[len("imagefolder:"):]
-        if not path or not Path(path).is_dir():
-            raise ValueError(f"imagefolder path {path!r} is not a directory")
-        return DatasetSpec("imagefolder", path)
-    raise ValueError(f"dataset {spec!r} is unknown; expected {_expected()}")
-
-
-def _expected() -> str:
-    return ", ".join([*EMBEDDED, *CIFAR]) + " or imagefolder:PATH"
 
 
 def load_dataset(
@@ -432,10 +399,6 @@ EMBEDDED: dict[str, Embedded] = {
 
 
 # ---------------------------------------------------------------------- on-disk sets
-def _data_root(root: str | None) -> Path:
-    return Path(root or os.environ.get(DATA_ENV) or "data")
-
-
 def _transform(size: int, native: int | None, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> transforms.Compose:
     """To a normalised tensor, resized to ``size`` unless the images are ``native`` wide already."""
     steps = [] if size == native else [transforms.Resize((size, size), antialias=True)]
@@ -446,15 +409,9 @@ def _cifar(kind: str, root: str | None, size: int, download: bool) -> DataBundle
     """CIFAR through torchvision, decoded once into uint8 tensors (150 MB for the training set)
     that stay on the training device; the official test split serves as validation."""
     cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
-    where = _data_root(root)
-    try:
-        train = cls(str(where), train=True, download=download)
-        val = cls(str(where), train=False, download=download)
-    except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
-        raise ValueError(
-            f"{kind} not found under {str(where)!r} (from the root argument, ${DATA_ENV} or ./data); "
-            "put the torchvision copy there or pass download=True"
-        ) from error
+    where = data_root(root) if download else require_cifar(kind, root)
+    train = cls(str(where), train=True, download=download)
+    val = cls(str(where), train=False, download=download)
 
     def tensors(split) -> TensorDataset:
         images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
@@ -470,12 +427,27 @@ def _image_folder(path: str, seed: int, size: int) -> DataBundle:
     folder = Path(path)
     name = f"imagefolder:{path}"
     if (folder / "train").is_dir() and (folder / "val").is_dir():
-        train = datasets.ImageFolder(str(folder / "train"), transform=transform)
-        val = datasets.ImageFolder(str(folder / "val"), transform=transform)
+        train, val = (_folder_images(folder / split, transform) for split in ("train", "val"))
         return DataBundle(train, val, num_classes=len(train.classes), img_size=size, in_chans=3, name=name)
-    full = datasets.ImageFolder(str(folder), transform=transform)
+    full = _folder_images(folder, transform)
     train_idx, val_idx = train_test_split(
         np.arange(len(full)), test_size=VAL_FRACTION, stratify=full.targets, random_state=seed
     )
     return DataBundle(Subset(full, train_idx.tolist()), Subset(full, val_idx.tolist()),
                       num_classes=len(full.classes), img_size=size, in_chans=3, name=name)
+
+
+def _folder_images(folder: Path, transform: Callable) -> datasets.ImageFolder:
+    """An ImageFolder without the files whose header Pillow cannot read (the driver reported
+    them by path before the search started), decoding each image with its path in any error."""
+    return datasets.ImageFolder(str(folder), transform=transform, loader=_decode_rgb, is_valid_file=readable_image)
+
+
+def _decode_rgb(path: str):
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except OSError as error:
+        raise OSError(f"cannot decode image {path!r}: {error}") from None

@@ -179,9 +179,9 @@ def _positive(value: int | None, flag: str) -> None:
 
 def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | None]:
     """Validate every option (one-line ValueErrors) and read the checkpoint to resume, if any."""
-    from .data import parse_dataset_spec
+    from .datacheck import parse_dataset_spec
     from .settings import default_tracking_uri
-    from .tracking import check_tracking_uri
+    from .preflight import check_tracking_uri
 
     for flag, value in (("--epochs", request.epochs), ("--batch-size", request.batch_size),
                         ("--img-size", request.img_size), ("--workers", request.workers + 1),

@@ -33,11 +33,10 @@ from .objectives import OBJECTIVES, create_objective_study
 from .scheduler import Decision, RungResult, make_scheduler
 from .settings import SearchSettings, stored
 from .storage import open_storage
+from .studies import RUN_ID_ATTR, SETTINGS_ATTR, budget_used
 from .target import parse_target
 from .tracking import StudyTracker
 
-SETTINGS_ATTR = "search_settings"
-RUN_ID_ATTR = "mlflow_run_id"
 MAX_CONSECUTIVE_DUPLICATES = 200
 MAX_UNAFFORDABLE_IN_A_ROW = 10
 IMAGEFOLDER_GPU_WORKERS = 3  # JPEG decoding processes per GPU training on an image folder
@@ -59,24 +58,6 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def budget_used(study: optuna.Study) -> float:
-    """Device-seconds charged to the study's trials: finished, stopped, failed and interrupted work."""
-    return sum(t.user_attrs.get("device_seconds", 0.0) for t in study.get_trials(deepcopy=False))
-
-
-def open_study(storage_url: str, name: str) -> optuna.Study:
-    """An existing study, or a one-line ValueError naming the storage."""
-    storage = open_storage(storage_url)
-    if name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        raise ValueError(f"study {name!r} does not exist in {storage_url}")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def load_settings(study_name: str, storage_url: str) -> SearchSettings:
-    """The settings a study was started with (for resume and status)."""
-    return SearchSettings.from_json(open_study(storage_url, study_name).user_attrs[SETTINGS_ATTR])
 
 
 @dataclass
@@ -716,7 +697,8 @@ def _ray_executor(search: Search) -> Executor:
         if search.settings.address:
             ray.init(address=search.settings.address, log_to_driver=False)
         else:
-            ray.init(resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+            # address="local": a new instance even where `ray start` left one running on this machine
+            ray.init(address="local", resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
     on_disk_images = search.settings.dataset.startswith("imagefolder:")
     resources = plan_resources(search.budget.kind, search.target, search.settings.trials_per_device,
                                search.settings.cpus_per_trial, data_workers=IMAGEFOLDER_GPU_WORKERS if on_disk_images else 0)

@@ -8,7 +8,7 @@ import optuna
 
 from .budget import parse_budget
 from .front import evaluated_points, front_csv, front_table, hypervolume, pareto_front, plot_front
-from .orchestrator import SETTINGS_ATTR, budget_used, open_study
+from .studies import budget_used, open_study, settings_of
 from .scheduler import make_scheduler, rung_counts
 from .settings import SearchSettings
 
@@ -18,7 +18,7 @@ COST_KINDS = (("train", "training"), ("measure", "measuring"), ("count", "counti
 
 def _load(study_name: str, storage_url: str) -> tuple[optuna.Study, SearchSettings]:
     study = open_study(storage_url, study_name)
-    return study, SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
+    return study, settings_of(study)
 
 
 def status_text(study_name: str, storage_url: str) -> str:

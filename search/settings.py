@@ -10,6 +10,8 @@ copied or moved work directory is resumed where it is now.
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,32 @@ from .constraints import Constraints
 from .scheduler import SCHEDULERS, default_scheduler, make_scheduler
 from .storage import check_storage_url, default_storage_url
 from .target import default_target, parse_target
-from .tracking import check_tracking_uri
+from .preflight import check_tracking_uri
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+# Study names: a file-name-safe set (they name checkpoint folders and MLflow runs), not starting with a dot.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+STUDY_NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+MAX_SEED = 2**32 - 1  # numpy's and the samplers' seed range
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it is a valid study name (:data:`STUDY_NAME_RULE`), else a one-line ValueError."""
+    if not STUDY_NAME.fullmatch(name):
+        raise ValueError(f"--study {name!r} is invalid: expected {STUDY_NAME_RULE}")
+    return name
+
+
+def default_study_name(prefix: str) -> str:
+    """``PREFIX-DATE-TIME``, with PREFIX (a space file's stem, a recipe's name) made a valid study name."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", prefix).strip("-._")[:80] or "study"
+    return f"{cleaned}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_seed(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed {seed} is invalid: expected an integer from 0 to {MAX_SEED}")
+    return seed
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -117,8 +142,10 @@ def build_settings(
     """Validate every option and fill in the defaults; raises ValueError naming the bad value."""
     from space import get_space
 
-    from .data import parse_dataset_spec
+    from .datacheck import parse_dataset_spec
 
+    check_study_name(study)
+    check_seed(seed)
     parsed_budget = parse_budget(budget)
     parsed_target = parse_target(target) if target else default_target(parsed_budget.kind)
     parse_dataset_spec(dataset)
@@ -148,8 +175,6 @@ def build_settings(
     check_storage_url(resolved_storage)
     resolved_tracking = tracking_uri or default_tracking_uri(folder)
     check_tracking_uri(resolved_tracking)
-    if not study or any(c in study for c in "/\\ "):
-        raise ValueError(f"study name {study!r} is invalid: use letters, digits, '-', '_' or '.'")
     return SearchSettings(
         study=study, space=space, budget=parsed_budget.text, dataset=dataset, target=parsed_target.key,
         storage=resolved_storage, tracking_uri=resolved_tracking, workdir=str(folder.resolve()), sampler=sampler,

@@ -7,8 +7,10 @@ node can reach (PostgreSQL); sqlite and journal files are for one machine.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
@@ -37,7 +39,26 @@ def check_storage_url(url: str) -> None:
             raise ValueError(f"storage {url!r} is invalid: the folder {str(path.parent)!r} does not exist")
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def storage_file(url: str) -> Path | None:
+    """The file a sqlite or journal storage lives in (None for a database server)."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
+def open_existing_storage(url: str) -> "optuna.storages.BaseStorage":
+    """The storage at ``url`` for reading a study: a file storage that does not exist is a
+    one-line ValueError, never a new empty file (``status``, ``front``, ``resume``)."""
+    check_storage_url(url)
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        raise ValueError(f"storage {url!r} holds no studies: the file {str(path)!r} does not exist")
+    return open_storage(url, existing=True)
+
+
+def open_storage(url: str, existing: bool = False) -> "optuna.storages.BaseStorage":
     """An Optuna storage for ``url`` (validated by :func:`check_storage_url`).
 
     sqlite files run in write-ahead-log mode with ``synchronous=NORMAL``: every trial
@@ -45,11 +66,17 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     apiece here, more than the driver's own work per trial). WAL stays safe against a
     crash of the driver; only a power loss may drop the last transactions.
     """
+    import optuna
+
     check_storage_url(url)
     if url.startswith("journal:"):
         backend = optuna.storages.journal.JournalFileBackend(url[len("journal:"):])
         return optuna.storages.JournalStorage(backend)
-    storage = optuna.storages.RDBStorage(url)
+    # SQLAlchemy's default MySQL driver (mysqlclient) needs a C library; the [mysql] extra installs PyMySQL.
+    # An ``existing`` database is read as it is: neither its tables nor their schema version are
+    # touched, which also spares the import of alembic (~2 s of ``status`` and ``front``).
+    storage = optuna.storages.RDBStorage("mysql+pymysql://" + url[len("mysql://"):] if url.startswith("mysql://")
+                                         else url, skip_compatibility_check=existing, skip_table_creation=existing)
     if url.startswith("sqlite"):
         import sqlalchemy
 

@@ -17,15 +17,6 @@ from mlflow.tracking import MlflowClient
 EXPERIMENT = "litv2-search"
 
 
-def check_tracking_uri(uri: str) -> None:
-    """Raise a one-line ValueError for URIs that cannot be a tracking store."""
-    schemes = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "databricks")
-    if not uri.startswith(schemes):
-        raise ValueError(f"tracking URI {uri!r} is invalid: expected sqlite:///FILE.db or http(s)://HOST:PORT")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).parent.exists():
-        raise ValueError(f"tracking URI {uri!r} is invalid: its folder does not exist")
-
-
 class StudyTracker:
     """Logs one study into MLflow under experiment :data:`EXPERIMENT`."""
 

@@ -6,30 +6,29 @@ few are shown). An invalid space is reported on one line and exits with status 2
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
-# fvcore (imported by litv2's FLOP counter) calls torch.jit.script at import, which recent
-# torch deprecates; keep that notice from burying the one-line report of a bad space.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+from litv2.argparsing import StrictParser
 
-import optuna  # noqa: E402 (after the filter)
-import torch  # noqa: E402
-from litv2 import LITConfig, build_zeroed_model, count_flops, count_params  # noqa: E402
+from .errors import SpaceError
+from .identity import arch_id, summary
+from .registry import get_space
 
-from .errors import SpaceError  # noqa: E402
-from .identity import arch_id, summary  # noqa: E402
-from .registry import get_space  # noqa: E402
-from .search_space import SearchSpace  # noqa: E402
+if TYPE_CHECKING:
+    from litv2 import LITConfig
+
+    from .search_space import SearchSpace
 
 EXIT_INVALID = 2
+MAX_SEED = 2**32 - 1  # numpy's seed range (the random draws)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="space", description="Inspect and check LITv2 search spaces.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = StrictParser(prog="python -m space", description="Inspect and check LITv2 search spaces.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=StrictParser)
     show = commands.add_parser("show", help="dimensions, size and a few architectures of a space")
     show.add_argument("space", help="a named space or a .yaml/.yml/.json file")
     show.add_argument("-n", "--samples", type=int, default=3, help="architectures to show (default 3)")
@@ -38,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("space", help="a .yaml/.yml/.json file (or a named space)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "show" and args.samples < 0:
+            raise SpaceError(None, f"-n {args.samples} is invalid: expected 0 or more architectures")
+        if args.command == "show" and not 0 <= args.seed <= MAX_SEED:
+            raise SpaceError(None, f"--seed {args.seed} is invalid: expected an integer from 0 to {MAX_SEED}")
         space = get_space(args.space)
     except SpaceError as err:
         print(f"space: error: {err}", file=sys.stderr)
@@ -49,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def show_space(space: SearchSpace, samples: int = 3, seed: int = 0) -> None:
+def show_space(space: "SearchSpace", samples: int = 3, seed: int = 0) -> None:
     """Print the dimensions, the size and ``samples`` architectures measured at full size."""
+    # fvcore (imported by litv2's FLOP counter) calls torch.jit.script at import, which recent
+    # torch deprecates; keep that notice out of the table.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    import torch
+    from litv2 import build_zeroed_model, count_flops, count_params
+
     kind = "fixed points" if space.fixed_points else "search"
     print(f"space {space.name!r} ({kind}): {space.description}")
     print(f"  base {space.base_name}; deployed at {space.deploy_img_size} px; "
@@ -76,8 +85,10 @@ def show_space(space: SearchSpace, samples: int = 3, seed: int = 0) -> None:
         torch.set_num_threads(threads)
 
 
-def examples(space: SearchSpace, count: int, seed: int = 0) -> list[LITConfig]:
+def examples(space: "SearchSpace", count: int, seed: int = 0) -> list["LITConfig"]:
     """The first ``count`` points of a fixed-point space, else ``count`` distinct random draws."""
+    import optuna
+
     if space.fixed_points:
         return space.enumerate()[:count]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -91,7 +102,7 @@ def examples(space: SearchSpace, count: int, seed: int = 0) -> list[LITConfig]:
     return list(found.values())
 
 
-def _size(space: SearchSpace) -> str:
+def _size(space: "SearchSpace") -> str:
     size = space.size()
     return "infinite" if size == math.inf else str(size)
 

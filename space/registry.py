@@ -17,6 +17,8 @@ from .search_space import SearchSpace
 SPACES_DIR = Path(__file__).with_name("spaces")
 SPACE_NAMES = ("default", "table5", "table4", "alpha", "window", "tiny")
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
+# A space is a few dozen lines; a file far larger is the wrong file, and is refused unread.
+MAX_FILE_BYTES = 1_000_000
 
 
 def get_space(name_or_path: str) -> SearchSpace:
@@ -60,6 +62,9 @@ def _resolve_extends(data: Any) -> Any:
 
 def _read(path: Path) -> Any:
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpaceError(None, f"is {size / 1e6:.1f} MB: a space file is at most {MAX_FILE_BYTES / 1e6:g} MB")
         text = path.read_text()
     except OSError as err:
         raise SpaceError(None, f"cannot read: {err.strerror}") from None

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from litv2.bench import NaiveHiLo, NaiveMSA
+from litv2.benchmarks import NaiveHiLo, NaiveMSA
 from litv2.layers import (AttentionBlock, ConvFFN, DeformableTokenMerging, FFNBlock, HiLo, Mlp, PatchMerging,
                           build_attention, lofi_heads, sampled_deform_conv2d)
 from litv2.layers.attention import Attention

@@ -10,7 +10,7 @@ from timm.layers import get_channel_dim, get_spatial_dim
 
 import litv2
 from litv2 import LITConfig, build_model, build_zeroed_model, count_flops, count_params
-from litv2.bench import TokenLayer
+from litv2.benchmarks import TokenLayer
 from official_hilo import OfficialHiLo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -366,7 +366,7 @@ def test_config_json_round_trip_and_unknown_field():
 
 
 def test_bench_times_layers_round_robin_and_pairs_their_speedups():
-    from litv2.bench import _paired_speedup, _round_robin
+    from litv2.benchmarks import _paired_speedup, _round_robin
     from litv2.measure import MeasureProtocol
 
     layers = {"small": torch.nn.Linear(8, 8), "large": torch.nn.Sequential(*[torch.nn.Linear(8, 8)] * 200)}

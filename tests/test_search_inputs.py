@@ -1,11 +1,13 @@
 """Budget, target, storage, data set and tracking strings: strict parsing, one-line errors."""
+from pathlib import Path
+
 import optuna
 import pytest
 
 from search.budget import parse_budget
 from search.storage import check_storage_url, open_storage
 from search.target import Target, parse_target
-from search.tracking import check_tracking_uri
+from search.preflight import check_tracking_uri
 
 
 @pytest.mark.parametrize("text,seconds,kind", [
@@ -86,3 +88,120 @@ def test_bad_storage_urls(url, tmp_path):
 def test_bad_tracking_uris(uri):
     with pytest.raises(ValueError, match="tracking URI"):
         check_tracking_uri(uri)
+
+
+# ---------------------------------------------------------------------- endpoints and folders (search.preflight)
+def test_a_database_url_without_its_driver_names_the_extra_to_install(monkeypatch):
+    import importlib.util
+
+    from search import preflight
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name in ("psycopg2", "pymysql") else real(name))
+    with pytest.raises(ValueError, match=r"needs the psycopg2 driver: pip install 'litv2-search\[postgres\]'"):
+        preflight.check_storage_endpoint("postgresql://user:secret@127.0.0.1:1/optuna")
+    with pytest.raises(ValueError, match=r"litv2-search\[mysql\]") as error:
+        preflight.check_storage_endpoint("mysql://user:secret@127.0.0.1:1/optuna")
+    assert "secret" not in str(error.value)  # passwords never reach the terminal
+
+
+@pytest.mark.parametrize("check,value,expected", [
+    ("storage", "postgresql://user@127.0.0.1:1/optuna", "cannot connect to 127.0.0.1:1"),
+    ("storage", "mysql://user@127.0.0.1:1/optuna", "cannot connect to 127.0.0.1:1"),
+    ("tracking", "http://127.0.0.1:1", "does not answer within 3 s"),
+    ("ray", "127.0.0.1:1", "cannot connect to 127.0.0.1:1"),
+    ("ray", "ray://127.0.0.1:1", "cannot connect to 127.0.0.1:1"),
+    ("ray", "localhost", "expected auto or HOST:PORT"),
+    ("ray", "10.0.0.1:99999", "expected auto or HOST:PORT"),
+])
+def test_unreachable_endpoints_are_refused_in_seconds(check, value, expected):
+    import time
+
+    from search import preflight
+
+    function = {"storage": preflight.check_storage_endpoint, "tracking": preflight.check_tracking_endpoint,
+                "ray": preflight.check_ray_address}[check]
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=expected) as error:
+        function(value)
+    assert time.perf_counter() - start < preflight.CONNECT_TIMEOUT_S + 1
+    assert value.split("://")[-1].split("@")[-1].split("/")[0] in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_tracking_server_that_answers_passes(tmp_path):
+    """Any HTTP answer counts (an MLflow server's /health, or a proxy's 404): it is there."""
+    import http.server
+    import threading
+
+    from search.preflight import check_tracking_endpoint
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        check_tracking_endpoint(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_unwritable_folders_are_refused(tmp_path):
+    from search.preflight import check_storage_endpoint, check_tracking_endpoint, check_writable_folder
+
+    with pytest.raises(ValueError, match="not writable"):
+        check_writable_folder(Path("/proc"), "--workdir")
+    with pytest.raises(ValueError, match="'journal:/proc/journal.log'.*not writable"):
+        check_storage_endpoint("journal:/proc/journal.log")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_tracking_endpoint(f"sqlite:///{tmp_path}/missing/mlflow.db")
+    check_storage_endpoint(f"sqlite:///{tmp_path}/optuna.db")
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing
+
+
+def test_reading_a_study_from_a_missing_storage_creates_nothing(tmp_path):
+    from search.studies import open_study
+
+    for url in (f"sqlite:///{tmp_path}/optuna.db", f"journal:{tmp_path}/journal.log"):
+        with pytest.raises(ValueError, match="does not exist"):
+            open_study(url, "absent")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_option_values_that_start_with_a_dash_reach_their_checks():
+    from litv2.argparsing import StrictParser
+
+    parser = StrictParser(prog="p")
+    parser.add_argument("--budget")
+    parser.add_argument("--flag", action="store_true")
+    parser.add_argument("--seed", type=int)
+    assert parser.parse_args(["--budget", "-1gpu-h", "--seed", "-1"]).budget == "-1gpu-h"
+    assert parser.parse_args(["--budget", "-1gpu-h", "--seed", "-1"]).seed == -1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--budget", "--flag"])  # an option is never taken as a value
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--bud", "1cpu-h"])  # no prefix matching
+
+
+def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capfd):
+    import logging
+
+    from search.logs import route_library_logs
+
+    first = route_library_logs(tmp_path)
+    logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+    logging.getLogger("ray").warning("a warning still reaches the terminal")
+    (tmp_path / "other").mkdir()
+    second = route_library_logs(tmp_path / "other")  # a second search in this process: its own file only
+    logging.getLogger("optuna").info("A new study created")
+    assert "Creating initial MLflow database tables" in first.read_text()
+    assert "A new study created" in second.read_text() and "A new study created" not in first.read_text()
+    err = capfd.readouterr().err
+    assert "Creating initial" not in err and "a warning still reaches the terminal" in err
+
+
+def test_generated_study_names_are_valid_whatever_the_space_file_is_called():
+    from search.settings import check_study_name, default_study_name
+
+    for stem in ("my space", "..", "tiny", "ünïcode/space"):
+        assert check_study_name(default_study_name(stem))
+    assert default_study_name("my space").startswith("my-space-")

@@ -26,17 +26,7 @@ from torch import nn
 
 from .rel_pos import RelativePositionBias
 from .windows import check_window, pad_to_multiple
-
-
-def lofi_heads(num_heads: int, alpha: float, window_size: int) -> int:
-    """Number of Lo-Fi heads, exactly as the official code splits them.
-
-    ``int(num_heads * alpha)``; a window of 1 makes Hi-Fi attention meaningless, so every
-    head goes to the (then un-pooled, i.e. plain global) Lo-Fi path.
-    """
-    if window_size == 1:
-        return num_heads
-    return int(num_heads * alpha)
+from ..config import lofi_heads
 
 
 def project_side_by_side(paths: tuple[tuple[torch.Tensor, nn.Linear], ...]) -> torch.Tensor:

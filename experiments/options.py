@@ -1,0 +1,43 @@
+"""``experiments run``'s options and the study settings they make, validated without the
+deep-learning stack, so the command line refuses bad input before importing it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from search.datacheck import DEFAULT_DATASET
+from search.settings import SearchSettings, build_settings, default_study_name
+
+from .recipes import Recipe
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """``experiments run``'s options; ``None`` takes the recipe's (or the search's) default."""
+
+    budget: str = "0.2cpu-h"
+    dataset: str | None = None
+    target: str | None = None
+    seeds: int | None = None
+    epochs: int | None = None
+    out: str | None = None
+    study: str | None = None
+    workdir: str = "."
+    storage: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = None
+    data_root: str | None = None
+    max_memory: str | None = None
+    seed: int = 0
+    measure_seconds: float | None = None
+
+
+def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:
+    """The study's settings, every option validated (a one-line ValueError naming the bad one)."""
+    return build_settings(
+        study=default_study_name(recipe.name) if options.study is None else options.study, space=str(recipe.path),
+        budget=options.budget, dataset=options.dataset or recipe.dataset or DEFAULT_DATASET, target=options.target,
+        storage=options.storage, tracking_uri=options.tracking_uri, workdir=options.workdir, sampler="random",
+        epochs=recipe.epochs if options.epochs is None else options.epochs, seed=options.seed, address=options.address,
+        data_root=options.data_root, trials_per_device=1, cpus_per_trial=1, seeds=recipe.seeds if options.seeds is None else options.seeds,
+        measure_seconds=options.measure_seconds,
+    )

@@ -1,0 +1,189 @@
+"""Bad input through the real command lines: one line on stderr naming the value, exit
+status 2, and not one file created in the working directory.
+
+Every case runs ``python -m search|space|experiments|litv2.bench`` as a subprocess in its own
+empty working directory; since the commands check their arguments before importing the
+deep-learning stack, each answers in about a second, and the cases run four at a time.
+Unreachable endpoints (ports nothing listens on) must be refused within a few seconds.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOWEST_S = 15  # a parse error takes ~1 s; an endpoint check's timeout is 3 s; a loaded CI machine is slower
+
+# (command, arguments, text the error line must contain). {data} is a folder of prepared bad data
+# outside the working directory.
+CASES = [
+    # search run: arguments
+    ("search", ["run", "--epoch", "3"], "--epoch"),
+    ("search", ["run", "--budget", "-1gpu-h"], "'-1gpu-h'"),
+    ("search", ["run", "--budget", "64"], "'64'"),
+    ("search", ["run", "--budget"], "--budget"),
+    ("search", ["run", "--study", ""], "--study ''"),
+    ("search", ["run", "--study", ".."], "'..'"),
+    ("search", ["run", "--study", "a/b"], "'a/b'"),
+    ("search", ["run", "--seed", "-1"], "--seed -1"),
+    ("search", ["run", "--seed", "x"], "'x'"),
+    ("search", ["run", "--epochs", "0"], "--epochs 0"),
+    ("search", ["run", "--eta", "1"], "eta"),
+    ("search", ["run", "--sampler", "grid"], "'grid'"),
+    ("search", ["run", "--scheduler", "hyperband"], "'hyperband'"),
+    ("search", ["run", "--target", "gpu:bs1:224"], "'gpu:bs1:224'"),
+    ("search", ["run", "--max-params", "3X"], "'3X'"),
+    ("search", ["run", "--cpus-per-trial", "999"], "--cpus-per-trial 999"),
+    ("search", ["run", "--space", "nope"], "'nope'"),
+    ("search", ["run", "--space", "{data}/huge.yaml"], "huge.yaml"),
+    # search run: endpoints and folders
+    ("search", ["run", "--tracking-uri", "http://127.0.0.1:1"], "'http://127.0.0.1:1'"),
+    ("search", ["run", "--tracking-uri", "mlflow.db"], "'mlflow.db'"),
+    ("search", ["run", "--address", "127.0.0.1:1"], "'127.0.0.1:1'"),
+    ("search", ["run", "--address", "localhost"], "'localhost'"),
+    ("search", ["run", "--storage", "postgresql://user@127.0.0.1:1/optuna"], "127.0.0.1:1"),
+    ("search", ["run", "--storage", "mysql://user@127.0.0.1:1/optuna"], "127.0.0.1:1"),
+    ("search", ["run", "--storage", "redis://localhost"], "'redis://localhost'"),
+    ("search", ["run", "--storage", "journal:/proc/journal.log"], "journal:/proc/journal.log"),
+    ("search", ["run", "--workdir", "/proc"], "'/proc'"),
+    ("search", ["run", "--workdir", "missing"], "'missing'"),
+    # search run: data
+    ("search", ["run", "--dataset", "mnist"], "'mnist'"),
+    ("search", ["run", "--dataset", "cifar10", "--data-root", "{data}/no-cifar"], "no-cifar/cifar-10-batches-py"),
+    ("search", ["run", "--dataset", "imagefolder:{data}/empty"], "empty"),
+    ("search", ["run", "--dataset", "imagefolder:{data}/one-class"], "one-class"),
+    ("search", ["run", "--dataset", "imagefolder:{data}/small-class"], "small-class/dog"),
+    # search: read-only commands
+    ("search", ["status"], "--study"),
+    ("search", ["status", "--study", "absent"], "'absent'"),
+    ("search", ["status", "--study", "bad name"], "'bad name'"),
+    ("search", ["front", "--study", "absent", "--plot", "x.txt", "--csv", "f.csv"], "'x.txt'"),
+    ("search", ["front", "--study", "absent", "--csv", "missing/f.csv"], "'missing/f.csv'"),
+    ("search", ["resume", "--study", "absent"], "'absent'"),
+    ("search", ["resume", "--study", "absent", "--budget", "-1cpu-h"], "'-1cpu-h'"),
+    ("search", ["pick", "--study", "absent", "--top", "0"], "--top 0"),
+    ("search", ["pick", "--study", "absent", "--target", "cpu:bs0:224"], "'cpu:bs0:224'"),
+    ("search", ["train", "--model", "litv2_s", "--dataset", "cifar100", "--data-root", "{data}/no-cifar"],
+     "no-cifar/cifar-100-python"),
+    ("search", ["train", "--workdir", "/proc"], "'/proc'"),
+    # space
+    ("space", ["show", "tiny", "--seed", "-1"], "--seed -1"),
+    ("space", ["show", "tiny", "-n", "-1"], "-n -1"),
+    ("space", ["show", "{data}/huge.yaml"], "huge.yaml"),
+    ("space", ["validate", "missing.yaml"], "missing.yaml"),
+    ("space", ["show", "nope"], "'nope'"),
+    ("space", ["show", "--sample", "3", "tiny"], "--sample"),
+    # litv2.bench
+    ("litv2.bench", ["--repeats", "0"], "--repeats 0"),
+    ("litv2.bench", ["--threads", "-1"], "--threads -1"),
+    ("litv2.bench", ["--json", "missing/rows.json"], "'missing/rows.json'"),
+    ("litv2.bench", ["--precision", "fp8"], "'fp8'"),
+    ("litv2.bench", ["measure", "--config", "nope"], "'nope'"),
+    ("litv2.bench", ["repeatability", "--runs", "1"], "--runs 1"),
+    # experiments
+    ("experiments", ["run", "nope"], "'nope'"),
+    ("experiments", ["run", "table5", "--seeds", "0"], "--seeds 0"),
+    ("experiments", ["run", "table5", "--budget", "-1cpu-h"], "'-1cpu-h'"),
+    ("experiments", ["run", "table5", "--out", "missing/table"], "'missing/table'"),
+    ("experiments", ["run", "table5", "--tracking-uri", "http://127.0.0.1:1"], "'http://127.0.0.1:1'"),
+    ("experiments", ["run", "table5", "--study", ""], "--study ''"),
+    ("experiments", ["show", "--study", ".."], "'..'"),
+    ("experiments", ["show", "--study", "absent"], "'absent'"),
+]
+
+
+def _bad_data(folder: Path) -> None:
+    """A space file far over the size limit (sparse: nothing is written), an empty image folder,
+    one with a single class, and one whose second class is too small for a validation split."""
+    with open(folder / "huge.yaml", "wb") as handle:
+        handle.truncate(2 * 1024**3)
+    (folder / "empty" / "cat").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, counts in (("one-class", {"cat": 6}), ("small-class", {"cat": 6, "dog": 2})):
+        for label, count in counts.items():
+            (folder / name / label).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / name / label / f"{i}.png")
+
+
+def _snapshot(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory):
+    """Every case's (exit status, stderr, seconds, files left in its working directory)."""
+    data = tmp_path_factory.mktemp("bad-data")
+    _bad_data(data)
+    before = _snapshot(data)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "LITV2_DATA": str(data / "no-cifar")}
+
+    def run(case: tuple[str, list[str], str]) -> tuple[int, str, float, list[str]]:
+        module, args, _ = case
+        cwd = tmp_path_factory.mktemp("cwd")
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", module, *[a.format(data=data) for a in args]], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stderr, time.perf_counter() - start, sorted(p.name for p in cwd.iterdir())
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(range(len(CASES)), pool.map(run, CASES)))
+    assert _snapshot(data) == before  # the checks read the bad data, never write beside it
+    return results
+
+
+def test_there_are_at_least_forty_distinct_bad_inputs():
+    assert len({(module, tuple(args)) for module, args, _ in CASES}) == len(CASES) >= 40
+
+
+@pytest.mark.parametrize("index", range(len(CASES)),
+                         ids=[f"{module} {' '.join(args)}"[:60] for module, args, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(answers, index):
+    module, args, named = CASES[index]
+    code, stderr, seconds, left = answers[index]
+    lines = stderr.strip().splitlines()
+    assert code == 2, stderr
+    assert len(lines) == 1, stderr
+    assert named in lines[0] and "error" in lines[0]
+    assert left == []
+    assert seconds < SLOWEST_S
+
+
+HEAVY_MODULES = ("torch", "timm", "ray", "mlflow")
+
+
+def test_status_and_front_read_the_storage_without_the_deep_learning_stack(tmp_path):
+    """``status`` and ``front`` answer from the Optuna storage alone: `-X importtime` shows no
+    torch, timm, Ray or MLflow (together ~8 s of imports here)."""
+    import optuna
+
+    from search.objectives import create_objective_study
+    from search.settings import build_settings
+    from search.storage import open_storage
+    from search.studies import SETTINGS_ATTR
+
+    settings = build_settings(study="small", space="tiny", budget="1cpu-h", dataset="digits", target="cpu:bs1:224",
+                              storage=None, tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=1,
+                              seed=0, address=None, data_root=None, trials_per_device=1, cpus_per_trial=1)
+    study = create_objective_study("small", open_storage(settings.storage), optuna.samplers.RandomSampler())
+    study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+    trial = study.ask()
+    trial.set_user_attr("arch_id", "abc")
+    study.tell(trial, [50.0, 10.0])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for args in (["status"], ["front", "--csv", "front.csv"]):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "search", *args, "--study", "small"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+        assert not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
+    assert "trial" in done.stdout and (tmp_path / "front.csv").read_text().startswith("trial,arch_id")
