@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from litv2.argparsing import StrictParser
 
 from .budget import parse_budget
+from .datacheck import dataset_choices
 from .settings import check_study_name
 from .storage import default_storage_url
 from .target import parse_target
@@ -35,11 +36,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=".", help="folder for the default storage, MLflow store and caches")
 
 
-# Kept literal (not read from search.data) so that parsing needs no torch import.
-DATASET_HELP = ("cluttered-digits, digits, pathfinder, pathfinder-easy, pathfinder-hard, cifar10, cifar100 "
-                "or imagefolder:PATH")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = StrictParser(prog="python -m search", description="Hardware-aware LITv2 architecture search")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=StrictParser)
@@ -49,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--space", default="tiny",
                      help="named space (tiny, default, table5, table4, alpha, window) or a YAML/JSON file")
     run.add_argument("--dataset", default="cluttered-digits",
-                     help=DATASET_HELP)
+                     help=dataset_choices())
     run.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
     run.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS], e.g. cpu:bs1:224 "
                           "(1 thread), cpu:bs8:224:t4 or cuda:bs64:224:fp16 (default: the local device)")
@@ -91,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, or WORKDIR/mlflow.db)")
     train = commands.add_parser("train", help="train an architecture at full size with the paper's recipe")
     train.add_argument("--model", help="an export folder (search pick --export) or a registered name (litv2_s, ...)")
-    train.add_argument("--dataset", help=DATASET_HELP)
+    train.add_argument("--dataset", help=dataset_choices())
     train.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
     train.add_argument("--epochs", type=int, help="epochs of the schedule (default 300)")
     train.add_argument("--batch-size", type=int, help="images per process and step (default 128)")

@@ -51,7 +51,7 @@ class DatasetSpec:
 def parse_dataset_spec(spec: str) -> DatasetSpec:
     """Validate a spec string early, so a typo fails before any worker starts."""
     if not isinstance(spec, str):
-        raise ValueError(f"dataset {spec!r} is not a string; expected {_expected()}")
+        raise ValueError(f"dataset {spec!r} is not a string; expected {dataset_choices()}")
     if spec in EMBEDDED_NAMES or spec in CIFAR:
         return DatasetSpec(spec)
     if spec.startswith("imagefolder:"):
@@ -59,10 +59,11 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
         if not path or not Path(path).is_dir():
             raise ValueError(f"imagefolder path {path!r} is not a directory")
         return DatasetSpec("imagefolder", path)
-    raise ValueError(f"dataset {spec!r} is unknown; expected {_expected()}")
+    raise ValueError(f"dataset {spec!r} is unknown; expected {dataset_choices()}")
 
 
-def _expected() -> str:
+def dataset_choices() -> str:
+    """Every data set spec, as the command lines' help and errors list them."""
     return ", ".join([*EMBEDDED_NAMES, *CIFAR]) + " or imagefolder:PATH"
 
 
