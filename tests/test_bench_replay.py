@@ -166,3 +166,33 @@ def test_bench_strategies_bad_input_is_one_line_and_exit_2(tmp_path, capsys, arg
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_export_reads_a_recording_study_into_rows(table):
+    """Rows come from what the driver stores on a completed full-fidelity trial."""
+    import optuna
+    from types import SimpleNamespace
+
+    from search.table import export_table
+
+    row = _row(table)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    trial = study.ask()
+    attrs = dict(arch_id=row.arch_id, summary=row.summary, config=row.config, params=row.params, flops=row.flops,
+                 throughput=row.throughput, throughput_spread=row.throughput_spread,
+                 epoch_accuracies=list(row.epoch_accuracies), costs={"count": 1.25, "measure": 8.0, "train": 18.0},
+                 train_intervals=[[100.0, 118.0, "node"]], measure_interval=[90.0, 94.0, "node"])
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, [row.epoch_accuracies[-1], row.throughput])
+    stopped = study.ask()  # a trial that never reached the last epoch is not a row
+    stopped.set_user_attr("epoch_accuracies", [10.0])
+    study.tell(stopped, state=optuna.trial.TrialState.PRUNED)
+    settings = SimpleNamespace(space="bench", dataset="digits", target="cpu:bs1:224:fp32:t1", epochs=EPOCHS, seed=0,
+                               sampler="random", scheduler="full")
+    exported = export_table(study, settings, {"device_name": "cpu-x", "torch": "9"})
+    [got] = exported.rows
+    assert got.epoch_accuracies == row.epoch_accuracies and got.throughput == row.throughput
+    assert (got.count_seconds, got.measure_seconds, got.epoch_seconds) == (1.25, 4.0, 18.0 / EPOCHS)
+    assert exported.meta["machine"]["device"] == "cpu-x" and exported.meta["measurement_versions"] == {"torch": "9"}
+    assert exported.meta["versions"]["optuna"] == optuna.__version__
