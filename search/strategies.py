@@ -220,7 +220,7 @@ def bench_strategies(table_path: Path, samplers: Sequence[str], schedulers: Sequ
     from .budget import parse_budget
     from .scheduler import MOASHA
 
-    table = BenchTable.load(table_path)
+    table = _table_jobs(str(table_path)).table  # refuses, before anything runs, a table missing architectures
     budget = budget or default_budget(table, workers)
     budget_seconds = parse_budget(budget).seconds
     strategies = [Strategy(sampler, scheduler) for sampler in samplers for scheduler in schedulers]
