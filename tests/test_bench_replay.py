@@ -4,7 +4,6 @@ A synthetic table of the ``bench`` space (made-up but architecture-dependent fig
 training) stands in for the shipped one, so every test runs in seconds.
 """
 import hashlib
-from pathlib import Path
 
 import pytest
 
