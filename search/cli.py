@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from litv2.argparsing import StrictParser
 
+from .bench_cli import BENCH_HANDLERS, add_bench_commands
 from .budget import parse_budget
 from .datacheck import dataset_choices
 from .settings import check_study_name
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="new folder for checkpoints and the trained model (default ./train-NAME-TIME)")
     train.add_argument("--workdir", default=".", help="folder of the default MLflow store")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    add_bench_commands(commands)
     return parser
 
 
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "python -m search " + shlex.join(sys.argv[1:] if argv is None else argv)
     handler = {"run": _run, "resume": _resume, "status": _status, "front": _front, "pick": _pick,
-               "train": _train}[args.command]
+               "train": _train, **BENCH_HANDLERS}[args.command]
     try:
         return handler(args)
     except (ValueError, RuntimeError) as error:  # RuntimeError: SearchError, the services behind a search

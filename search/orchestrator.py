@@ -92,11 +92,13 @@ class Search:
     """Runs (or resumes) one study until its budget, its space or its points are used up.
 
     ``executor`` builds the executor from the settings (default: Ray); tests pass an
-    in-process one.
+    in-process one. ``tracker`` replaces the MLflow tracker: a replay of thousands of
+    simulated searches (``search bench-strategies``) keeps its progress in memory instead.
     """
 
     def __init__(self, settings: SearchSettings, out: TextIO | None = None,
-                 executor: Callable[["Search"], Executor] | None = None, lease_ttl: float = TTL_SECONDS) -> None:
+                 executor: Callable[["Search"], Executor] | None = None, lease_ttl: float = TTL_SECONDS,
+                 tracker: StudyTracker | None = None) -> None:
         from space import arch_id, get_space, summary
 
         self.settings = settings
@@ -111,6 +113,7 @@ class Search:
         self.constraints = settings.constraint_set
         self._make_executor = executor or _ray_executor
         self.lease_ttl = lease_ttl
+        self._tracker = tracker
         self.queues: dict[str, list[Candidate]] = {"count": [], "measure": [], "train": []}
         self.active: dict[int, Candidate] = {}  # trial number -> candidate, until finalised
         self.rung_results: dict[int, dict[tuple[str, int], RungResult]] = {}
@@ -186,7 +189,7 @@ class Search:
         if self.executor is None:
             self.executor = self._make_executor(self)
         self.cache = ThroughputCache(self.workdir / CACHE_FILE)
-        self.tracker = StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
+        self.tracker = self._tracker or StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
         run_id = self.tracker.start(self.settings.study, self._parent_params(), self.study.user_attrs.get(RUN_ID_ATTR))
         self.study.set_user_attr(RUN_ID_ATTR, run_id)
         self.devices = {**self.executor.devices, "lost": 0.0}

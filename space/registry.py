@@ -15,7 +15,7 @@ from .errors import SpaceError
 from .search_space import SearchSpace
 
 SPACES_DIR = Path(__file__).with_name("spaces")
-SPACE_NAMES = ("default", "table5", "table4", "alpha", "window", "tiny")
+SPACE_NAMES = ("default", "table5", "table4", "alpha", "window", "tiny", "bench")
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # A space is a few dozen lines; a file far larger is the wrong file, and is refused unread.
 MAX_FILE_BYTES = 1_000_000

@@ -1,0 +1,166 @@
+"""The tabular benchmark: every architecture of a finite space, recorded once by a real search.
+
+A table row holds what the search measured for one architecture: its full-size params and
+FLOPs, its throughput on the recording target (median and the half-width of its 95%
+interval), the wall seconds its count, its measurement and each proxy epoch took, and its
+validation accuracy after every epoch up to the maximum fidelity. The table is exported from
+an Optuna study that ``python -m search run --sampler random --scheduler full`` filled (and
+``search resume`` extends), so it is made by the same code it later benchmarks, and replays
+(:mod:`search.replay`) answer every job a search asks for from it at no training cost.
+
+It is stored as gzip-compressed JSON (a few hundred rows: tens of kB), written under a
+temporary name and renamed, so an interrupted export never leaves half a table.
+"""
+from __future__ import annotations
+
+import datetime
+import gzip
+import importlib.metadata as metadata
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+TABLE_VERSION = 1
+DEFAULT_TABLE = Path(__file__).with_name("bench") / "bench-cpu.json.gz"
+VERSIONED_PACKAGES = ("torch", "timm", "optuna", "litv2-search")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One recorded architecture (``config``: the full-size LITConfig as JSON)."""
+
+    arch_id: str
+    summary: str
+    config: str
+    params: int
+    flops: int
+    throughput: float
+    throughput_spread: float
+    count_seconds: float
+    measure_seconds: float
+    epoch_seconds: float  # mean wall seconds of one proxy epoch (one job trained them all)
+    epoch_accuracies: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BenchTable:
+    """Rows plus where they came from: ``meta`` names the space, data set, target, epochs,
+    seed, library versions and machine of the recording."""
+
+    meta: dict[str, Any]
+    rows: tuple[Row, ...]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.meta["epochs"])
+
+    def by_arch(self) -> dict[str, Row]:
+        return {row.arch_id: row for row in self.rows}
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = dict(version=TABLE_VERSION, meta=self.meta, rows=[asdict(row) for row in self.rows])
+        temporary = path.with_name(path.name + ".tmp")
+        # mtime=0: the same table is the same bytes, so re-exports leave git quiet.
+        with open(temporary, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as stream:
+            stream.write(json.dumps(data, sort_keys=True).encode())
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BenchTable":
+        """A saved table, or a one-line ValueError naming the file."""
+        try:
+            with gzip.open(path, "rt") as stream:
+                data = json.load(stream)
+            rows = tuple(Row(**{**row, "epoch_accuracies": tuple(row["epoch_accuracies"])}) for row in data["rows"])
+            return cls(data["meta"], rows)
+        except FileNotFoundError:
+            raise ValueError(f"table {str(path)!r} does not exist") from None
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"table {str(path)!r} is not a benchmark table ({type(error).__name__}: {error})") from None
+
+
+def export_table(study: optuna.Study, settings, fingerprint: dict[str, str]) -> BenchTable:
+    """The table of a recording study: one row per architecture trained to its last epoch.
+
+    ``settings``: the study's :class:`~search.settings.SearchSettings`; ``fingerprint``: the
+    device and library versions the throughputs were measured under.
+    """
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        accuracies = attrs["epoch_accuracies"]
+        if len(accuracies) != settings.epochs:
+            continue  # a training reused from another recipe would not be this table's
+        start, end = attrs["train_intervals"][-1][:2]
+        measure_start, measure_end = attrs["measure_interval"][:2]
+        rows.append(Row(
+            arch_id=attrs["arch_id"], summary=attrs["summary"], config=attrs["config"], params=int(attrs["params"]),
+            flops=int(attrs["flops"]), throughput=float(attrs["throughput"]),
+            throughput_spread=float(attrs["throughput_spread"]),
+            count_seconds=float(attrs["costs"].get("count", 0.0)), measure_seconds=float(measure_end - measure_start),
+            epoch_seconds=float(end - start) / len(accuracies), epoch_accuracies=tuple(float(a) for a in accuracies),
+        ))
+    if not rows:
+        raise ValueError(f"study {study.study_name!r} has no architecture trained to its last epoch "
+                         f"({settings.epochs}); nothing to export")
+    rows.sort(key=lambda row: row.arch_id)
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    meta = dict(
+        space=settings.space, dataset=settings.dataset, target=settings.target, epochs=settings.epochs,
+        seed=settings.seed, study=study.study_name, sampler=settings.sampler, scheduler=settings.scheduler,
+        exported=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=dict(device=fingerprint.get("device_name", ""), cpu=_cpu_model(), cores=os.cpu_count(),
+                     python=platform.python_version(), system=platform.platform()),
+        measurement_versions={k: v for k, v in fingerprint.items() if k != "device_name"},
+        versions=versions,
+    )
+    return BenchTable(meta, tuple(rows))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def export_study(study_name: str, storage_url: str, workdir: Path, out: Path) -> BenchTable:
+    """``python -m search bench-table``: export a recording study of ``workdir`` to ``out``.
+
+    Run it on the recording machine: throughputs are looked up in the work directory's cache
+    under this machine's fingerprint, which is how the table knows the device and versions
+    they were measured with.
+    """
+    from .cache import CACHE_FILE, ThroughputCache
+    from .measuring import measuring_fingerprint
+    from .orchestrator import SETTINGS_ATTR, open_study
+    from .settings import SearchSettings
+
+    study = open_study(storage_url, study_name)
+    if SETTINGS_ATTR not in study.user_attrs:
+        raise ValueError(f"study {study_name!r} was not made by 'python -m search run': it has no search settings")
+    settings = SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
+    fingerprint = measuring_fingerprint(settings.target)
+    cache = ThroughputCache(Path(workdir) / CACHE_FILE)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if cache.get(trial.user_attrs["arch_id"], settings.target, fingerprint) is None:
+            raise ValueError(f"architecture {trial.user_attrs['arch_id']} has no measurement in {workdir} under this "
+                             f"machine's fingerprint ({fingerprint.get('device_name')}); export on the recording machine")
+    table = export_table(study, settings, fingerprint)
+    table.save(out)
+    return table

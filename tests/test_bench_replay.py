@@ -1,0 +1,197 @@
+"""The tabular benchmark's replay: recorded figures in, the real driver on a simulated clock.
+
+A synthetic table of the ``bench`` space (made-up but architecture-dependent figures, no
+training) stands in for the shipped one, so every test runs in seconds.
+"""
+import hashlib
+
+import pytest
+
+from search.jobs import CountJob, MeasureJob, TrainJob
+from search.replay import ReplayingExecutor, Strategy, TableJobs, replay
+from search.table import BenchTable, Row
+
+EPOCHS = 9
+BUDGET = "900cpu-s"
+
+
+def _unit(text: str, salt: str) -> float:
+    return int(hashlib.sha256((salt + text).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def synthetic_table(space_name: str = "bench") -> BenchTable:
+    from space import arch_id, get_space, summary
+
+    rows = []
+    for config in get_space(space_name).enumerate():
+        key = arch_id(config)
+        depth = sum(config.depths)
+        quality = 60 + 30 * _unit(key, "q")
+        accuracies = tuple(quality * (1 - 0.5 ** (e + _unit(key, "r"))) for e in range(1, EPOCHS + 1))
+        rows.append(Row(arch_id=key, summary=summary(config), config=config.to_json(), params=depth * 100_000,
+                        flops=depth * 10_000_000, throughput=100 + 200 * _unit(key, "t"), throughput_spread=1.0,
+                        count_seconds=0.5 + _unit(key, "c"), measure_seconds=2 + _unit(key, "m"),
+                        epoch_seconds=0.5 * depth + _unit(key, "e"), epoch_accuracies=accuracies))
+    meta = dict(space=space_name, dataset="digits", target="cpu:bs1:224:fp32:t1", epochs=EPOCHS, seed=0,
+                study="synthetic", machine=dict(device="test-cpu", cpu="test", cores=2),
+                measurement_versions={"torch": "0"})
+    return BenchTable(meta, tuple(rows))
+
+
+@pytest.fixture(scope="module")
+def table() -> BenchTable:
+    return synthetic_table()
+
+
+@pytest.fixture(scope="module")
+def jobs(table) -> TableJobs:
+    return TableJobs(table)
+
+
+def _row(table: BenchTable, index: int = 7) -> Row:
+    return sorted(table.rows, key=lambda r: r.arch_id)[index]
+
+
+def test_replaying_executor_returns_recorded_figures_on_the_recorded_clock(table, jobs):
+    from litv2 import LITConfig
+    from space import get_space
+    from search.executor import try_submit
+
+    row = _row(table)
+    proxy = get_space("bench").proxy_of(LITConfig.from_json(row.config)).to_json()
+    executor = ReplayingExecutor(jobs, workers=2)
+    assert try_submit(executor, CountJob(0, row.config, 224))
+    [event] = executor.wait()
+    assert (event.result["params"], event.result["flops"]) == (row.params, row.flops)
+    assert executor.clock == pytest.approx(row.count_seconds) == event.result["wall_seconds"]
+    assert try_submit(executor, MeasureJob(0, row.config, table.meta["target"]))
+    [event] = executor.wait()
+    assert event.result["throughput"] == row.throughput and event.result["throughput_spread"] == row.throughput_spread
+    assert executor.clock == pytest.approx(row.count_seconds + row.measure_seconds)
+
+    def train(start: int, stop: int) -> TrainJob:
+        return TrainJob(trial=0, proxy_json=proxy, dataset="digits", data_root=None, data_seed=0, img_size=32,
+                        from_epoch=start, to_epoch=stop, max_epochs=EPOCHS, seed=0, use_gpu=False, threads=1,
+                        checkpoint="unused")
+
+    before = executor.clock
+    assert try_submit(executor, train(0, 3))
+    [event] = executor.wait()
+    assert event.result["epoch_accuracies"] == list(row.epoch_accuracies[:3])
+    assert executor.clock - before == pytest.approx(3 * row.epoch_seconds)
+    assert try_submit(executor, train(3, EPOCHS))
+    [event] = executor.wait()
+    assert event.result["accuracy"] == row.epoch_accuracies[-1]
+    assert executor.clock - before == pytest.approx(EPOCHS * row.epoch_seconds)
+    assert executor.devices["measure"] == 2.0  # a measurement holds (and is charged) every simulated core
+
+
+def test_replay_is_deterministic_for_a_fixed_seed(jobs):
+    strategy = Strategy("tpe", "mo-asha")
+    first, again = replay(jobs, strategy, 3, 4, "500cpu-s"), replay(jobs, strategy, 3, 4, "500cpu-s")
+    assert first == again
+    assert first.trained > 5 and len(first.points) > 2
+    assert replay(jobs, strategy, 4, 4, "500cpu-s").points != first.points
+
+
+@pytest.mark.parametrize("strategy", [Strategy("random", "full"), Strategy("nsga2", "mo-asha")])
+def test_budget_curve_never_exceeds_the_budget(jobs, strategy):
+    curve = replay(jobs, strategy, 0, 4, BUDGET)
+    spent = [used for used, _ in curve.points]
+    volumes = [hv for _, hv in curve.points]
+    assert curve.budget == 900.0
+    assert all(0 < s <= curve.budget for s in spent) and spent == sorted(spent)
+    assert spent[-1] == curve.spent and curve.spent > 0.8 * curve.budget  # most of it was used, none beyond
+    assert volumes == sorted(volumes) and volumes[-1] > 0
+    assert curve.hypervolume_at(curve.budget) == volumes[-1] and curve.hypervolume_at(0.0) == 0.0
+    assert curve.budget_to_reach(volumes[-1]) <= curve.spent and curve.budget_to_reach(volumes[-1] + 1) is None
+
+
+def test_a_table_missing_an_architecture_of_its_space_is_refused(table):
+    partial = BenchTable(table.meta, table.rows[1:])
+    with pytest.raises(ValueError, match=f"records {len(table.rows) - 1} of the {len(table.rows)} architectures"):
+        TableJobs(partial)
+
+
+def test_table_round_trip_and_bad_files(table, tmp_path):
+    path = tmp_path / "t.json.gz"
+    table.save(path)
+    assert BenchTable.load(path) == table
+    assert path.read_bytes() == (table.save(tmp_path / "u.json.gz") or (tmp_path / "u.json.gz").read_bytes())
+    (tmp_path / "bad.json.gz").write_text("not gzip")
+    for bad in (tmp_path / "missing.json.gz", tmp_path / "bad.json.gz"):
+        with pytest.raises(ValueError, match=str(bad.name)):
+            BenchTable.load(bad)
+
+
+def test_kendall_tau_of_the_last_epoch_is_one(table):
+    from search.strategies import kendall_by_epoch
+
+    taus = kendall_by_epoch(table)
+    assert [e for e, _ in taus] == list(range(1, EPOCHS + 1))
+    assert taus[-1][1] == pytest.approx(1.0) and all(-1 <= t <= 1 for _, t in taus)
+
+
+def test_bench_strategies_command_writes_the_report(table, tmp_path, capsys):
+    from search.cli import main
+
+    path = tmp_path / "table.json.gz"
+    table.save(path)
+    out = tmp_path / "report"
+    assert main(["bench-strategies", "--table", str(path), "--samplers", "random,tpe", "--seeds", "1",
+                 "--budget", "900cpu-s", "--processes", "1", "--out", str(out)]) == 0
+    text = (out / "strategies.md").read_text()
+    for name in ("random+full", "random+mo-asha", "tpe+full", "tpe+mo-asha"):
+        assert f"| {name} | 1 |" in text
+    # The baseline reaches its own final hypervolume exactly when its budget ends, never before it is spent.
+    assert "| random+full | 1 |" in text and "1/1 |" in text.split("| random+full |")[1].splitlines()[0]
+    assert (out / "strategies.png").stat().st_size > 10_000
+    assert len((out / "curves.csv").read_text().splitlines()) == 1 + 4 * 101
+    assert "Kendall tau" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--samplers", "random,cmaes"], "--samplers 'cmaes' is unknown"),
+    (["--schedulers", "full,hyperband"], "--schedulers 'hyperband' is unknown"),
+    (["--seeds", "0"], "--seeds 0 is invalid"),
+    (["--budget", "1gpu-h"], "--budget '1gpu-h' is invalid"),
+    (["--table", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
+])
+def test_bench_strategies_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    from search.cli import main
+
+    out = tmp_path / "report"
+    assert main(["bench-strategies", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_export_reads_a_recording_study_into_rows(table):
+    """Rows come from what the driver stores on a completed full-fidelity trial."""
+    import optuna
+    from types import SimpleNamespace
+
+    from search.table import export_table
+
+    row = _row(table)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    trial = study.ask()
+    attrs = dict(arch_id=row.arch_id, summary=row.summary, config=row.config, params=row.params, flops=row.flops,
+                 throughput=row.throughput, throughput_spread=row.throughput_spread,
+                 epoch_accuracies=list(row.epoch_accuracies), costs={"count": 1.25, "measure": 8.0, "train": 18.0},
+                 train_intervals=[[100.0, 118.0, "node"]], measure_interval=[90.0, 94.0, "node"])
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, [row.epoch_accuracies[-1], row.throughput])
+    stopped = study.ask()  # a trial that never reached the last epoch is not a row
+    stopped.set_user_attr("epoch_accuracies", [10.0])
+    study.tell(stopped, state=optuna.trial.TrialState.PRUNED)
+    settings = SimpleNamespace(space="bench", dataset="digits", target="cpu:bs1:224:fp32:t1", epochs=EPOCHS, seed=0,
+                               sampler="random", scheduler="full")
+    exported = export_table(study, settings, {"device_name": "cpu-x", "torch": "9"})
+    [got] = exported.rows
+    assert got.epoch_accuracies == row.epoch_accuracies and got.throughput == row.throughput
+    assert (got.count_seconds, got.measure_seconds, got.epoch_seconds) == (1.25, 4.0, 18.0 / EPOCHS)
+    assert exported.meta["machine"]["device"] == "cpu-x" and exported.meta["measurement_versions"] == {"torch": "9"}
+    assert exported.meta["versions"]["optuna"] == optuna.__version__
