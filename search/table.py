@@ -26,7 +26,6 @@ from typing import Any
 import optuna
 
 TABLE_VERSION = 1
-DEFAULT_TABLE = Path(__file__).with_name("bench") / "bench-cpu.json.gz"
 VERSIONED_PACKAGES = ("torch", "timm", "optuna", "litv2-search")
 
 
