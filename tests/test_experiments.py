@@ -126,6 +126,23 @@ def test_changes_are_against_the_first_row_of_each_group():
 
 
 # ---------------------------------------------------------------------- running on the engine
+def test_a_sweep_is_plotted_with_error_bars_and_logged(tmp_path):
+    """A sweep recipe's table comes with its PNG (top-1, img/s and FLOPs against the swept value)."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(PAIR.replace("name: pair", "name: sweep").split("\npoints:")[0]
+                     + "\ndimensions:\n  alpha: [0.0, 0.9]\nexperiment:\n  dataset: digits\n  epochs: 1\n"
+                       "  seeds: 1\n  sweep: alpha\n")
+    outcome = run_recipe(load_recipe(str(sweep)), RunOptions(
+        budget="3000cpu-s", target="cpu:bs1:32", workdir=str(tmp_path), study="sweep", measure_seconds=1.0),
+        executor=_in_process())
+    assert outcome.code == 0 and [row["x"] for row in outcome.rows] == [0.0, 0.9]
+    plot = tmp_path / "results" / "sweep" / "sweep.png"
+    assert plot in outcome.files and plot.read_bytes().startswith(b"\x89PNG")
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path}/optuna.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert "sweep.png" in {a.path for a in client.list_artifacts(study.user_attrs[RUN_ID_ATTR])}
+
+
 def test_a_two_row_recipe_runs_end_to_end_with_two_seeds(tmp_path, capsys):
     """Real counts, measurements and trainings, in process (the executor is the engine's seam)."""
     outcome = run_recipe(load_recipe(str(_pair(tmp_path))), RunOptions(
