@@ -48,10 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     _constraint_options(run)
     run.add_argument("--checkpoint-dir", help="rung checkpoints, readable by every node (default WORKDIR/checkpoints)")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep rung checkpoints of finished trials")
+    run.add_argument("--max-retries", type=int, default=2, help="times a trial's job is submitted again after its "
+                     "worker or node was lost (a rung restarts from its last checkpoint)")
     resume = commands.add_parser("resume", help="continue an interrupted or finished study")
     _common(resume)
     resume.add_argument("--budget", help="extra budget to add, e.g. 1gpu-h")
     resume.add_argument("--tracking-uri", help="MLflow tracking URI (default: the stored one, or WORKDIR/mlflow.db)")
+    sync_mlflow = commands.add_parser("sync-mlflow", help="send the MLflow records a search kept while MLflow "
+                                      "was unreachable")
+    _common(sync_mlflow)
+    sync_mlflow.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, or WORKDIR/mlflow.db)")
     status = commands.add_parser("status", help="trials, budget and current front of a study")
     _common(status)
     front = commands.add_parser("front", help="the Pareto front of a study")
@@ -119,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed, address=args.address, data_root=args.data_root, trials_per_device=args.trials_per_device,
         cpus_per_trial=args.cpus_per_trial, max_trials=args.max_trials, scheduler=args.scheduler,
         min_epochs=args.min_epochs, eta=args.eta, seeds=args.seeds, constraints=_constraints(args),
-        checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
+        checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints, max_retries=args.max_retries,
     )
     return Search(settings).run(resume=False)
 
@@ -133,6 +139,17 @@ def _resume(args: argparse.Namespace) -> int:
     if args.budget:
         settings = settings.with_budget(str(parse_budget(settings.budget).plus(parse_budget(args.budget))))
     return Search(settings).run(resume=True)
+
+
+def _sync_mlflow(args: argparse.Namespace) -> int:
+    from .orchestrator import load_settings
+    from .tracking import send_kept
+
+    if not args.study:
+        raise ValueError("sync-mlflow needs --study NAME")
+    settings = load_settings(args.study, _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
+    print(send_kept(settings.tracking_uri, Path(settings.workdir), args.study))
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -216,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "python -m search " + shlex.join(sys.argv[1:] if argv is None else argv)
     handler = {"run": _run, "resume": _resume, "status": _status, "front": _front, "pick": _pick,
-               "train": _train}[args.command]
+               "train": _train, "sync-mlflow": _sync_mlflow}[args.command]
     from .lease import LeaseHeld
 
     try:

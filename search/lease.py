@@ -3,7 +3,9 @@
 Two drivers on one study would tell each other's trials and train architectures twice, so
 a driver takes the lease before it touches anything and refuses if another live driver
 holds it. A driver that died stops beating: once its heartbeat is older than ``ttl``, the
-lease is free and ``search resume`` takes it over. The last heartbeat also tells resume
+lease is free and ``search resume`` takes it over. A driver on this machine (same host name
+and boot) whose process is gone is known dead at once, so a resume after a crash here does
+not wait out the ``ttl``. The last heartbeat also tells resume
 until when the dead driver's jobs were running (their cost is charged to the budget).
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -37,13 +40,13 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def _record(self) -> dict[str, Any]:
-        return dict(id=self.id, host=socket.gethostname(), pid=os.getpid(), heartbeat=time.time())
+        return dict(id=self.id, host=socket.gethostname(), boot=_boot_id(), pid=os.getpid(), heartbeat=time.time())
 
     def acquire(self) -> None:
         held = self.study.user_attrs.get(LEASE_ATTR)
         if held and held.get("id") != self.id:
             age = time.time() - held["heartbeat"]
-            if age < self.ttl:
+            if age < self.ttl and not _died_here(held):
                 raise LeaseHeld(
                     f"study {self.study.study_name!r} is being run by another driver (pid {held['pid']} on "
                     f"{held['host']}, heartbeat {age:.0f} s ago); stop it first, or wait {self.ttl:.0f} s after it died"
@@ -72,3 +75,27 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _boot_id() -> str | None:
+    """This boot of this machine (Linux), so a pid is only compared within the boot that made it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _died_here(held: dict[str, Any]) -> bool:
+    """Whether the lease's driver ran on this machine, in this boot, and its process is gone."""
+    if held.get("host") != socket.gethostname() or held.get("boot") is None or held.get("boot") != _boot_id():
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a killed process its parent has not reaped yet is a zombie: dead all the same
+        return Path(f"/proc/{held['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

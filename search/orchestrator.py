@@ -12,6 +12,7 @@ included - is charged to the trial it ran for.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -27,6 +28,7 @@ from .budget import CostModel, Ledger, parse_budget
 from .cache import CACHE_FILE, ThroughputCache
 from .constraints import latency_ms, violated
 from .executor import Event, Executor, try_submit
+from .faults import RetryPolicy, failure_reason
 from .jobs import CountJob, Job, MeasureJob, TrainJob
 from .lease import TTL_SECONDS, Lease
 from .objectives import OBJECTIVES, create_objective_study
@@ -128,6 +130,7 @@ class Search:
         self.scheduler = make_scheduler(settings.scheduler, settings.epochs, settings.min_epochs, settings.eta,
                                         self.space.fixed_points)
         self.constraints = settings.constraint_set
+        self.retry = RetryPolicy(settings.max_retries)
         self._make_executor = executor or _ray_executor
         self.lease_ttl = lease_ttl
         self.queues: dict[str, list[Candidate]] = {"count": [], "measure": [], "train": []}
@@ -144,11 +147,12 @@ class Search:
     def run(self, resume: bool = False) -> int:
         study = self._open(resume)
         with Lease(study, ttl=self.lease_ttl) as lease:
-            if resume:
-                self._recover(lease.previous)
+            recovered = self._recover(lease.previous) if resume else []
             if not resume:
                 study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
             self._prepare()
+            for number in recovered:
+                self._log_interrupted(self._recovered_candidate(self.study.trials[number]))
             status = "FAILED"
             try:
                 while self._step():
@@ -205,7 +209,7 @@ class Search:
         if self.executor is None:
             self.executor = self._make_executor(self)
         self.cache = ThroughputCache(self.workdir / CACHE_FILE)
-        self.tracker = StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
+        self.tracker = StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts", self._say)
         run_id = self.tracker.start(self.settings.study, self._parent_params(), self.study.user_attrs.get(RUN_ID_ATTR))
         self.study.set_user_attr(RUN_ID_ATTR, run_id)
         self.devices = {**self.executor.devices, "lost": 0.0}
@@ -222,17 +226,20 @@ class Search:
                   f"(rungs {', '.join(map(str, self.scheduler.rungs))}); storage {self.settings.storage}; "
                   f"MLflow run {run_id}")
 
-    def _recover(self, previous_lease: dict[str, Any] | None) -> None:
+    def _recover(self, previous_lease: dict[str, Any] | None) -> list[int]:
         """Trials left RUNNING by a dead driver or interrupted by Ctrl-C run again.
 
         A dead driver's running jobs are charged up to its last heartbeat; the re-run keeps
-        the trial's seed and continues from its last rung checkpoint.
+        the trial's seed and continues from its last rung checkpoint. Returns the numbers of
+        the dead driver's trials (their MLflow child runs are logged once MLflow is open).
         """
         last_beat = previous_lease["heartbeat"] if previous_lease else time.time()
         trials = self.study.get_trials(deepcopy=False)
         already = {t.user_attrs.get("rerun_of") for t in trials}
+        recovered = []
         for trial in trials:
             if trial.state == TrialState.RUNNING:
+                recovered.append(trial.number)
                 # Reopened by id: the dead driver's Trial objects are gone with it.
                 orphan = optuna.trial.Trial(self.study, trial._trial_id)
                 job = trial.user_attrs.get("job")
@@ -248,6 +255,19 @@ class Search:
             if trial.number not in already:
                 attrs = {"rerun_of": trial.number, "seed": trial.user_attrs.get("seed", self.settings.seed)}
                 self.study.enqueue_trial(trial.params, user_attrs=attrs)
+        return recovered
+
+    def _recovered_candidate(self, trial: optuna.trial.FrozenTrial) -> Candidate:
+        """A dead driver's trial as far as its record goes (for its MLflow child run)."""
+        attrs = trial.user_attrs
+        config = LITConfig.from_json(attrs["config"]) if "config" in attrs else self.space.sample(
+            optuna.trial.FixedTrial(trial.params))
+        candidate = Candidate(trial, config, attrs.get("arch_id", self._arch_id(config)),
+                              attrs.get("summary", self._summary(config)), attrs.get("seed", self.settings.seed),
+                              time.perf_counter(), epochs_done=attrs.get("epochs_done", 0),
+                              accuracies=list(attrs.get("epoch_accuracies", [])))
+        candidate.costs = dict(attrs.get("costs", {}))
+        return candidate
 
     def _rebuild_rungs(self) -> None:
         """Rung results recorded by earlier drivers (for asynchronous promotion after resume)."""
@@ -488,7 +508,9 @@ class Search:
         if event.error is not None:
             # A failed job is charged what it ran: the whole time since it was submitted.
             self._charge(candidate, kind, max(time.time() - event.submitted, 0.0) * self.devices[kind])
-            self._fail(candidate, kind, event.error)
+            reason = failure_reason(event.error, event.lost)
+            if not self._retried(candidate, kind, reason, event.error):
+                self._fail(candidate, kind, event.error, reason)
             return
         result = event.result
         self._charge(candidate, kind, result["wall_seconds"] * self.devices[kind])
@@ -506,6 +528,19 @@ class Search:
             self._advance(candidate)
         else:
             self._trained(candidate, event.job, result)
+
+    def _retried(self, candidate: Candidate, kind: str, reason: str, message: str) -> bool:
+        """Lost work goes back to its queue, to run on whatever node placement picks next; a
+        rung restarts from the trial's last rung checkpoint."""
+        retries = list(candidate.trial.user_attrs.get("retries", []))
+        if not self.retry.retry(reason, len(retries)):
+            return False
+        candidate.trial.set_user_attr("retries", retries + [dict(kind=kind, error=message[:500])])
+        where = f" from epoch {candidate.epochs_done}" if kind == "train" else ""
+        self._say(f"[trial {candidate.number}] {reason} during {kind} ({message}); retry {len(retries) + 1} "
+                  f"of {self.retry.max_retries}{where}")
+        self.queues[kind].append(candidate)
+        return True
 
     def _charge(self, candidate: Candidate, kind: str, device_seconds: float) -> None:
         candidate.charge(kind, device_seconds)
@@ -578,11 +613,13 @@ class Search:
                   f"{figures['params'] / 1e6:.2f}M params | budget {used:.0f}/{self.budget.seconds:.0f} "
                   f"{self.budget.kind}-s ({100 * used / self.budget.seconds:.0f}%)")
 
-    def _fail(self, candidate: Candidate, kind: str, message: str) -> None:
+    def _fail(self, candidate: Candidate, kind: str, message: str, reason: str) -> None:
         self.tally["failed"] += 1
-        self.failures_in_a_row += 1
+        if self.retry.counts_against_search(reason):
+            self.failures_in_a_row += 1
         candidate.trial.set_user_attr("error", message[:2000])
-        self._say(f"[trial {candidate.number}] FAILED during {kind}: {message}")
+        candidate.trial.set_user_attr("failure", reason)
+        self._say(f"[trial {candidate.number}] FAILED during {kind}: {reason} ({message})")
         for queue in self.queues.values():
             if candidate in queue:
                 queue.remove(candidate)
@@ -631,7 +668,12 @@ class Search:
             candidate.trial.set_user_attr("interrupted", True)
             candidate.trial.set_user_attr("job", None)
             self.study.tell(candidate.trial, state=TrialState.FAIL)
+            self._log_interrupted(candidate)
         self.active.clear()
+
+    def _log_interrupted(self, candidate: Candidate) -> None:
+        """An interrupted trial's child run: what it reached and cost; its re-run gets its own."""
+        self._log_trial(candidate, dict(self._figures(candidate), status="interrupted"), None)
 
     # ================================================================== reporting
     def _log_trial(self, candidate: Candidate, attrs: dict[str, Any], values: list[float] | None) -> None:
@@ -715,7 +757,11 @@ def _ray_executor(search: Search) -> Executor:
         if search.settings.address:
             ray.init(address=search.settings.address, log_to_driver=False)
         else:
+            from .reaper import children_of, guard
+
+            before = children_of(os.getpid())
             ray.init(resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+            guard(children_of(os.getpid()) - before)  # this Ray dies with this driver, even a SIGKILLed one
     on_disk_images = search.settings.dataset.startswith("imagefolder:")
     resources = plan_resources(search.budget.kind, search.target, search.settings.trials_per_device,
                                search.settings.cpus_per_trial, data_workers=IMAGEFOLDER_GPU_WORKERS if on_disk_images else 0)
