@@ -49,7 +49,9 @@ class RetryPolicy:
         return reason == WORKER_LOST and retries_so_far < self.max_retries
 
     @staticmethod
-    def counts_against_search(reason: str) -> bool:
-        """Whether the failure says the search itself is broken (three in a row end it): an
-        architecture that diverges or does not fit the device says nothing about the next one."""
-        return reason not in (NON_FINITE, OUT_OF_MEMORY)
+    def architecture_fault(reason: str) -> bool:
+        """Whether the failure is the architecture's own verdict: it would fail again, so it is
+        never retried nor trained again (a later sample of it is answered from the study), and
+        it says nothing about the next architecture (it does not count towards the failures in
+        a row that end a search)."""
+        return reason in (NON_FINITE, OUT_OF_MEMORY)

@@ -350,8 +350,7 @@ class Search:
             return (t.user_attrs.get("arch_id") == arch and "duplicate_of" not in t.user_attrs
                     and (not self.space.fixed_points or t.user_attrs.get("seed") == seed))
 
-        done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                if same(t)]
+        done = [t for t in self.study.get_trials(deepcopy=False) if self._evaluated(t) and same(t)]
         running = [c.number for c in self.active.values() if c.arch == arch and (not self.space.fixed_points or c.seed == seed)]
         if not done and not running:
             return False
@@ -365,11 +364,16 @@ class Search:
         self.study.tell(trial, state=TrialState.PRUNED)
         return True
 
+    def _evaluated(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether the study has this trial's verdict: an outcome, or a failure that would recur."""
+        return (trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                or (trial.state == TrialState.FAIL and self.retry.architecture_fault(trial.user_attrs.get("failure", ""))))
+
     def _duplicate_limit(self) -> int:
         size = self.space.size()
         if size != float("inf"):
             distinct = {t.user_attrs.get("arch_id") for t in self.study.get_trials(deepcopy=False)
-                        if "duplicate_of" not in t.user_attrs and t.state != TrialState.FAIL}
+                        if "duplicate_of" not in t.user_attrs and (t.state != TrialState.FAIL or self._evaluated(t))}
             if len(distinct) >= size:
                 return 1
         return MAX_CONSECUTIVE_DUPLICATES
@@ -615,7 +619,7 @@ class Search:
 
     def _fail(self, candidate: Candidate, kind: str, message: str, reason: str) -> None:
         self.tally["failed"] += 1
-        if self.retry.counts_against_search(reason):
+        if not self.retry.architecture_fault(reason):
             self.failures_in_a_row += 1
         candidate.trial.set_user_attr("error", message[:2000])
         candidate.trial.set_user_attr("failure", reason)
@@ -685,6 +689,8 @@ class Search:
         if values is not None:
             metrics.update({o.name: v for o, v in zip(OBJECTIVES, values)})
         tags = {"arch_id": candidate.arch, "summary": candidate.summary, "status": attrs["status"]}
+        if "failure" in candidate.trial.user_attrs:
+            tags["failure"] = candidate.trial.user_attrs["failure"]
         history = {"val_top1": candidate.accuracies}
         self.tracker.log_trial(candidate.number, params, metrics, tags, history)
 

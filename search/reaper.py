@@ -33,6 +33,13 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return None if fields[0] == "Z" else (int(fields[1]), int(fields[19]))
 
 
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot); None if it is gone, a zombie, or
+    there is no /proc to ask. With the pid it names one process for the life of a boot."""
+    info = _stat(pid)
+    return None if info is None else info[1]
+
+
 def processes() -> dict[int, tuple[int, int]]:
     """Every live process: pid -> (parent pid, start time)."""
     out: dict[int, tuple[int, int]] = {}
