@@ -315,15 +315,19 @@ class RayExecutor:
                 message = f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
                 lost = not isinstance(error, self.ray.exceptions.RayTaskError)  # not raised by the job itself
                 if lost:
-                    self._retire_dead_nodes()
+                    self._retire_dead_nodes(node, error)
                 events.append(Event(job, None, message, node, submitted, lost))
         return events
 
-    def _retire_dead_nodes(self) -> None:
+    def _retire_dead_nodes(self, node: str, error: Exception) -> None:
+        """Take dead nodes out of placement: the job's node if the error says it died (the
+        cluster's node table may not know yet), and any the node table reports dead."""
+        gone = (self.ray.exceptions.NodeDiedError, self.ray.exceptions.TaskUnschedulableError)
+        dead = {node} if isinstance(error, gone) else set()
         alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
-        for node in list(self.placement.nodes):
-            if node not in alive:
-                self.placement.retire(node)
+        for known in list(self.placement.nodes):
+            if known in dead or known not in alive:
+                self.placement.retire(known)
 
     def running(self) -> list[Job]:
         return [job for job, _, _ in self._refs.values()]
