@@ -383,6 +383,13 @@ def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path)
         if "top-1" in "".join(seen) and "training" in seen[-1] or driver.poll() is not None:
             break
     assert driver.poll() is None, "".join(seen)
+    training_since = time.time()
+    while time.monotonic() < deadline:  # a heartbeat after the training started: the driver's last sign of it
+        lease = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'optuna.db'}").user_attrs[LEASE_ATTR]
+        assert lease is not None, "the search ended before it could be killed"
+        if lease["heartbeat"] > training_since + 1:
+            break
+        time.sleep(0.5)
     ray_processes = descendants([driver.pid])
     assert len(ray_processes) > 3  # GCS, raylet, workers, agents, the reaper
     driver.send_signal(signal.SIGKILL)
