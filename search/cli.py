@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .budget import parse_budget
+from .faults import DEFAULT_MAX_RETRIES
 from .storage import default_storage_url
 from .target import Target, parse_target
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _constraint_options(run)
     run.add_argument("--checkpoint-dir", help="rung checkpoints, readable by every node (default WORKDIR/checkpoints)")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep rung checkpoints of finished trials")
-    run.add_argument("--max-retries", type=int, default=2, help="times a trial's job is submitted again after its "
+    run.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, help="times a trial's job is submitted again after its "
                      "worker or node was lost (a rung restarts from its last checkpoint)")
     resume = commands.add_parser("resume", help="continue an interrupted or finished study")
     _common(resume)

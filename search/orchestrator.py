@@ -303,11 +303,23 @@ class Search:
             return False
         if len(self.active) >= max(1, self.executor.placement.capacity):
             return False  # every slot already has a trial on its way
-        estimate = self.costs.count() * self.devices["count"] + self.costs.measure() * self.devices["measure"]
+        estimate = 0.0 if self._next_is_cached_rerun() else (
+            self.costs.count() * self.devices["count"] + self.costs.measure() * self.devices["measure"])
         typical = self.costs.typical_flops()
         if typical is not None:  # and a first rung of a typical architecture
             estimate += self.costs.train(typical, self.scheduler.rungs[0], self.devices["train"])
         return self.ledger.fits(estimate)
+
+    def _next_is_cached_rerun(self) -> bool:
+        """Whether the next trial is a queued re-run of an interrupted trial whose figures and
+        measurement are cached: it costs no count or measurement, so a resume near the end of
+        its budget still re-runs what the dead driver left."""
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting or "rerun_of" not in waiting[0].user_attrs:
+            return False
+        arch = self.study.trials[waiting[0].user_attrs["rerun_of"]].user_attrs.get("arch_id")
+        return (arch is not None and self.cache.get_figures(arch, self.target.img_size) is not None
+                and self.cache.get(arch, self.target.key, self.fingerprint) is not None)
 
     def _before_training(self) -> int:
         """Candidates not yet trained at all (counting, measuring or queued for a first rung)."""
