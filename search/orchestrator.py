@@ -98,6 +98,7 @@ class Candidate:
     accuracies: list[float] = field(default_factory=list)
     costs: dict[str, float] = field(default_factory=dict)  # device-seconds by job kind
     busy: float = 0.0  # seconds its jobs ran
+    training_started: bool = False  # a first rung was submitted (a retried one is not a second architecture)
 
     @property
     def number(self) -> int:
@@ -323,10 +324,7 @@ class Search:
 
     def _before_training(self) -> int:
         """Candidates not yet trained at all (counting, measuring or queued for a first rung)."""
-        return sum(1 for c in self.active.values() if c.epochs_done == 0 and not self._training(c))
-
-    def _training(self, candidate: Candidate) -> bool:
-        return any(job.trial == candidate.number and job.kind == "train" for job in self.executor.running())
+        return sum(1 for c in self.active.values() if c.epochs_done == 0 and not c.training_started)
 
     def _ask(self) -> Candidate | None:
         trial = self.study.ask()
@@ -483,8 +481,9 @@ class Search:
         candidate.trial.set_user_attr("job", dict(kind=kind, started=time.time(), devices=self.devices[kind]))
         if kind == "train":
             self.unaffordable_in_a_row = 0
-            if candidate.epochs_done == 0:
+            if candidate.epochs_done == 0 and not candidate.training_started:
                 self.tally["trained"] += 1
+            candidate.training_started = True
             self._say(f"[trial {candidate.number}] training {candidate.arch} {candidate.summary} "
                       f"epochs {candidate.epochs_done}->{job.to_epoch}")
         return True

@@ -359,6 +359,7 @@ def test_a_lost_worker_node_is_retried_elsewhere_from_the_last_rung(tmp_path, cl
     assert [i[2] for i in trial.user_attrs["train_intervals"]] == [worker_id, head_id]
     assert [p.read_text().split() for p in rungs.glob("*.rungs")] == [["0-1", "1-2", "1-2"]]  # from the checkpoint
     assert f"[trial 0] {WORKER_LOST} during train" in out.getvalue() and "retry 1 of 2 from epoch 1" in out.getvalue()
+    assert "1 architectures trained: 1 complete" in out.getvalue()  # the retried rung is not a second one
     assert trial.user_attrs["costs"]["train"] > sum(i[1] - i[0] for i in trial.user_attrs["train_intervals"])  # lost work charged
     assert_every_trial_accounted_for(study, settings.tracking_uri)
 
