@@ -220,6 +220,7 @@ class Search:
         self.costs = CostModel(self.budget.kind, _train_images(self.settings),
                                proxy.width_mult ** 2 * (proxy.img_size / self.target.img_size) ** 2)
         self.ledger = Ledger(self.budget, budget_used(self.study))
+        self._learn_costs()
         self._rebuild_rungs()
         self._say(f"study {self.settings.study}: space {self.settings.space}, budget {self.budget} "
                   f"({self.budget.seconds:.0f} {self.budget.kind}-s), used {self.ledger.spent:.0f}, "
@@ -269,6 +270,18 @@ class Search:
                               accuracies=list(attrs.get("epoch_accuracies", [])))
         candidate.costs = dict(attrs.get("costs", {}))
         return candidate
+
+    def _learn_costs(self) -> None:
+        """What earlier drivers' jobs cost (resume): a resumed search estimates from them, not
+        from the conservative priors, so what is left of its budget is not left unused."""
+        for trial in self.study.get_trials(deepcopy=False):
+            costs = trial.user_attrs.get("costs", {})
+            if "count" in costs:
+                self.costs.observe_count(costs["count"])
+            if "measure" in costs:
+                self.costs.observe_measure(costs["measure"])
+            if costs.get("train") and trial.user_attrs.get("epochs_done") and "flops" in trial.user_attrs:
+                self.costs.observe_train(trial.user_attrs["flops"], trial.user_attrs["epochs_done"], costs["train"])
 
     def _rebuild_rungs(self) -> None:
         """Rung results recorded by earlier drivers (for asynchronous promotion after resume)."""
