@@ -37,7 +37,6 @@ class StudyTracker:
 
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None,
                  say: Callable[[str], None] | None = None) -> None:
-        fail_fast_over_http(tracking_uri)
         self.uri = tracking_uri
         self.say = say or _to_stderr
         self.spool = (artifact_root.parent if artifact_root is not None else Path(tempfile.gettempdir())) / OUTBOX_DIR
@@ -55,6 +54,7 @@ class StudyTracker:
     def start(self, study_name: str, params: dict[str, Any], run_id: str | None = None) -> str:
         """Create the study's parent run, or reopen ``run_id`` when resuming (first sending
         what an earlier driver of the study could not)."""
+        fail_fast_over_http(self.uri)  # the outbox retries from here on
         self.study = study_name
         if run_id is not None:
             sent = sync(self.client, pending_file(self.spool, study_name))  # before RUNNING: they may end the run
