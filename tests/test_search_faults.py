@@ -220,8 +220,6 @@ class Watch(io.StringIO):
 
     def write(self, text):
         written = super().write(text)
-        if os.environ.get("FAULTS_ECHO"):
-            sys.__stderr__.write(f"{time.strftime('%X')} {text}")
         if not self.done and self.needle in text:
             self.done = True
             self.action()
