@@ -130,6 +130,67 @@ def test_the_outbox_keeps_records_through_an_outage_and_never_doubles_a_run(tmp_
     assert outbox.sync(back, kept) == 1 and back.logged == [("parent", 0, 1)] and not kept.exists()
 
 
+# ---------------------------------------------------------------------- the driver, killed (before the
+# module's cluster starts: this test's driver starts a Ray of its own)
+def _search_command(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "search", *args, "--workdir", str(workdir)]
+
+
+@pytest.mark.slow
+def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path):
+    budget = 150
+    # The tool starts its own Ray (and must take it down): never a cluster an earlier test left in the environment.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        _search_command(tmp_path, "run", "--study", "k", "--space", SPACE, "--dataset", "digits", "--target",
+                        "cpu:bs1:64", "--budget", f"{budget}cpu-s", "--sampler", "random", "--epochs", "1"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # one trial done and another training: mid-search
+        seen.append(driver.stdout.readline())
+        if "top-1" in "".join(seen) and "training" in seen[-1] or driver.poll() is not None:
+            break
+    assert driver.poll() is None, "".join(seen)
+    training_since = time.time()
+    while time.monotonic() < deadline:  # a heartbeat after the training started: the driver's last sign of it
+        lease = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'optuna.db'}").user_attrs[LEASE_ATTR]
+        assert lease is not None, "the search ended before it could be killed"
+        if lease["heartbeat"] > training_since + 1:
+            break
+        time.sleep(0.5)
+    ray_processes = descendants([driver.pid])
+    assert len(ray_processes) > 3  # GCS, raylet, workers, agents, the reaper
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    deadline = time.monotonic() + 30
+    while still_running(ray_processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert still_running(ray_processes) == []  # no Ray process outlives the driver that started it
+
+    settings = make_settings(tmp_path, "small_train", study="k")
+    study = load(settings)
+    parent_id = study.user_attrs[RUN_ID_ATTR]
+    finished_before = {t.number: t.values for t in study.trials if t.state == TrialState.COMPLETE}
+    running = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    assert finished_before and running
+    resumed = subprocess.run(_search_command(tmp_path, "resume", "--study", "k"), capture_output=True, text=True,
+                             env=env, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "the budget is spent" in resumed.stdout
+    study = load(settings)
+    assert study.user_attrs[RUN_ID_ATTR] == parent_id
+    assert MlflowClient(settings.tracking_uri).get_run(parent_id).info.status == "FINISHED"
+    assert {n: study.trials[n].values for n in finished_before} == finished_before  # finished trials kept
+    for number in running:  # the dead driver's trials: charged up to its last heartbeat, re-run once
+        assert study.trials[number].user_attrs["interrupted"] and study.trials[number].state == TrialState.FAIL
+        assert len([t for t in study.trials if t.user_attrs.get("rerun_of") == number]) == 1
+    lost = sum(t.user_attrs.get("costs", {}).get("lost", 0.0) for t in study.trials)
+    assert lost > 0
+    assert budget_used(study) <= budget * 1.05
+    assert_every_trial_accounted_for(study, settings.tracking_uri)
+
+
 # ---------------------------------------------------------------------- a two-node cluster
 @pytest.fixture(scope="module")
 def cluster():
@@ -359,63 +420,4 @@ def test_a_lost_worker_node_is_retried_elsewhere_from_the_last_rung(tmp_path, cl
     assert f"[trial 0] {WORKER_LOST} during train" in out.getvalue() and "retry 1 of 2 from epoch 1" in out.getvalue()
     assert "1 architectures trained: 1 complete" in out.getvalue()  # the retried rung is not a second one
     assert trial.user_attrs["costs"]["train"] > sum(i[1] - i[0] for i in trial.user_attrs["train_intervals"])  # lost work charged
-    assert_every_trial_accounted_for(study, settings.tracking_uri)
-
-
-# ---------------------------------------------------------------------- the driver, killed
-def _search_command(workdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "search", *args, "--workdir", str(workdir)]
-
-
-@pytest.mark.slow
-def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path):
-    budget = 150
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen(
-        _search_command(tmp_path, "run", "--study", "k", "--space", SPACE, "--dataset", "digits", "--target",
-                        "cpu:bs1:64", "--budget", f"{budget}cpu-s", "--sampler", "random", "--epochs", "1"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    seen = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # one trial done and another training: mid-search
-        seen.append(driver.stdout.readline())
-        if "top-1" in "".join(seen) and "training" in seen[-1] or driver.poll() is not None:
-            break
-    assert driver.poll() is None, "".join(seen)
-    training_since = time.time()
-    while time.monotonic() < deadline:  # a heartbeat after the training started: the driver's last sign of it
-        lease = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'optuna.db'}").user_attrs[LEASE_ATTR]
-        assert lease is not None, "the search ended before it could be killed"
-        if lease["heartbeat"] > training_since + 1:
-            break
-        time.sleep(0.5)
-    ray_processes = descendants([driver.pid])
-    assert len(ray_processes) > 3  # GCS, raylet, workers, agents, the reaper
-    driver.send_signal(signal.SIGKILL)
-    driver.communicate()
-    deadline = time.monotonic() + 30
-    while still_running(ray_processes) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert still_running(ray_processes) == []  # no Ray process outlives the driver that started it
-
-    settings = make_settings(tmp_path, "small_train", study="k")
-    study = load(settings)
-    parent_id = study.user_attrs[RUN_ID_ATTR]
-    finished_before = {t.number: t.values for t in study.trials if t.state == TrialState.COMPLETE}
-    running = [t.number for t in study.trials if t.state == TrialState.RUNNING]
-    assert finished_before and running
-    resumed = subprocess.run(_search_command(tmp_path, "resume", "--study", "k"), capture_output=True, text=True,
-                             env=env, timeout=400)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "the budget is spent" in resumed.stdout
-    study = load(settings)
-    assert study.user_attrs[RUN_ID_ATTR] == parent_id
-    assert MlflowClient(settings.tracking_uri).get_run(parent_id).info.status == "FINISHED"
-    assert {n: study.trials[n].values for n in finished_before} == finished_before  # finished trials kept
-    for number in running:  # the dead driver's trials: charged up to its last heartbeat, re-run once
-        assert study.trials[number].user_attrs["interrupted"] and study.trials[number].state == TrialState.FAIL
-        assert len([t for t in study.trials if t.user_attrs.get("rerun_of") == number]) == 1
-    lost = sum(t.user_attrs.get("costs", {}).get("lost", 0.0) for t in study.trials)
-    assert lost > 0
-    assert budget_used(study) <= budget * 1.05
     assert_every_trial_accounted_for(study, settings.tracking_uri)
