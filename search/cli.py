@@ -19,6 +19,7 @@ from .bench_cli import BENCH_HANDLERS, add_bench_commands
 from .budget import parse_budget
 from .datacheck import dataset_choices
 from .settings import check_study_name
+from .faults import DEFAULT_MAX_RETRIES
 from .storage import default_storage_url
 from .target import parse_target
 
@@ -68,10 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", action="store_true", help="keep rung checkpoints of finished trials")
     run.add_argument("--measure-seconds", type=float,
                      help="time cap of one throughput measurement (default 6; a capped figure is flagged)")
+    run.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, help="times a trial's job is submitted again after its "
+                     "worker or node was lost (a rung restarts from its last checkpoint)")
     resume = commands.add_parser("resume", help="continue an interrupted or finished study")
     _common(resume)
     resume.add_argument("--budget", help="extra budget to add, e.g. 1gpu-h")
     resume.add_argument("--tracking-uri", help="MLflow tracking URI (default: the stored one, or WORKDIR/mlflow.db)")
+    sync_mlflow = commands.add_parser("sync-mlflow", help="send the MLflow records a search kept while MLflow "
+                                      "was unreachable")
+    _common(sync_mlflow)
+    sync_mlflow.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, or WORKDIR/mlflow.db)")
     status = commands.add_parser("status", help="trials, budget and current front of a study")
     _common(status)
     front = commands.add_parser("front", help="the Pareto front of a study")
@@ -141,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial, max_trials=args.max_trials, scheduler=args.scheduler,
         min_epochs=args.min_epochs, eta=args.eta, seeds=args.seeds, constraints=_constraints(args),
         checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
-        measure_seconds=args.measure_seconds,
+        measure_seconds=args.measure_seconds, max_retries=args.max_retries,
     )
     return _search(settings, resume=False)
 
@@ -173,6 +180,15 @@ def _study(args: argparse.Namespace) -> str:
     if args.study is None:
         raise ValueError(f"{args.command} needs --study NAME")
     return check_study_name(args.study)
+
+
+def _sync_mlflow(args: argparse.Namespace) -> int:
+    from .studies import load_settings
+    from .tracking import send_kept
+
+    settings = load_settings(_study(args), _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
+    print(send_kept(settings.tracking_uri, Path(settings.workdir), args.study))
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -274,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "python -m search " + shlex.join(sys.argv[1:] if argv is None else argv)
     handler = {"run": _run, "resume": _resume, "status": _status, "front": _front, "pick": _pick,
-               "train": _train, **BENCH_HANDLERS}[args.command]
+               "train": _train, "sync-mlflow": _sync_mlflow, **BENCH_HANDLERS}[args.command]
     try:
         return handler(args)
     except (ValueError, RuntimeError) as error:  # RuntimeError: SearchError, the services behind a search

@@ -45,6 +45,7 @@ class Event:
     error: str | None = None
     node: str | None = None
     submitted: float = 0.0  # time.time() at submission (charged in full when the job failed)
+    lost: bool = False  # the job's worker or node died under it: not the job's own failure
 
 
 class Placement:
@@ -72,6 +73,10 @@ class Placement:
 
     def end(self, kind: str, node: str) -> None:
         (self.measuring if kind == "measure" else self.work)[node] -= 1
+
+    def retire(self, node: str) -> None:
+        """A node that died: nothing is placed there again (jobs it held still end normally)."""
+        self.nodes.pop(node, None)
 
     @property
     def capacity(self) -> int:
@@ -250,11 +255,15 @@ class RayExecutor:
     GPU work runs in tasks declared with ``num_gpus``, for which Ray starts a fresh worker
     per task (``max_calls=1``): a worker whose CUDA context lives on one GPU is never handed a
     task placed on another, and a finished job's GPU memory is freed with its process. CPU
-    work reuses warm workers (and their cached data sets). Tasks whose worker died are
-    retried by Ray (``max_retries``).
+    work reuses warm workers (and their cached data sets).
+
+    Ray does not retry a task (``max_retries=0``): a task pinned to a node that died could
+    only be retried there. A job whose worker or node was lost comes back as a ``lost``
+    event, the dead node is retired from placement, and the driver decides whether to
+    submit the job again elsewhere (:class:`search.faults.RetryPolicy`).
     """
 
-    def __init__(self, resources: Resources, max_retries: int = 2) -> None:
+    def __init__(self, resources: Resources) -> None:
         import ray
 
         self.ray = ray
@@ -264,8 +273,8 @@ class RayExecutor:
                             train=resources.train_devices)
         self.train_threads = resources.train_threads
         self.data_workers = resources.data_workers
-        self._cpu_task = ray.remote(max_retries=max_retries)(_run)
-        self._gpu_task = ray.remote(num_gpus=1, max_calls=1, max_retries=max_retries)(_run)
+        self._cpu_task = ray.remote(max_retries=0)(_run)
+        self._gpu_task = ray.remote(num_gpus=1, max_calls=1, max_retries=0)(_run)
         self._refs: dict[Any, tuple[Job, str, float]] = {}
 
     def _options(self, job: Job) -> tuple[Any, dict[str, Any]]:
@@ -304,8 +313,21 @@ class RayExecutor:
             except Exception as error:  # noqa: BLE001 - a job's failure (task error, dead worker) is an event
                 text = str(error).strip()
                 message = f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
-                events.append(Event(job, None, message, node, submitted))
+                lost = not isinstance(error, self.ray.exceptions.RayTaskError)  # not raised by the job itself
+                if lost:
+                    self._retire_dead_nodes(node, error)
+                events.append(Event(job, None, message, node, submitted, lost))
         return events
+
+    def _retire_dead_nodes(self, node: str, error: Exception) -> None:
+        """Take dead nodes out of placement: the job's node if the error says it died (the
+        cluster's node table may not know yet), and any the node table reports dead."""
+        gone = (self.ray.exceptions.NodeDiedError, self.ray.exceptions.TaskUnschedulableError)
+        dead = {node} if isinstance(error, gone) else set()
+        alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        for known in list(self.placement.nodes):
+            if known in dead or known not in alive:
+                self.placement.retire(known)
 
     def running(self) -> list[Job]:
         return [job for job, _, _ in self._refs.values()]

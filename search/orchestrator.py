@@ -12,6 +12,7 @@ included - is charged to the trial it ran for.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -27,6 +28,7 @@ from .budget import CostModel, Ledger, parse_budget
 from .cache import CACHE_FILE, ThroughputCache
 from .constraints import latency_ms, violated
 from .executor import Event, Executor, try_submit
+from .faults import RetryPolicy, failure_reason
 from .jobs import CountJob, Job, MeasureJob, TrainJob
 from .lease import TTL_SECONDS, Lease
 from .objectives import OBJECTIVES, create_objective_study
@@ -77,6 +79,7 @@ class Candidate:
     accuracies: list[float] = field(default_factory=list)
     costs: dict[str, float] = field(default_factory=dict)  # device-seconds by job kind
     busy: float = 0.0  # seconds its jobs ran
+    training_started: bool = False  # a first rung was submitted (a retried one is not a second architecture)
 
     @property
     def number(self) -> int:
@@ -111,6 +114,7 @@ class Search:
         self.scheduler = make_scheduler(settings.scheduler, settings.epochs, settings.min_epochs, settings.eta,
                                         self.space.fixed_points)
         self.constraints = settings.constraint_set
+        self.retry = RetryPolicy(settings.max_retries)
         self._make_executor = executor or _ray_executor
         self.lease_ttl = lease_ttl
         self._tracker = tracker
@@ -128,11 +132,12 @@ class Search:
     def run(self, resume: bool = False) -> int:
         study = self._open(resume)
         with Lease(study, ttl=self.lease_ttl) as lease:
-            if resume:
-                self._recover(lease.previous)
+            recovered = self._recover(lease.previous) if resume else []
             if not resume:
                 study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
             self._prepare()
+            for number in recovered:
+                self._log_interrupted(self._recovered_candidate(self.study.trials[number]))
             status = "FAILED"
             try:
                 while self._step():
@@ -189,7 +194,8 @@ class Search:
         if self.executor is None:
             self.executor = self._make_executor(self)
         self.cache = ThroughputCache(self.workdir / CACHE_FILE)
-        self.tracker = self._tracker or StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts")
+        self.tracker = self._tracker or StudyTracker(self.settings.tracking_uri, self.workdir / "mlartifacts",
+                                                     self._say)
         run_id = self.tracker.start(self.settings.study, self._parent_params(), self.study.user_attrs.get(RUN_ID_ATTR))
         self.study.set_user_attr(RUN_ID_ATTR, run_id)
         self.devices = {**self.executor.devices, "lost": 0.0}
@@ -199,6 +205,7 @@ class Search:
         self.costs = CostModel(self.budget.kind, _train_images(self.settings),
                                proxy.width_mult ** 2 * (proxy.img_size / self.target.img_size) ** 2)
         self.ledger = Ledger(self.budget, budget_used(self.study))
+        self._learn_costs()
         self._rebuild_rungs()
         self._say(f"study {self.settings.study}: space {self.settings.space}, budget {self.budget} "
                   f"({self.budget.seconds:.0f} {self.budget.kind}-s), used {self.ledger.spent:.0f}, "
@@ -206,17 +213,20 @@ class Search:
                   f"(rungs {', '.join(map(str, self.scheduler.rungs))}); storage {self.settings.storage}; "
                   f"MLflow run {run_id}")
 
-    def _recover(self, previous_lease: dict[str, Any] | None) -> None:
+    def _recover(self, previous_lease: dict[str, Any] | None) -> list[int]:
         """Trials left RUNNING by a dead driver or interrupted by Ctrl-C run again.
 
         A dead driver's running jobs are charged up to its last heartbeat; the re-run keeps
-        the trial's seed and continues from its last rung checkpoint.
+        the trial's seed and continues from its last rung checkpoint. Returns the numbers of
+        the dead driver's trials (their MLflow child runs are logged once MLflow is open).
         """
         last_beat = previous_lease["heartbeat"] if previous_lease else time.time()
         trials = self.study.get_trials(deepcopy=False)
         already = {t.user_attrs.get("rerun_of") for t in trials}
+        recovered = []
         for trial in trials:
             if trial.state == TrialState.RUNNING:
+                recovered.append(trial.number)
                 # Reopened by id: the dead driver's Trial objects are gone with it.
                 orphan = optuna.trial.Trial(self.study, trial._trial_id)
                 job = trial.user_attrs.get("job")
@@ -232,6 +242,31 @@ class Search:
             if trial.number not in already:
                 attrs = {"rerun_of": trial.number, "seed": trial.user_attrs.get("seed", self.settings.seed)}
                 self.study.enqueue_trial(trial.params, user_attrs=attrs)
+        return recovered
+
+    def _recovered_candidate(self, trial: optuna.trial.FrozenTrial) -> Candidate:
+        """A dead driver's trial as far as its record goes (for its MLflow child run)."""
+        attrs = trial.user_attrs
+        config = LITConfig.from_json(attrs["config"]) if "config" in attrs else self.space.sample(
+            optuna.trial.FixedTrial(trial.params))
+        candidate = Candidate(trial, config, attrs.get("arch_id", self._arch_id(config)),
+                              attrs.get("summary", self._summary(config)), attrs.get("seed", self.settings.seed),
+                              time.perf_counter(), epochs_done=attrs.get("epochs_done", 0),
+                              accuracies=list(attrs.get("epoch_accuracies", [])))
+        candidate.costs = dict(attrs.get("costs", {}))
+        return candidate
+
+    def _learn_costs(self) -> None:
+        """What earlier drivers' jobs cost (resume): a resumed search estimates from them, not
+        from the conservative priors, so what is left of its budget is not left unused."""
+        for trial in self.study.get_trials(deepcopy=False):
+            costs = trial.user_attrs.get("costs", {})
+            if "count" in costs:
+                self.costs.observe_count(costs["count"])
+            if "measure" in costs:
+                self.costs.observe_measure(costs["measure"])
+            if costs.get("train") and trial.user_attrs.get("epochs_done") and "flops" in trial.user_attrs:
+                self.costs.observe_train(trial.user_attrs["flops"], trial.user_attrs["epochs_done"], costs["train"])
 
     def _rebuild_rungs(self) -> None:
         """Rung results recorded by earlier drivers (for asynchronous promotion after resume)."""
@@ -267,18 +302,27 @@ class Search:
             return False
         if len(self.active) >= max(1, self.executor.placement.capacity):
             return False  # every slot already has a trial on its way
-        estimate = self.costs.count() * self.devices["count"] + self.costs.measure() * self.devices["measure"]
+        estimate = 0.0 if self._next_is_cached_rerun() else (
+            self.costs.count() * self.devices["count"] + self.costs.measure() * self.devices["measure"])
         typical = self.costs.typical_flops()
         if typical is not None:  # and a first rung of a typical architecture
             estimate += self.costs.train(typical, self.scheduler.rungs[0], self.devices["train"])
         return self.ledger.fits(estimate)
 
+    def _next_is_cached_rerun(self) -> bool:
+        """Whether the next trial is a queued re-run of an interrupted trial whose figures and
+        measurement are cached: it costs no count or measurement, so a resume near the end of
+        its budget still re-runs what the dead driver left."""
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting or "rerun_of" not in waiting[0].user_attrs:
+            return False
+        arch = self.study.trials[waiting[0].user_attrs["rerun_of"]].user_attrs.get("arch_id")
+        return (arch is not None and self.cache.get_figures(arch, self.target.img_size) is not None
+                and self.cache.get(arch, self.target.key, self.fingerprint) is not None)
+
     def _before_training(self) -> int:
         """Candidates not yet trained at all (counting, measuring or queued for a first rung)."""
-        return sum(1 for c in self.active.values() if c.epochs_done == 0 and not self._training(c))
-
-    def _training(self, candidate: Candidate) -> bool:
-        return any(job.trial == candidate.number and job.kind == "train" for job in self.executor.running())
+        return sum(1 for c in self.active.values() if c.epochs_done == 0 and not c.training_started)
 
     def _ask(self) -> Candidate | None:
         trial = self.study.ask()
@@ -314,8 +358,7 @@ class Search:
             return (t.user_attrs.get("arch_id") == arch and "duplicate_of" not in t.user_attrs
                     and (not self.space.fixed_points or t.user_attrs.get("seed") == seed))
 
-        done = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                if same(t)]
+        done = [t for t in self.study.get_trials(deepcopy=False) if self._evaluated(t) and same(t)]
         running = [c.number for c in self.active.values() if c.arch == arch and (not self.space.fixed_points or c.seed == seed)]
         if not done and not running:
             return False
@@ -329,11 +372,16 @@ class Search:
         self.study.tell(trial, state=TrialState.PRUNED)
         return True
 
+    def _evaluated(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether the study has this trial's verdict: an outcome, or a failure that would recur."""
+        return (trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                or (trial.state == TrialState.FAIL and self.retry.architecture_fault(trial.user_attrs.get("failure", ""))))
+
     def _duplicate_limit(self) -> int:
         size = self.space.size()
         if size != float("inf"):
             distinct = {t.user_attrs.get("arch_id") for t in self.study.get_trials(deepcopy=False)
-                        if "duplicate_of" not in t.user_attrs and t.state != TrialState.FAIL}
+                        if "duplicate_of" not in t.user_attrs and (t.state != TrialState.FAIL or self._evaluated(t))}
             if len(distinct) >= size:
                 return 1
         return MAX_CONSECUTIVE_DUPLICATES
@@ -432,8 +480,9 @@ class Search:
         candidate.trial.set_user_attr("job", dict(kind=kind, started=time.time(), devices=self.devices[kind]))
         if kind == "train":
             self.unaffordable_in_a_row = 0
-            if candidate.epochs_done == 0:
+            if candidate.epochs_done == 0 and not candidate.training_started:
                 self.tally["trained"] += 1
+            candidate.training_started = True
             self._say(f"[trial {candidate.number}] training {candidate.arch} {candidate.summary} "
                       f"epochs {candidate.epochs_done}->{job.to_epoch}")
         return True
@@ -473,7 +522,9 @@ class Search:
         if event.error is not None:
             # A failed job is charged what it ran: the whole time since it was submitted.
             self._charge(candidate, kind, max(time.time() - event.submitted, 0.0) * self.devices[kind])
-            self._fail(candidate, kind, event.error)
+            reason = failure_reason(event.error, event.lost)
+            if not self._retried(candidate, kind, reason, event.error):
+                self._fail(candidate, kind, event.error, reason)
             return
         result = event.result
         self._charge(candidate, kind, result["wall_seconds"] * self.devices[kind])
@@ -491,6 +542,19 @@ class Search:
             self._advance(candidate)
         else:
             self._trained(candidate, event.job, result)
+
+    def _retried(self, candidate: Candidate, kind: str, reason: str, message: str) -> bool:
+        """Lost work goes back to its queue, to run on whatever node placement picks next; a
+        rung restarts from the trial's last rung checkpoint."""
+        retries = list(candidate.trial.user_attrs.get("retries", []))
+        if not self.retry.retry(reason, len(retries)):
+            return False
+        candidate.trial.set_user_attr("retries", retries + [dict(kind=kind, error=message[:500])])
+        where = f" from epoch {candidate.epochs_done}" if kind == "train" else ""
+        self._say(f"[trial {candidate.number}] {reason} during {kind} ({message}); retry {len(retries) + 1} "
+                  f"of {self.retry.max_retries}{where}")
+        self.queues[kind].append(candidate)
+        return True
 
     def _charge(self, candidate: Candidate, kind: str, device_seconds: float) -> None:
         candidate.charge(kind, device_seconds)
@@ -563,11 +627,13 @@ class Search:
                   f"{figures['params'] / 1e6:.2f}M params | budget {used:.0f}/{self.budget.seconds:.0f} "
                   f"{self.budget.kind}-s ({100 * used / self.budget.seconds:.0f}%)")
 
-    def _fail(self, candidate: Candidate, kind: str, message: str) -> None:
+    def _fail(self, candidate: Candidate, kind: str, message: str, reason: str) -> None:
         self.tally["failed"] += 1
-        self.failures_in_a_row += 1
+        if not self.retry.architecture_fault(reason):
+            self.failures_in_a_row += 1
         candidate.trial.set_user_attr("error", message[:2000])
-        self._say(f"[trial {candidate.number}] FAILED during {kind}: {message}")
+        candidate.trial.set_user_attr("failure", reason)
+        self._say(f"[trial {candidate.number}] FAILED during {kind}: {reason} ({message})")
         for queue in self.queues.values():
             if candidate in queue:
                 queue.remove(candidate)
@@ -616,7 +682,12 @@ class Search:
             candidate.trial.set_user_attr("interrupted", True)
             candidate.trial.set_user_attr("job", None)
             self.study.tell(candidate.trial, state=TrialState.FAIL)
+            self._log_interrupted(candidate)
         self.active.clear()
+
+    def _log_interrupted(self, candidate: Candidate) -> None:
+        """An interrupted trial's child run: what it reached and cost; its re-run gets its own."""
+        self._log_trial(candidate, dict(self._figures(candidate), status="interrupted"), None)
 
     # ================================================================== reporting
     def _log_trial(self, candidate: Candidate, attrs: dict[str, Any], values: list[float] | None) -> None:
@@ -628,6 +699,8 @@ class Search:
         if values is not None:
             metrics.update({o.name: v for o, v in zip(OBJECTIVES, values)})
         tags = {"arch_id": candidate.arch, "summary": candidate.summary, "status": attrs["status"]}
+        if "failure" in candidate.trial.user_attrs:
+            tags["failure"] = candidate.trial.user_attrs["failure"]
         history = {"val_top1": candidate.accuracies}
         self.tracker.log_trial(candidate.number, params, metrics, tags, history)
 
@@ -700,8 +773,12 @@ def _ray_executor(search: Search) -> Executor:
         if search.settings.address:
             ray.init(address=search.settings.address, log_to_driver=False)
         else:
+            from .reaper import children_of, guard
+
+            before = children_of(os.getpid())
             # address="local": a new instance even where `ray start` left one running on this machine
             ray.init(address="local", resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+            guard(children_of(os.getpid()) - before)  # this Ray dies with this driver, even a SIGKILLed one
     on_disk_images = search.settings.dataset.startswith("imagefolder:")
     resources = plan_resources(search.budget.kind, search.target, search.settings.trials_per_device,
                                search.settings.cpus_per_trial, data_workers=IMAGEFOLDER_GPU_WORKERS if on_disk_images else 0)

@@ -18,6 +18,7 @@ from typing import Any
 
 from .budget import parse_budget
 from .constraints import Constraints
+from .faults import DEFAULT_MAX_RETRIES
 from .scheduler import SCHEDULERS, default_scheduler, make_scheduler
 from .storage import check_storage_url, default_storage_url
 from .target import default_target, parse_target
@@ -80,6 +81,7 @@ class SearchSettings:
     keep_checkpoints: bool = False
     # Time cap of one throughput measurement (litv2.measure's max_seconds); None: the protocol's 6 s.
     measure_seconds: float | None = None
+    max_retries: int = DEFAULT_MAX_RETRIES  # resubmissions of a trial's job whose worker or node was lost
     # Whether storage / tracking URI were the work directory's defaults: those follow the
     # work directory on resume, explicit ones are kept unless the resume command overrides them.
     default_storage: bool = True
@@ -138,6 +140,7 @@ def build_settings(
     scheduler: str | None = None, min_epochs: int = 1, eta: int = 3, seeds: int = 1,
     constraints: Constraints | None = None, checkpoint_dir: str | None = None, keep_checkpoints: bool = False,
     measure_seconds: float | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> SearchSettings:
     """Validate every option and fill in the defaults; raises ValueError naming the bad value."""
     from space import get_space
@@ -159,6 +162,8 @@ def build_settings(
             raise ValueError(f"--{name} {value} is invalid: expected a positive integer")
     if measure_seconds is not None and not measure_seconds > 0:
         raise ValueError(f"--measure-seconds {measure_seconds} is invalid: expected a positive number of seconds")
+    if max_retries < 0:
+        raise ValueError(f"--max-retries {max_retries} is invalid: expected 0 or more")
     if seeds > 1 and not study_space.fixed_points:
         raise ValueError(f"--seeds {seeds} is for fixed-point spaces (ablation tables); space {space!r} is searched")
     if scheduler is not None and scheduler not in SCHEDULERS:
@@ -181,8 +186,8 @@ def build_settings(
         epochs=epochs, seed=seed, address=address, data_root=data_root, trials_per_device=trials_per_device,
         cpus_per_trial=cpus_per_trial, max_trials=max_trials, scheduler=scheduler, min_epochs=min_epochs, eta=eta,
         seeds=seeds, constraints=(constraints or Constraints()).to_dict(), checkpoint_dir=checkpoint_dir,
-        keep_checkpoints=keep_checkpoints, measure_seconds=measure_seconds, default_storage=storage is None,
-        default_tracking=tracking_uri is None,
+        keep_checkpoints=keep_checkpoints, measure_seconds=measure_seconds, max_retries=max_retries,
+        default_storage=storage is None, default_tracking=tracking_uri is None,
     )
 
 

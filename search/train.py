@@ -27,6 +27,7 @@ from litv2 import LITConfig, build_model, count_params
 from litv2.measure import autocast_dtype, resolve_device
 
 from .data import DataBundle
+from .faults import NonFiniteLoss
 
 GRAD_CLIP = 5.0
 
@@ -191,6 +192,8 @@ def train_proxy(
             weights, optimiser, scheduler, loss scaler, every RNG and the data order, so 0->3
             then 3->9 trains the same model as 0->9.
         checkpoint: file for the rung state (written to a temporary name, then renamed).
+
+    Raises :class:`search.faults.NonFiniteLoss` after an epoch whose loss was NaN or infinite.
     """
     stop_epoch = epochs if stop_epoch is None else stop_epoch
     if epochs < 1:
@@ -228,9 +231,12 @@ def train_proxy(
         stopped = False
         model.train()
         for epoch in range(start_epoch + 1, stop_epoch + 1):
+            # Checked once per epoch, on the device: a check per step would synchronise every step.
+            finite = torch.ones((), dtype=torch.bool, device=target)
             for step, (images, labels) in enumerate(train_batches(generator), start=(epoch - 1) * steps + 1):
                 with _autocast(target, precision):
                     loss = criterion(model(images), labels)
+                finite &= torch.isfinite(loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -238,6 +244,8 @@ def train_proxy(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step_update(step)
+            if not finite.item():
+                raise NonFiniteLoss(f"non-finite loss in epoch {epoch} of {epochs}: the training diverged")
             accuracies.append(_accuracy(model, val_batches, precision))
             if on_epoch is not None and on_epoch(epoch, accuracies[-1]):
                 stopped = epoch < stop_epoch  # a stop request after the last epoch cuts nothing short

@@ -143,7 +143,9 @@ def test_resume_reruns_interrupted_trials_and_keeps_the_run(tmp_path):
     assert reruns[0].params == study.trials[crashed.number].params
     assert study.user_attrs[RUN_ID_ATTR] == parent_id
     assert budget_used(study) > first_used
-    assert len(child_runs(settings, parent_id)) == 2
+    children = child_runs(settings, parent_id)  # the first trial, the crashed one (interrupted), its re-run
+    assert sorted(c.data.tags["status"] for c in children) == ["complete", "complete", "interrupted"]
+    assert next(c for c in children if c.data.tags["status"] == "interrupted").data.tags["trial"] == str(crashed.number)
 
 
 def test_status_and_front_commands(tmp_path, capsys):

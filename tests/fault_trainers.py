@@ -1,0 +1,43 @@
+"""Proxy trainers for the fault tests: real training on a slice of the data, with faults.
+
+The Ray workers of ``tests/test_search_faults.py`` import this module (the test puts this
+folder on their PYTHONPATH), as a search's ``trainer`` setting names it.
+"""
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from search.train import train_proxy
+
+TRAIN_IMAGES = 384  # a slice of digits: an epoch in a second or two on one core
+
+
+def _slice(data):
+    images, labels = data.train.tensors
+    return replace(data, train=TensorDataset(images[:TRAIN_IMAGES], labels[:TRAIN_IMAGES]))
+
+
+def small_train(config, data, **options):
+    return train_proxy(config, _slice(data), **options)
+
+
+def faulty_train(config, data, **options):
+    """HiLo at alpha 0.9 with token merging diverges for real (learning rate 1e12); alpha 0
+    with patch merging meets an out-of-memory error as CUDA raises it (injected: no GPU here);
+    the other architectures train."""
+    if config.merge == "dtm" and config.alpha[2] == 0.9:
+        return train_proxy(config, _slice(data), lr=1e12, **options)
+    if config.merge == "patch" and config.alpha[2] == 0.0:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+    return small_train(config, data, **options)
+
+
+def logged_train(config, data, *, checkpoint, start_epoch=0, stop_epoch=None, **options):
+    """Notes each rung it starts (``FROM-TO`` in CHECKPOINT.rungs) before training it."""
+    log = Path(f"{checkpoint}.rungs")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(f"{start_epoch}-{stop_epoch}\n")
+    return small_train(config, data, checkpoint=checkpoint, start_epoch=start_epoch, stop_epoch=stop_epoch, **options)
