@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from litv2.argparsing import StrictParser
+
+if TYPE_CHECKING:
+    from .runner import Outcome
 
 EXIT_USAGE = 2
 
@@ -55,8 +58,9 @@ def list_text() -> str:
     return "\n".join(lines)
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """Check the recipe, every option, endpoint and folder; only then import the stack and run."""
+def run_command(args: argparse.Namespace) -> Outcome:
+    """Check the recipe, every option, endpoint and folder; only then import the stack and run
+    (the outcome's rows serve ``experiments.separability``)."""
     from search.logs import route_library_logs
     from search.preflight import preflight_search
 
@@ -78,7 +82,7 @@ def run_command(args: argparse.Namespace) -> int:
     from .runner import run_recipe
 
     route_library_logs(Path(settings.workdir))
-    return run_recipe(recipe, options).code
+    return run_recipe(recipe, options)
 
 
 def _check_out(out: str) -> None:
@@ -106,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         return guarded(lambda: print(list_text()) or 0)
     if args.command == "run":
-        return guarded(lambda: run_command(args))
+        return guarded(lambda: run_command(args).code)
     return guarded(lambda: _show(args))
 
 

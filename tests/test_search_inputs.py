@@ -187,6 +187,18 @@ def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capfd):
 
     from search.logs import route_library_logs
 
+    optuna_logger = logging.getLogger("optuna")  # other test modules lower Optuna's verbosity at import
+    level = optuna_logger.level
+    optuna_logger.setLevel(logging.INFO)
+    try:
+        _route_twice(tmp_path, route_library_logs, capfd)
+    finally:
+        optuna_logger.setLevel(level)
+
+
+def _route_twice(tmp_path, route_library_logs, capfd):
+    import logging
+
     first = route_library_logs(tmp_path)
     logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
     logging.getLogger("ray").warning("a warning still reaches the terminal")
