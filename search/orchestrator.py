@@ -142,6 +142,7 @@ class Search:
             try:
                 while self._step():
                     pass
+                self._give_up_queued()
                 status = "FINISHED"
             except KeyboardInterrupt:
                 status = "KILLED"
@@ -500,6 +501,18 @@ class Search:
         self._say(f"[trial {candidate.number}] {candidate.arch}: not trained, the budget cannot pay its next rung "
                   f"(~{estimate:.0f} of {max(self.ledger.left, 0):.0f} {self.budget.kind}-s left)")
         self._close(candidate, state=TrialState.PRUNED if candidate.epochs_done else TrialState.FAIL)
+
+    def _give_up_queued(self) -> None:
+        """Nothing runs and nothing more can start: the candidates still queued for a count, a
+        measurement or a rung end as not trained, so no trial outlives its search as RUNNING."""
+        for kind, queue in self.queues.items():
+            for candidate in list(queue):
+                queue.remove(candidate)
+                candidate.trial.set_user_attr("not_trained", f"the budget ran out before its {kind} job "
+                                                             f"({max(self.ledger.left, 0):.0f} {self.budget.kind}-s left)")
+                self._say(f"[trial {candidate.number}] {candidate.arch}: not trained, the budget ran out before "
+                          f"its {kind} job")
+                self._close(candidate, state=TrialState.PRUNED if candidate.epochs_done else TrialState.FAIL)
 
     def _train_job(self, candidate: Candidate, to_epoch: int) -> TrainJob:
         return TrainJob(

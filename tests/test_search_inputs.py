@@ -182,33 +182,37 @@ def test_option_values_that_start_with_a_dash_reach_their_checks():
         parser.parse_args(["--bud", "1cpu-h"])  # no prefix matching
 
 
-def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capfd):
+def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capsys):
     import logging
+    import sys
 
     from search.logs import route_library_logs
 
-    optuna_logger = logging.getLogger("optuna")  # other test modules lower Optuna's verbosity at import
-    level = optuna_logger.level
-    optuna_logger.setLevel(logging.INFO)
+    # Stand-ins for the libraries' own terminal handlers, writing to this test's stderr (the
+    # real ones keep whatever stream was current when an earlier test imported the library),
+    # and loggers open to INFO (other test modules lower Optuna's verbosity at import).
+    loggers = [logging.getLogger(name) for name in ("ray", "mlflow", "optuna")]
+    terminal = logging.StreamHandler(sys.stderr)
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.addHandler(terminal)
     try:
-        _route_twice(tmp_path, route_library_logs, capfd)
+        first = route_library_logs(tmp_path)
+        logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+        logging.getLogger("ray").warning("a warning still reaches the terminal")
+        (tmp_path / "other").mkdir()
+        second = route_library_logs(tmp_path / "other")  # a second search in this process: its own file only
+        logging.getLogger("optuna").info("A new study created")
     finally:
-        optuna_logger.setLevel(level)
-
-
-def _route_twice(tmp_path, route_library_logs, capfd):
-    import logging
-
-    first = route_library_logs(tmp_path)
-    logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
-    logging.getLogger("ray").warning("a warning still reaches the terminal")
-    (tmp_path / "other").mkdir()
-    second = route_library_logs(tmp_path / "other")  # a second search in this process: its own file only
-    logging.getLogger("optuna").info("A new study created")
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(terminal)
+            logger.setLevel(level)
     assert "Creating initial MLflow database tables" in first.read_text()
     assert "A new study created" in second.read_text() and "A new study created" not in first.read_text()
-    err = capfd.readouterr().err
-    assert "Creating initial" not in err and "a warning still reaches the terminal" in err
+    err = capsys.readouterr().err
+    assert "Creating initial" not in err and "A new study" not in err
+    assert "a warning still reaches the terminal" in err
 
 
 def test_generated_study_names_are_valid_whatever_the_space_file_is_called():

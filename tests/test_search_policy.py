@@ -201,6 +201,19 @@ def test_budget_is_a_hard_cap_with_priors(tmp_path, capsys):
     assert "the budget is spent" in capsys.readouterr().out
 
 
+def test_candidates_the_budget_cannot_measure_end_as_not_trained(tmp_path, capsys):
+    """Counts that cost far more than their prior leave nothing for the measurements: the
+    search ends, and no trial is left RUNNING behind it."""
+    jobs = FakeJobs()
+    count = jobs.count
+    jobs.count = lambda job: {**count(job), "wall_seconds": 500.0}
+    study = run_in_process(tmp_path, jobs, budget="600cpu-s", epochs=1)
+    assert study.trials and not jobs.trained
+    assert all(t.state == TrialState.FAIL and "not_trained" in t.user_attrs for t in study.trials)
+    assert any("the budget ran out before its measure job" in t.user_attrs["not_trained"] for t in study.trials)
+    assert "not trained, the budget ran out before its measure job" in capsys.readouterr().out
+
+
 def test_a_second_study_reuses_trainings_of_the_same_recipe(tmp_path, capsys):
     jobs = FakeJobs()
     run_in_process(tmp_path, jobs, space="table5", epochs=1, budget="1000000cpu-s")
