@@ -6,22 +6,16 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+import clusters
+
 from search.orchestrator import Search
 from search.settings import build_settings
 
 
 @pytest.fixture()
 def two_nodes():
-    """A head node that measures (``bench``) and a worker node, one CPU each."""
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"bench": 1}))
-    worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    head_id = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("bench"))
-    worker_id = next(n["NodeID"] for n in ray.nodes() if n["NodeID"] != head_id)
-    yield cluster, head_id, worker_id, worker
-    ray.shutdown()
-    cluster.shutdown()
+    with clusters.two_nodes() as nodes:
+        yield nodes
 
 
 @pytest.mark.slow

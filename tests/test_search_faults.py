@@ -16,6 +16,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+import clusters
+
 from search import outbox
 from search.faults import NON_FINITE, OUT_OF_MEMORY, WORKER_LOST, RetryPolicy, failure_reason
 from search.lease import LEASE_ATTR, Lease, LeaseHeld
@@ -196,20 +198,10 @@ def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path)
 def cluster():
     """A head node that measures (``bench``) and a worker node, one CPU each; their workers
     import ``fault_trainers`` from this folder."""
-    import ray
-    from ray.cluster_utils import Cluster
-
     path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), path) if p)
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"bench": 1}))
-    worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    head_id = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("bench"))
-    worker_id = next(n["NodeID"] for n in ray.nodes() if n["NodeID"] != head_id)
-    yield cluster, head_id, worker_id, worker
-    ray.shutdown()
-    cluster.shutdown()
+    with clusters.two_nodes() as nodes:
+        yield nodes
     if path is None:
         del os.environ["PYTHONPATH"]
     else:
