@@ -495,24 +495,29 @@ class Search:
             return
         self.queues["train"].remove(candidate)
         self.unaffordable_in_a_row += 1
-        self.tally["unaffordable"] += 1
-        candidate.trial.set_user_attr("not_trained", f"its next rung would cost ~{estimate:.0f} {self.budget.kind}-s, "
-                                                     f"{max(self.ledger.left, 0):.0f} left")
-        self._say(f"[trial {candidate.number}] {candidate.arch}: not trained, the budget cannot pay its next rung "
-                  f"(~{estimate:.0f} of {max(self.ledger.left, 0):.0f} {self.budget.kind}-s left)")
-        self._close(candidate, state=TrialState.PRUNED if candidate.epochs_done else TrialState.FAIL)
+        left = max(self.ledger.left, 0)
+        kind = self.budget.kind
+        self._leave_untrained(candidate, f"its next rung would cost ~{estimate:.0f} {kind}-s, {left:.0f} left",
+                              f"the budget cannot pay its next rung (~{estimate:.0f} of {left:.0f} {kind}-s left)")
 
     def _give_up_queued(self) -> None:
         """Nothing runs and nothing more can start: the candidates still queued for a count, a
         measurement or a rung end as not trained, so no trial outlives its search as RUNNING."""
+        left = max(self.ledger.left, 0)
         for kind, queue in self.queues.items():
             for candidate in list(queue):
                 queue.remove(candidate)
-                candidate.trial.set_user_attr("not_trained", f"the budget ran out before its {kind} job "
-                                                             f"({max(self.ledger.left, 0):.0f} {self.budget.kind}-s left)")
-                self._say(f"[trial {candidate.number}] {candidate.arch}: not trained, the budget ran out before "
-                          f"its {kind} job")
-                self._close(candidate, state=TrialState.PRUNED if candidate.epochs_done else TrialState.FAIL)
+                self._leave_untrained(candidate, f"the budget ran out before its {kind} job "
+                                                 f"({left:.0f} {self.budget.kind}-s left)",
+                                      f"the budget ran out before its {kind} job")
+
+    def _leave_untrained(self, candidate: Candidate, why: str, line: str) -> None:
+        """End a trial the budget cannot carry further: its reason recorded, counted among
+        those left untrained for budget, stopped (PRUNED) if it has a rung, else FAIL."""
+        self.tally["unaffordable"] += 1
+        candidate.trial.set_user_attr("not_trained", why)
+        self._say(f"[trial {candidate.number}] {candidate.arch}: not trained, {line}")
+        self._close(candidate, state=TrialState.PRUNED if candidate.epochs_done else TrialState.FAIL)
 
     def _train_job(self, candidate: Candidate, to_epoch: int) -> TrainJob:
         return TrainJob(
