@@ -12,7 +12,10 @@ cost. Both share :class:`Placement`, the one rule of where work may go:
   measurement is never starved - but every other node goes on training (a measurement
   blocks only its own node);
 * training and counting fill the other slots: ``cpus // cpus_per_trial`` per node for CPU
-  budgets, ``gpus * trials_per_device`` for GPU budgets.
+  budgets, ``gpus * trials_per_device`` for GPU budgets;
+* a count (a fraction of a second on shapes only) may take a free slot of a node waiting to
+  measure: the next candidate is then ready to measure as soon as the current one is done
+  (Ray's resource requests keep it from ever running beside the measurement).
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ class Placement:
             free = [n for n in self.nodes.values() if n.bench and self.measuring[n.id] == 0]
         else:
             free = [n for n in self.nodes.values()
-                    if self.measuring[n.id] == 0 and self.work[n.id] < n.slots]
+                    if (kind == "count" or self.measuring[n.id] == 0) and self.work[n.id] < n.slots]
         if not free:
             return None
         # Work goes where the most slots are free; measurements to the least busy bench node.

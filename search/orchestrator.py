@@ -293,15 +293,21 @@ class Search:
             self._dispatch()
 
     def _may_ask(self) -> bool:
-        """A new trial only when a training slot would be idle without it, and it can afford
-        at least its count and measurement."""
+        """A new trial while fewer candidates wait for their first rung than there are training
+        slots, and it can afford at least its count and measurement.
+
+        Asking a slot's worth ahead lets measurements run back to back while the node is
+        drained for one, and leaves a measured candidate ready for every slot that frees:
+        asking only for an idle slot trained one proxy at a time on a single node (each
+        measurement waits for the other training to end, then its own training starts alone).
+        """
         if self.exhausted or self.unaffordable_in_a_row >= MAX_UNAFFORDABLE_IN_A_ROW:
             return False
         if self.space.fixed_points and not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return False
         if self.settings.max_trials is not None and self.tally["trained"] + self._before_training() >= self.settings.max_trials:
             return False
-        if len(self.active) >= max(1, self.executor.placement.capacity):
+        if self._before_training() >= max(1, self.executor.placement.capacity):
             return False  # every slot already has a trial on its way
         estimate = 0.0 if self._next_is_cached_rerun() else (
             self.costs.count() * self.devices["count"] + self.costs.measure() * self.devices["measure"])

@@ -133,7 +133,11 @@ def test_resume_reruns_interrupted_trials_and_keeps_the_run(tmp_path):
     first_used, parent_id = budget_used(study), study.user_attrs[RUN_ID_ATTR]
     from space import get_space
 
-    crashed = study.ask()  # a trial the driver had started when it died
+    # A trial the driver had started when it died: another architecture than trial 0's, which
+    # the resume would rightly answer from the study instead of re-running it.
+    first = study.trials[0].params
+    study.enqueue_trial({**first, "merge": "patch" if first["merge"] == "dtm" else "dtm"})
+    crashed = study.ask()
     get_space("tiny").sample(crashed)
     assert main(["resume", "--study", "s", "--workdir", str(tmp_path)]) == 0
     study = load(settings)
