@@ -18,3 +18,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow (multi-process) tests first, the one with the most of them first, each
+    module kept whole (its Ray is set up once per xdist worker). The workers then start on the
+    long searches together and end on quick unit tests, instead of one worker finishing a long
+    search alone while the other idles."""
+    slow: dict[str, int] = {}
+    for item in items:
+        slow.setdefault(item.module.__name__, 0)
+        slow[item.module.__name__] += item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: -slow[item.module.__name__])  # stable: a module's own order is kept

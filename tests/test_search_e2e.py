@@ -14,6 +14,8 @@ from search.orchestrator import RUN_ID_ATTR, Search, SearchError, budget_used
 from search.settings import build_settings
 
 TrialState = optuna.trial.TrialState
+SPACE = str(Path(__file__).parent / "tiny32.yaml")
+pytestmark = pytest.mark.slow  # every test here starts Ray workers
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,7 +26,7 @@ def local_ray():
 
 
 def make_settings(workdir: Path, **changes):
-    options = dict(study="s", space="tiny", budget="900cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
+    options = dict(study="s", space=SPACE, budget="900cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
                    tracking_uri=None, workdir=str(workdir), sampler="random", epochs=1, seed=0, address=None,
                    data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=2,
                    measure_seconds=1.0)  # short measurements: these tests check the flow, not the figures
@@ -56,7 +58,7 @@ def test_two_trial_search_end_to_end(tmp_path, capsys):
     parent_id = study.user_attrs[RUN_ID_ATTR]
     client = MlflowClient(settings.tracking_uri)
     parent = client.get_run(parent_id)
-    assert parent.data.params["space"] == "tiny" and parent.data.params["budget"] == "900cpu-s"
+    assert parent.data.params["space"] == SPACE and parent.data.params["budget"] == "900cpu-s"
     assert "version.torch" in parent.data.params and parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"front.csv", "front.png"} <= artifacts
@@ -109,13 +111,13 @@ def test_an_architecture_is_never_trained_twice(tmp_path):
 
 
 def test_budget_stops_the_search(tmp_path, capsys):
-    settings = make_settings(tmp_path, budget="150cpu-s", max_trials=None)
+    settings = make_settings(tmp_path, budget="60cpu-s", max_trials=None)
     assert Search(settings).run() == 0
     study = load(settings)
     costs = [t.user_attrs["device_seconds"] for t in study.trials if "device_seconds" in t.user_attrs]
     used = budget_used(study)
     assert costs and used == pytest.approx(sum(costs))
-    assert used <= 150 * 1.1  # jobs start only when their (conservative) estimate fits
+    assert used <= 60 * 1.1  # jobs start only when their (conservative) estimate fits
     assert "the budget is spent" in capsys.readouterr().out
 
 
@@ -138,7 +140,7 @@ def test_resume_reruns_interrupted_trials_and_keeps_the_run(tmp_path):
     first = study.trials[0].params
     study.enqueue_trial({**first, "merge": "patch" if first["merge"] == "dtm" else "dtm"})
     crashed = study.ask()
-    get_space("tiny").sample(crashed)
+    get_space(SPACE).sample(crashed)
     assert main(["resume", "--study", "s", "--workdir", str(tmp_path)]) == 0
     study = load(settings)
     assert study.trials[crashed.number].state == TrialState.FAIL
@@ -202,7 +204,7 @@ def _start_search(tmp_path, *extra):
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "search", "run", "--study", "s", "--space", "tiny", "--dataset", "digits",
+    command = [sys.executable, "-m", "search", "run", "--study", "s", "--space", SPACE, "--dataset", "digits",
                "--target", "cpu:bs1:64", "--budget", "900cpu-s", "--sampler", "random", "--workdir", str(tmp_path),
                "--measure-seconds", "1", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -222,7 +224,6 @@ def _read_until(process, needle, seconds=240):
     return "".join(seen)
 
 
-@pytest.mark.slow
 def test_ctrl_c_after_a_rung_then_resume_continues_from_the_checkpoint(tmp_path, capsys):
     import signal
 
@@ -250,7 +251,6 @@ def test_ctrl_c_after_a_rung_then_resume_continues_from_the_checkpoint(tmp_path,
     assert MlflowClient(settings.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FINISHED"
 
 
-@pytest.mark.slow
 def test_a_second_driver_on_a_live_study_is_refused(tmp_path, capsys):
     import signal
 
