@@ -122,9 +122,14 @@ def try_submit(executor: Executor, job: Job) -> bool:
 # ---------------------------------------------------------------------- in process
 class InProcessExecutor:
     """Runs each job in the driver's process when submitted and reports it at its simulated
-    end time: ``duration(job, result)`` seconds after the later of its submission and the
-    clock. Events come back in simulated-time order, one at a time, so completions interleave
-    as they would on real workers (asynchronous promotion is testable)."""
+    end time, ``duration(job, result)`` seconds after it starts. Events come back in
+    simulated-time order, one at a time, so completions interleave as they would on real
+    workers (asynchronous promotion is testable).
+
+    A job starts when Ray would start it: at once, except that a measurement (which asks for
+    every core of its node) starts when the jobs already on its node have ended, and nothing
+    starts on a node while a measurement runs there.
+    """
 
     def __init__(self, nodes: Iterable[Node], runners: dict[str, Callable[[Job], dict[str, Any]]] | None = None,
                  duration: Callable[[Job, dict[str, Any]], float] | None = None,
@@ -136,7 +141,7 @@ class InProcessExecutor:
         self.runners = runners or RUNNERS
         self.duration = duration or (lambda job, result: float(result.get("wall_seconds", 1.0)))
         self.clock = 0.0
-        self._queue: list[tuple[float, int, Event, float]] = []
+        self._queue: list[tuple[float, int, Event, float, float]] = []  # (end, order, event, submitted, start)
         self._order = itertools.count()
 
     def fingerprint(self, target_key: str) -> dict[str, str]:
@@ -150,23 +155,30 @@ class InProcessExecutor:
         except Exception as exc:  # noqa: BLE001 - reported as the job's failure, like a worker's
             result, error = None, f"{type(exc).__name__}: {exc}"
         seconds = self.duration(job, result or {})
+        start = self._start(job.kind, node)
         if result is not None:
-            result = {**result, "wall_seconds": seconds, "interval": (self.clock, self.clock + seconds), "node": node}
+            result = {**result, "wall_seconds": seconds, "interval": (start, start + seconds), "node": node}
         event = Event(job, result, error, node, submitted=time.time())
-        heapq.heappush(self._queue, (self.clock + seconds, next(self._order), event, self.clock))
+        heapq.heappush(self._queue, (start + seconds, next(self._order), event, self.clock, start))
+
+    def _start(self, kind: str, node: str) -> float:
+        here = [(start, end, event.job.kind) for end, _, event, _, start in self._queue if event.node == node]
+        if kind == "measure":
+            return max([self.clock] + [end for _, end, _ in here])
+        return max([self.clock] + [end for start, end, k in here if k == "measure" and start <= self.clock])
 
     def wait(self) -> list[Event]:
-        end, _, event, _ = heapq.heappop(self._queue)
+        end, _, event, _, _ = heapq.heappop(self._queue)
         self.clock = max(self.clock, end)
         self.placement.end(event.job.kind, event.node)
         return [event]
 
     def running(self) -> list[Job]:
-        return [event.job for _, _, event, _ in self._queue]
+        return [event.job for _, _, event, _, _ in self._queue]
 
     def cancel_all(self) -> list[tuple[Job, float]]:
-        cancelled = [(event.job, self.clock - started) for _, _, event, started in self._queue]
-        for _, _, event, _ in self._queue:
+        cancelled = [(event.job, self.clock - submitted) for _, _, event, submitted, _ in self._queue]
+        for _, _, event, _, _ in self._queue:
             self.placement.end(event.job.kind, event.node)
         self._queue.clear()
         return cancelled

@@ -13,6 +13,7 @@ included - is charged to the trial it ran for.
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 import warnings
@@ -40,6 +41,7 @@ from .target import parse_target
 from .tracking import StudyTracker
 
 MAX_CONSECUTIVE_DUPLICATES = 200
+UNSEEN_AFTER_DUPLICATES = 3  # known architectures proposed in a row before one is drawn among the unseen
 MAX_UNAFFORDABLE_IN_A_ROW = 10
 IMAGEFOLDER_GPU_WORKERS = 3  # JPEG decoding processes per GPU training on an image folder
 TrialState = optuna.trial.TrialState
@@ -125,6 +127,7 @@ class Search:
         self.duplicates_in_a_row = 0
         self.unaffordable_in_a_row = 0
         self.exhausted = False
+        self._grid: list[tuple[dict[str, Any], str]] | None = None  # a finite space's (params, arch id), once needed
         self.tally = dict(trained=0, duplicates=0, reruns=0, infeasible=0, stopped=0, completed=0, failed=0,
                           unaffordable=0, reused=0)
 
@@ -377,7 +380,32 @@ class Search:
         for name, value in (done[0].constraints if done else {}).items():
             trial.set_constraint(name, value)
         self.study.tell(trial, state=TrialState.PRUNED)
+        if self.duplicates_in_a_row % UNSEEN_AFTER_DUPLICATES == 0 and not self.exhausted:
+            self._enqueue_unseen(trial.number)
         return True
+
+    def _enqueue_unseen(self, number: int) -> None:
+        """A sampler that keeps proposing known architectures of a finite space is handed an
+        unseen one, drawn at random (seeded), as its next trial.
+
+        Duplicates are answered as PRUNED without values, so a model-based sampler (GP above
+        all, and any sampler once MO-ASHA has stopped the architectures it likes) learns nothing
+        from them and proposes the same points again; left alone it would end the search as
+        'exhausted' with most of a small space untried and the budget unspent.
+        """
+        if self.space.fixed_points or self.space.size() == float("inf"):
+            return
+        if self._grid is None:
+            self._grid = list(zip(self.space.grid_params(), map(self._arch_id, self.space.enumerate())))
+        seen = {t.user_attrs.get("arch_id") for t in self.study.get_trials(deepcopy=False)}
+        seen |= {c.arch for c in self.active.values()}
+        unseen = [params for params, arch in self._grid if arch not in seen]
+        if not unseen:
+            return
+        params = random.Random(self.settings.seed * 1_000_003 + number).choice(unseen)
+        self.study.enqueue_trial(params, user_attrs={"drawn_unseen": True})
+        self._say(f"[trial {number}] {UNSEEN_AFTER_DUPLICATES} known architectures proposed in a row: "
+                  f"the next trial is an unseen one, drawn at random")
 
     def _evaluated(self, trial: optuna.trial.FrozenTrial) -> bool:
         """Whether the study has this trial's verdict: an outcome, or a failure that would recur."""

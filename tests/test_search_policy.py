@@ -63,6 +63,16 @@ def test_placement_blocks_only_the_measuring_node():
     assert placement.place("train") == "head"
 
 
+def test_a_count_may_take_a_free_slot_of_a_node_waiting_to_measure_a_training_may_not():
+    placement = Placement([Node("local", 2, bench=True)])
+    placement.start("train", placement.place("train"))
+    placement.start("measure", placement.place("measure"))  # waits (in Ray) for the training's core
+    assert placement.place("train") is None  # the measurement is never starved by new training
+    assert placement.place("count") == "local"  # the next candidate gets ready to measure meanwhile
+    placement.start("count", "local")
+    assert placement.place("count") is None  # slots still bound what runs
+
+
 # ---------------------------------------------------------------------- the driver, in process
 def _figures(config: LITConfig) -> tuple[float, float, float]:
     """Made-up but architecture-dependent (params, flops, throughput)."""
@@ -223,3 +233,52 @@ def test_a_second_study_reuses_trainings_of_the_same_recipe(tmp_path, capsys):
     reused = [t for t in again.trials if t.user_attrs.get("training_reused_from") == "s"]
     assert len(reused) == 4 and all(t.user_attrs["seed"] == 0 and t.state == TrialState.COMPLETE for t in reused)
     assert "4 trainings reused from earlier studies" in capsys.readouterr().out
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_both_slots_of_a_single_node_train_while_measurements_run_alone(tmp_path):
+    """Candidates are asked a slot's worth ahead: on one two-slot node, measurements run back
+    to back on the drained node and then two proxies train at once (asking only for an idle
+    slot trained one at a time there)."""
+    import hashlib
+
+    jobs = FakeJobs()
+    train = jobs.train
+
+    def uneven(job):  # trainings of different lengths, as real ones are
+        result = train(job)
+        return {**result, "wall_seconds": result["wall_seconds"] * (1 + hashlib.sha256(job.proxy_json.encode()).digest()[0] / 64)}
+
+    jobs.train = uneven
+    study = run_in_process(tmp_path, jobs, scheduler="full", epochs=3, max_trials=8)
+    trained = [t for t in study.trials if t.user_attrs.get("train_intervals")]
+    trains = [tuple(i[:2]) for t in trained for i in t.user_attrs["train_intervals"]]
+    measures = [tuple(t.user_attrs["measure_interval"][:2]) for t in trained]
+    assert len(trained) == 8
+    assert all(any(_overlap(a, b) for b in trains[:i] + trains[i + 1:]) for i, a in enumerate(trains))
+    assert not any(_overlap(a, b) for i, a in enumerate(measures) for b in measures[i + 1:])
+    assert not any(_overlap(m, t) for m in measures for t in trains)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # PartialFixedSampler
+def test_a_sampler_stuck_on_known_architectures_is_handed_unseen_ones(tmp_path, monkeypatch, capsys):
+    """A sampler that proposes one architecture over and over (as GP does once MO-ASHA stopped
+    what it likes) still gets the whole finite space evaluated instead of an 'exhausted' search."""
+    from space import get_space
+
+    import search.orchestrator as orchestrator
+
+    space = get_space("tiny")
+    stuck = space.grid_params()[0]
+    monkeypatch.setattr(orchestrator, "make_sampler", lambda name, seed: optuna.samplers.PartialFixedSampler(
+        stuck, optuna.samplers.RandomSampler(seed=seed)))
+    study = run_in_process(tmp_path, FakeJobs(epoch_seconds=1.0), scheduler="full", epochs=1)
+    evaluated = {t.user_attrs["arch_id"] for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(evaluated) == space.size()
+    assert sum(1 for t in study.trials if t.user_attrs.get("drawn_unseen")) == space.size() - 1
+    duplicates = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert all(t.params == stuck and t.state == TrialState.PRUNED for t in duplicates)
+    assert "known architectures proposed in a row: the next trial is an unseen one" in capsys.readouterr().out
