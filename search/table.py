@@ -91,6 +91,10 @@ def export_table(study: optuna.Study, settings, fingerprint: dict[str, str]) -> 
     ``settings``: the study's :class:`~search.settings.SearchSettings`; ``fingerprint``: the
     device and library versions the throughputs were measured under.
     """
+    # A re-run of an interrupted trial takes its throughput from the cache: its measurement's
+    # seconds are those of the trial that measured the architecture.
+    measured = {t.user_attrs["arch_id"]: t.user_attrs["measure_interval"][:2]
+                for t in study.get_trials(deepcopy=False) if t.user_attrs.get("measure_interval")}
     rows = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         attrs = trial.user_attrs
@@ -98,7 +102,7 @@ def export_table(study: optuna.Study, settings, fingerprint: dict[str, str]) -> 
         if len(accuracies) != settings.epochs:
             continue  # a training reused from another recipe would not be this table's
         start, end = attrs["train_intervals"][-1][:2]
-        measure_start, measure_end = attrs["measure_interval"][:2]
+        measure_start, measure_end = measured[attrs["arch_id"]]
         rows.append(Row(
             arch_id=attrs["arch_id"], summary=attrs["summary"], config=attrs["config"], params=int(attrs["params"]),
             flops=int(attrs["flops"]), throughput=float(attrs["throughput"]),
@@ -147,8 +151,8 @@ def export_study(study_name: str, storage_url: str, workdir: Path, out: Path) ->
     """
     from .cache import CACHE_FILE, ThroughputCache
     from .measuring import measuring_fingerprint
-    from .orchestrator import SETTINGS_ATTR, open_study
     from .settings import SearchSettings
+    from .studies import SETTINGS_ATTR, open_study
 
     study = open_study(storage_url, study_name)
     if SETTINGS_ATTR not in study.user_attrs:

@@ -195,3 +195,45 @@ def test_export_reads_a_recording_study_into_rows(table):
     assert (got.count_seconds, got.measure_seconds, got.epoch_seconds) == (1.25, 4.0, 18.0 / EPOCHS)
     assert exported.meta["machine"]["device"] == "cpu-x" and exported.meta["measurement_versions"] == {"torch": "9"}
     assert exported.meta["versions"]["optuna"] == optuna.__version__
+
+
+def test_bench_table_exports_the_recording_study_of_a_work_directory(table, tmp_path, capsys):
+    """``search bench-table`` on a real sqlite study: a re-run of an interrupted trial took its
+    throughput from the cache, so its measurement seconds are those of the trial that measured."""
+    import optuna
+
+    from search.cache import CACHE_FILE, ThroughputCache
+    from search.cli import main
+    from search.measuring import measuring_fingerprint
+    from search.settings import build_settings
+    from search.studies import SETTINGS_ATTR
+
+    target = "cpu:bs1:224:fp32:t1"
+    settings = build_settings(study="rec", space="bench", budget="1cpu-h", dataset="digits", target=target,
+                              storage=None, tracking_uri=None, workdir=str(tmp_path), sampler="random",
+                              epochs=EPOCHS, seed=0, address=None, data_root=None, trials_per_device=1,
+                              cpus_per_trial=1, max_trials=None)
+    study = optuna.create_study(study_name="rec", storage=settings.storage, directions=["maximize", "maximize"])
+    study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+    here = measuring_fingerprint(target)
+    cache = ThroughputCache(tmp_path / CACHE_FILE)
+    row = _row(table)
+    figures = dict(arch_id=row.arch_id, summary=row.summary, config=row.config, params=row.params, flops=row.flops,
+                   throughput=row.throughput, throughput_spread=row.throughput_spread, costs={"count": 1.0})
+    interrupted = study.ask()
+    for key, value in {**figures, "measure_interval": [50.0, 53.0, "node"], "interrupted": True}.items():
+        interrupted.set_user_attr(key, value)
+    study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
+    rerun = study.ask()
+    for key, value in {**figures, "epoch_accuracies": list(row.epoch_accuracies),
+                       "train_intervals": [[60.0, 78.0, "node"]], "rerun_of": interrupted.number}.items():
+        rerun.set_user_attr(key, value)
+    study.tell(rerun, [row.epoch_accuracies[-1], row.throughput])
+    cache.put(row.arch_id, target, dict(throughput=row.throughput, throughput_spread=row.throughput_spread,
+                                        measurement=dict(device_name=here["device_name"],
+                                                         versions={k: v for k, v in here.items() if k != "device_name"})))
+    out = tmp_path / "table.json.gz"
+    assert main(["bench-table", "--study", "rec", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    assert "1 architectures of space bench" in capsys.readouterr().out
+    [got] = BenchTable.load(out).rows
+    assert got.arch_id == row.arch_id and got.measure_seconds == 3.0 and got.epoch_seconds == 18.0 / EPOCHS
