@@ -63,14 +63,10 @@ def _bench_table(args: argparse.Namespace) -> int:
 def _bench_strategies(args: argparse.Namespace) -> int:
     from .budget import parse_budget
     from .settings import SAMPLERS  # imports MLflow: only when this command runs
-    from .strategies import BASELINE, bench_strategies, default_processes
+    from .strategies import bench_strategies, default_processes
 
     samplers = _names(args.samplers, SAMPLERS, "--samplers")
     schedulers = _names(args.schedulers, SCHEDULERS, "--schedulers")
-    if BASELINE.sampler not in samplers or BASELINE.scheduler not in schedulers:  # checked before minutes of replays
-        raise ValueError(f"--samplers {args.samplers!r} with --schedulers {args.schedulers!r} leave out the baseline "
-                         f"{BASELINE.name} every strategy is measured against: keep '{BASELINE.sampler}' in --samplers "
-                         f"and '{BASELINE.scheduler}' in --schedulers")
     for name, value in (("seeds", args.seeds), ("workers", args.workers), ("processes", args.processes or 1)):
         if value < 1:
             raise ValueError(f"--{name} {value} is invalid: expected a positive integer")

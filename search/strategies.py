@@ -23,6 +23,8 @@ from .replay import Curve, Strategy, TableJobs, replay
 from .table import BenchTable
 
 BASELINE = Strategy("random", "full")
+NO_BASELINE = (f"the baseline {BASELINE.name} every strategy is measured against is left out: keep "
+               f"'{BASELINE.sampler}' in --samplers and '{BASELINE.scheduler}' in --schedulers")
 GRID_POINTS = 101  # budget fractions 0, 1%, ..., 100% at which curves are compared
 DEFAULT_BUDGET_SHARE = 0.25  # of the cost of training the whole table at full fidelity
 
@@ -107,8 +109,7 @@ def baseline_target(curves: Sequence[Curve]) -> float:
     """The median final hypervolume of full-fidelity random search."""
     finals = [c.points[-1][1] for c in curves if c.strategy == BASELINE.name]
     if not finals:
-        raise ValueError(f"the baseline {BASELINE.name} was not replayed: keep 'random' in --samplers and 'full' in "
-                         "--schedulers")
+        raise ValueError(NO_BASELINE)
     return float(np.median(finals))
 
 
@@ -224,6 +225,8 @@ def bench_strategies(table_path: Path, samplers: Sequence[str], schedulers: Sequ
     budget = budget or default_budget(table, workers)
     budget_seconds = parse_budget(budget).seconds
     strategies = [Strategy(sampler, scheduler) for sampler in samplers for scheduler in schedulers]
+    if BASELINE not in strategies:  # refused before minutes of replays, not after
+        raise ValueError(NO_BASELINE)
     say(f"replaying {len(strategies)} strategies x {seeds} seeds on {table_path} ({len(table.rows)} architectures), "
         f"budget {budget} ({budget_seconds:.0f} cpu-s; the whole table at full fidelity costs "
         f"{table_cost(table, workers):.0f}), {workers} simulated workers, {processes} processes")

@@ -1,4 +1,5 @@
 """Shared test settings: quiet, offline, deterministic."""
+import collections
 import os
 
 import pytest
@@ -25,8 +26,5 @@ def pytest_collection_modifyitems(config, items):
     module kept whole (its Ray is set up once per xdist worker). The workers then start on the
     long searches together and end on quick unit tests, instead of one worker finishing a long
     search alone while the other idles."""
-    slow: dict[str, int] = {}
-    for item in items:
-        slow.setdefault(item.module.__name__, 0)
-        slow[item.module.__name__] += item.get_closest_marker("slow") is not None
+    slow = collections.Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.module.__name__])  # stable: a module's own order is kept

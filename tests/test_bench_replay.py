@@ -154,7 +154,7 @@ def test_bench_strategies_command_writes_the_report(table, tmp_path, capsys):
     (["--samplers", "random,cmaes"], "--samplers 'cmaes' is unknown"),
     (["--schedulers", "full,hyperband"], "--schedulers 'hyperband' is unknown"),
     (["--seeds", "0"], "--seeds 0 is invalid"),
-    (["--samplers", "gp"], "leave out the baseline random+full"),
+    (["--samplers", "gp"], "the baseline random+full every strategy is measured against is left out"),
     (["--budget", "1gpu-h"], "--budget '1gpu-h' is invalid"),
     (["--table", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
 ])
