@@ -23,9 +23,9 @@ def one_thread():
 
 def pytest_collection_modifyitems(config, items):
     """Modules with slow (multi-process) tests first, the one with the most of them first, each
-    module's tests together (its Ray is set up once per xdist worker that runs them). Note that
-    xdist's default ``load`` scheduling hands each worker a run of consecutive tests, so on two
-    workers this puts nearly every slow test on one of them (measured: 1,094 s against 303 s);
-    issue 14's branch ``ci`` moves to ``--dist=worksteal``."""
+    module's tests together (its module fixtures, a Ray instance or a shared search, are set up
+    once per xdist worker that runs them). xdist hands each worker a run of consecutive tests and
+    ``--dist=worksteal`` lets an idle worker take queued ones from a busy one: the workers start
+    on the long searches and end on quick unit tests, instead of one finishing alone."""
     slow = collections.Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.module.__name__])  # stable: a module's own order is kept

@@ -266,7 +266,8 @@ def test_separability_runs_on_the_engine_and_a_second_run_trains_nothing(tmp_pat
     import ray
 
     # One seed: two seeds' means and stds are test_a_two_row_recipe_runs_end_to_end_with_two_seeds's job.
-    common = ["--dataset", "digits", "--seeds", "1", "--epochs", "1", "--budget", "1cpu-h", "--workdir", str(tmp_path),
+    common = ["--dataset", "digits", "--seeds", "1", "--epochs", "1", "--budget", "1cpu-h", "--target", "cpu:bs1:64",
+              "--workdir", str(tmp_path),
               "--measure-seconds", "1"]
     try:
         code = separability.main([*common, "--study", "first"])

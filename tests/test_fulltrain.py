@@ -165,13 +165,13 @@ def test_ddp_on_two_cpu_processes_under_torchrun(export_dir, tmp_path):
                MLFLOW_DISABLE_TELEMETRY="true")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
                "-m", "search", "train", "--model", str(export_dir), "--dataset", "digits", "--epochs", "1",
-               "--batch-size", "16", "--img-size", "32", "--workers", "1", "--output", str(tmp_path / "ddp"),
+               "--batch-size", "32", "--img-size", "32", "--workers", "1", "--output", str(tmp_path / "ddp"),
                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / CHECKPOINT_FILE, weights_only=False)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert state["steps_per_epoch"] == 1437 // (16 * 2)  # DistributedSampler: each process half the images
+    assert state["steps_per_epoch"] == 1437 // (32 * 2)  # DistributedSampler: each process half the images
     assert state["rng"][0]["torch"].ne(state["rng"][1]["torch"]).any()  # own augmentation stream per process
     assert done.stdout.count("epoch 1/1: train loss") == 1  # one process reports
     model = timm.create_model(f"local-dir:{tmp_path / 'ddp' / 'model'}", pretrained=True)

@@ -24,7 +24,7 @@ def test_a_measurement_blocks_only_its_own_node(tmp_path, two_nodes):
     settings = build_settings(
         study="c", space="tiny", budget="100000cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
         tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=8, seed=0, address=None, data_root=None,
-        trials_per_device=1, cpus_per_trial=1, max_trials=3, scheduler="full",
+        trials_per_device=1, cpus_per_trial=1, max_trials=3, scheduler="full", measure_seconds=1.0,
     )
     # Trainings busy-wait one second per epoch: long enough for a measurement to happen beside one.
     assert Search(replace(settings, trainer="search.overhead:synthetic_train")).run() == 0

@@ -1,4 +1,5 @@
 """End-to-end searches on a real local Ray instance, a real Optuna storage and MLflow sqlite store."""
+import io
 from pathlib import Path
 
 import mlflow
@@ -15,6 +16,7 @@ from search.settings import build_settings
 
 TrialState = optuna.trial.TrialState
 SPACE = str(Path(__file__).parent / "tiny32.yaml")
+MAX_PARAMS = 1.45e6  # the tiny space has architectures on both sides
 pytestmark = pytest.mark.slow  # every test here starts Ray workers
 
 
@@ -44,12 +46,25 @@ def child_runs(settings, parent_id):
     return client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
-def test_two_trial_search_end_to_end(tmp_path, capsys):
-    settings = make_settings(tmp_path)
-    assert Search(settings).run() == 0
+@pytest.fixture(scope="module")
+def three_trials(tmp_path_factory):
+    """One search that trains three architectures under a constraint, read by the tests of what
+    every search leaves behind (its records, the order of its jobs, infeasible trials, status
+    and front): one search instead of one each."""
+    from search.constraints import Constraints
+
+    workdir = tmp_path_factory.mktemp("three")
+    settings = make_settings(workdir, max_trials=3, constraints=Constraints(max_params=MAX_PARAMS))
+    out = io.StringIO()
+    assert Search(settings, out=out).run() == 0
+    return settings, out.getvalue()
+
+
+def test_a_search_keeps_its_trials_runs_and_artifacts(three_trials):
+    settings, output = three_trials
     study = load(settings)
     trained = [t for t in study.trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
-    assert len(trained) == 2
+    assert len(trained) == 3
     for trial in trained:
         accuracy, throughput = trial.values
         assert 0 <= accuracy <= 100 and throughput > 0
@@ -62,20 +77,20 @@ def test_two_trial_search_end_to_end(tmp_path, capsys):
     assert "version.torch" in parent.data.params and parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"front.csv", "front.png"} <= artifacts
-    assert [m.step for m in client.get_metric_history(parent_id, "hypervolume")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(parent_id, "hypervolume")] == [1, 2, 3]
     children = child_runs(settings, parent_id)
-    assert len(children) == 2
-    assert {c.data.tags["arch_id"] for c in children} == {t.user_attrs["arch_id"] for t in trained}
-    assert all({o.name for o in OBJECTIVES} <= set(c.data.metrics) for c in children)
-    output = capsys.readouterr().out
-    assert "[trial 1] top-1" in output and "--max-trials 2 reached" in output
+    infeasible = [t for t in study.trials if t.user_attrs.get("infeasible")]
+    assert sorted(c.data.tags["status"] for c in children) == ["complete"] * 3 + ["infeasible"] * len(infeasible)
+    complete = [c for c in children if c.data.tags["status"] == "complete"]
+    assert {c.data.tags["arch_id"] for c in complete} == {t.user_attrs["arch_id"] for t in trained}
+    assert all({o.name for o in OBJECTIVES} <= set(c.data.metrics) for c in complete)
+    assert all(f"[trial {t.number}] top-1" in output for t in trained) and "--max-trials 3 reached" in output
 
 
-def test_measurements_run_alone_and_before_training(tmp_path):
+def test_measurements_run_alone_and_before_training(three_trials):
     """Two proxies may train at once on the two cores; each measurement runs with no training
     and no other measurement beside it, and before its own architecture trains."""
-    settings = make_settings(tmp_path, max_trials=3)
-    assert Search(settings).run() == 0
+    settings, _ = three_trials
     trained = [t for t in load(settings).trials if t.user_attrs.get("measure_interval")]
     assert len(trained) == 3
     trains = [i for t in trained for i in t.user_attrs["train_intervals"]]
@@ -84,6 +99,20 @@ def test_measurements_run_alone_and_before_training(tmp_path):
     assert not any(overlaps(a, b) for i, a in enumerate(measures) for b in measures[i + 1:])
     assert not any(overlaps(m, t) for m in measures for t in trains)
     assert all(t.user_attrs["measure_interval"][1] <= t.user_attrs["train_intervals"][0][0] for t in trained)
+
+
+def test_status_and_front_commands(three_trials, tmp_path, capsys):
+    settings, _ = three_trials
+    workdir = settings.workdir
+    assert main(["status", "--study", "s", "--workdir", workdir]) == 0
+    status = capsys.readouterr().out
+    assert "3 complete" in status and "budget: used" in status and "| trial | arch id |" in status
+    assert "rungs (epoch: reached / continued / stopped): 1: 3 / 0 / 0" in status
+    csv_path, png_path = tmp_path / "front.csv", tmp_path / "front.png"
+    assert main(["front", "--study", "s", "--workdir", workdir, "--csv", str(csv_path), "--plot", str(png_path)]) == 0
+    assert csv_path.read_text().splitlines()[0] == "trial,arch_id,accuracy,throughput,params,flops,summary"
+    assert png_path.read_bytes()[:4] == b"\x89PNG"
+    assert main(["status", "--study", "nope", "--workdir", workdir]) == 2
 
 
 def test_an_architecture_is_never_trained_twice(tmp_path):
@@ -110,15 +139,32 @@ def test_an_architecture_is_never_trained_twice(tmp_path):
     assert len(front_ids) == len(set(front_ids))
 
 
-def test_budget_stops_the_search(tmp_path, capsys):
-    settings = make_settings(tmp_path, budget="100cpu-s", max_trials=None)
-    assert Search(settings).run() == 0
+@pytest.fixture(scope="module")
+def mo_asha_under_budget(tmp_path_factory):
+    """A successive-halving search (rungs at epochs 1 and 3) that runs until its budget is spent."""
+    workdir = tmp_path_factory.mktemp("mo-asha")
+    settings = make_settings(workdir, budget="100cpu-s", epochs=3, scheduler="mo-asha", max_trials=None)
+    out = io.StringIO()
+    assert Search(settings, out=out).run() == 0
+    return settings, out.getvalue()
+
+
+def test_budget_stops_the_search(mo_asha_under_budget):
+    settings, output = mo_asha_under_budget
     study = load(settings)
     costs = [t.user_attrs["device_seconds"] for t in study.trials if "device_seconds" in t.user_attrs]
     used = budget_used(study)
     assert costs and used == pytest.approx(sum(costs))
     assert used <= 100 * 1.1  # jobs start only when their (conservative) estimate fits
-    assert "the budget is spent" in capsys.readouterr().out
+    assert "the budget is spent" in output
+
+
+def test_mo_asha_search_stops_trials_and_fronts_only_top_rung_trials(mo_asha_under_budget):
+    settings, _ = mo_asha_under_budget
+    study = load(settings)
+    stopped = [t for t in study.trials if "stopped_at" in t.user_attrs]
+    assert stopped and all(t.user_attrs["stopped_at"] == 1 and t.state == TrialState.PRUNED for t in stopped)
+    assert study.best_trials and all(t.user_attrs["epochs_done"] == 3 for t in study.best_trials)
 
 
 def test_a_tiny_budget_runs_nothing(tmp_path, capsys):
@@ -129,19 +175,30 @@ def test_a_tiny_budget_runs_nothing(tmp_path, capsys):
 
 
 def test_resume_reruns_interrupted_trials_and_keeps_the_run(tmp_path):
-    settings = make_settings(tmp_path, max_trials=1)
-    assert Search(settings).run() == 0
-    study = load(settings)
-    first_used, parent_id = budget_used(study), study.user_attrs[RUN_ID_ATTR]
+    """Resumed from a copy of the work directory (moved to another disk or machine): the copy's
+    storage and MLflow store carry on, the original's are never written."""
+    import shutil
+
     from space import get_space
 
+    original, copy = tmp_path / "a", tmp_path / "b"
+    original.mkdir()
+    first = make_settings(original, max_trials=1)
+    assert Search(first).run() == 0
+    study = load(first)
+    first_used, parent_id = budget_used(study), study.user_attrs[RUN_ID_ATTR]
     # A trial the driver had started when it died: another architecture than trial 0's, which
     # the resume would rightly answer from the study instead of re-running it.
-    first = study.trials[0].params
-    study.enqueue_trial({**first, "merge": "patch" if first["merge"] == "dtm" else "dtm"})
+    params = study.trials[0].params
+    study.enqueue_trial({**params, "merge": "patch" if params["merge"] == "dtm" else "dtm"})
     crashed = study.ask()
     get_space(SPACE).sample(crashed)
-    assert main(["resume", "--study", "s", "--workdir", str(tmp_path)]) == 0
+    before = (len(load(first).trials), len(child_runs(first, parent_id)))
+    shutil.copytree(original, copy)
+    shutil.rmtree(original / "checkpoints", ignore_errors=True)
+    assert main(["resume", "--study", "s", "--workdir", str(copy)]) == 0
+    assert (len(load(first).trials), len(child_runs(first, parent_id))) == before  # the original is untouched
+    settings = make_settings(copy)
     study = load(settings)
     assert study.trials[crashed.number].state == TrialState.FAIL
     reruns = [t for t in study.trials if t.user_attrs.get("rerun_of") == crashed.number]
@@ -152,21 +209,6 @@ def test_resume_reruns_interrupted_trials_and_keeps_the_run(tmp_path):
     children = child_runs(settings, parent_id)  # the first trial, the crashed one (interrupted), its re-run
     assert sorted(c.data.tags["status"] for c in children) == ["complete", "complete", "interrupted"]
     assert next(c for c in children if c.data.tags["status"] == "interrupted").data.tags["trial"] == str(crashed.number)
-
-
-def test_status_and_front_commands(tmp_path, capsys):
-    settings = make_settings(tmp_path, max_trials=2)
-    Search(settings).run()
-    capsys.readouterr()
-    assert main(["status", "--study", "s", "--workdir", str(tmp_path)]) == 0
-    status = capsys.readouterr().out
-    assert "2 complete" in status and "budget: used" in status and "| trial | arch id |" in status
-    assert "rungs (epoch: reached / continued / stopped): 1: 2 / 0 / 0" in status
-    csv_path, png_path = tmp_path / "front.csv", tmp_path / "front.png"
-    assert main(["front", "--study", "s", "--workdir", str(tmp_path), "--csv", str(csv_path), "--plot", str(png_path)]) == 0
-    assert csv_path.read_text().splitlines()[0] == "trial,arch_id,accuracy,throughput,params,flops,summary"
-    assert png_path.read_bytes()[:4] == b"\x89PNG"
-    assert main(["status", "--study", "nope", "--workdir", str(tmp_path)]) == 2
 
 
 @pytest.mark.parametrize("option,value,needle", [
@@ -224,13 +266,22 @@ def _read_until(process, needle, seconds=240):
     return "".join(seen)
 
 
-def test_ctrl_c_after_a_rung_then_resume_continues_from_the_checkpoint(tmp_path, capsys):
+def test_a_second_driver_is_refused_and_ctrl_c_after_a_rung_resumes_from_the_checkpoint(tmp_path, capsys):
     import signal
 
     process = _start_search(tmp_path, "--epochs", "2", "--scheduler", "mo-asha", "--eta", "2", "--max-trials", "1")
-    seen = _read_until(process, "epochs 1->2")
-    process.send_signal(signal.SIGINT)
-    rest, _ = process.communicate(timeout=120)
+    try:
+        seen = _read_until(process, "[trial 0] training")
+        assert "[trial 0] training" in seen, seen
+        capsys.readouterr()
+        assert main(["resume", "--study", "s", "--workdir", str(tmp_path)]) == 2  # the study has a live driver
+        err = capsys.readouterr().err.strip()
+        assert "being run by another driver" in err and "\n" not in err
+        assert not [t for t in load(make_settings(tmp_path)).trials if "rerun_of" in t.user_attrs]  # nothing touched
+        seen += _read_until(process, "epochs 1->2")
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
     assert process.returncode == 130, seen + rest
     assert "will continue on 'search resume'" in rest
     settings = make_settings(tmp_path)
@@ -249,43 +300,6 @@ def test_ctrl_c_after_a_rung_then_resume_continues_from_the_checkpoint(tmp_path,
     assert rerun.user_attrs["epoch_accuracies"][0] == interrupted[0].user_attrs["epoch_accuracies"][0]
     assert not list((tmp_path / "checkpoints").rglob("*.pt"))  # dropped once the trial ended
     assert MlflowClient(settings.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FINISHED"
-
-
-def test_a_second_driver_on_a_live_study_is_refused(tmp_path, capsys):
-    import signal
-
-    process = _start_search(tmp_path, "--epochs", "3", "--max-trials", "1")
-    try:
-        seen = _read_until(process, "[trial 0] training")
-        assert "[trial 0] training" in seen, seen
-        capsys.readouterr()
-        assert main(["resume", "--study", "s", "--workdir", str(tmp_path)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert "being run by another driver" in err and "\n" not in err
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=120)
-    study = load(make_settings(tmp_path))
-    assert not [t for t in study.trials if "rerun_of" in t.user_attrs]  # the refused driver touched nothing
-
-
-def test_resume_of_a_copied_workdir_writes_to_the_copy(tmp_path):
-    import shutil
-
-    original, copy = tmp_path / "a", tmp_path / "b"
-    original.mkdir()
-    settings = make_settings(original, max_trials=1)
-    assert Search(settings).run() == 0
-    before = (len(load(settings).trials), len(child_runs(settings, load(settings).user_attrs[RUN_ID_ATTR])))
-    shutil.copytree(original, copy)
-    shutil.rmtree(original / "checkpoints", ignore_errors=True)
-    assert main(["resume", "--study", "s", "--workdir", str(copy)]) == 0
-    after = (len(load(settings).trials), len(child_runs(settings, load(settings).user_attrs[RUN_ID_ATTR])))
-    assert after == before  # the original folder is untouched
-    copied = make_settings(copy)
-    study = load(copied)
-    assert len(study.trials) > before[0]
-    assert len(child_runs(copied, study.user_attrs[RUN_ID_ATTR])) > before[1]
 
 
 def test_a_crashing_search_fails_its_mlflow_run(tmp_path):
@@ -314,27 +328,15 @@ def test_the_cli_turns_a_failed_search_into_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "search: error: 3 trials failed in a row; last error: boom\n"
 
 
-def test_mo_asha_search_stops_trials_and_fronts_only_top_rung_trials(tmp_path):
-    settings = make_settings(tmp_path, epochs=3, scheduler="mo-asha", max_trials=5)
-    assert Search(settings).run() == 0
-    study = load(settings)
-    stopped = [t for t in study.trials if "stopped_at" in t.user_attrs]
-    assert stopped and all(t.user_attrs["stopped_at"] == 1 and t.state == TrialState.PRUNED for t in stopped)
-    assert study.best_trials and all(t.user_attrs["epochs_done"] == 3 for t in study.best_trials)
-
-
-def test_constraints_make_architectures_infeasible_and_untrained(tmp_path):
-    from search.constraints import Constraints
-
-    settings = make_settings(tmp_path, max_trials=3, constraints=Constraints(max_params=1.45e6))
-    assert Search(settings).run() == 0
+def test_constraints_make_architectures_infeasible_and_untrained(three_trials):
+    settings, _ = three_trials
     study = load(settings)
     infeasible = [t for t in study.trials if t.user_attrs.get("infeasible")]
-    assert infeasible, "the tiny space has architectures above 1.45M params"
+    assert infeasible, f"the tiny space has architectures above {MAX_PARAMS:.3g} params"
     for trial in infeasible:
-        assert trial.user_attrs["params"] > 1.45e6 and trial.constraints["max_params"] > 0
+        assert trial.user_attrs["params"] > MAX_PARAMS and trial.constraints["max_params"] > 0
         assert "train_intervals" not in trial.user_attrs and "measure_interval" not in trial.user_attrs
-    assert all(t.user_attrs["params"] <= 1.45e6 for t in study.best_trials)
+    assert all(t.user_attrs["params"] <= MAX_PARAMS for t in study.best_trials)
 
 
 def test_fixed_point_study_evaluates_every_point_once(tmp_path):

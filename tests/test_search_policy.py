@@ -1,7 +1,8 @@
 """The driver's policies on an in-process executor: promotion, constraints, budget, dedupe.
 
 Jobs run in the test process on a simulated clock with made-up figures, so each search
-takes well under a second of training; the storage (sqlite) and MLflow store are real.
+takes well under a second of training; the storage (sqlite) is real, and the driver reports
+to an in-memory tracker (the MLflow records are the end-to-end tests' subject).
 """
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from search.constraints import Constraints
 from search.executor import InProcessExecutor, Node, Placement
 from search.measuring import measuring_fingerprint
 from search.orchestrator import Search, budget_used
+from search.replay import ProgressRecorder
 from search.scheduler import MOASHA, Decision, RungResult, promotion_order
 from search.settings import build_settings
 
@@ -124,7 +126,8 @@ def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, **changes) ->
         return InProcessExecutor([Node("local", slots, bench=True)], jobs.runners(),
                                  devices=dict(count=1.0, measure=2.0, train=1.0))
 
-    assert Search(settings, executor=executor).run() == 0
+    # The policies are the subject here, not the records: MLflow's runs are the end-to-end tests' job.
+    assert Search(settings, executor=executor, tracker=ProgressRecorder()).run() == 0
     return optuna.load_study(study_name=settings.study, storage=settings.storage)
 
 
@@ -209,6 +212,23 @@ def test_budget_is_a_hard_cap_with_priors(tmp_path, capsys):
     assert budget_used(study) <= 1.0
     assert not jobs.trained
     assert "the budget is spent" in capsys.readouterr().out
+
+
+def test_a_capped_measurement_lowers_the_first_measurements_prior(tmp_path):
+    """Before any job has finished, a count and a measurement are assumed to take 20 and 30
+    seconds (the measurement holding both cores: 80 cpu-s); with ``--measure-seconds 1`` the
+    measurement is assumed to take 2 x 1 + 10 s, so a 60 cpu-s budget can start a search that
+    the uncapped prior could not."""
+    from search.budget import PRIOR_MEASURE_SECONDS, measure_prior
+
+    assert measure_prior(None) == PRIOR_MEASURE_SECONDS and measure_prior(1.0) == 12.0
+    assert measure_prior(100.0) == PRIOR_MEASURE_SECONDS  # a prior only ever falls below the default
+    (tmp_path / "uncapped").mkdir()
+    (tmp_path / "capped").mkdir()
+    uncapped = run_in_process(tmp_path / "uncapped", FakeJobs(), budget="60cpu-s", epochs=1)
+    assert not uncapped.trials and budget_used(uncapped) == 0
+    capped = run_in_process(tmp_path / "capped", FakeJobs(), budget="60cpu-s", epochs=1, measure_seconds=1.0)
+    assert capped.trials and 0 < budget_used(capped) <= 60
 
 
 def test_candidates_the_budget_cannot_measure_end_as_not_trained(tmp_path, capsys):
