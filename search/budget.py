@@ -53,16 +53,6 @@ def parse_budget(text: str) -> Budget:
 PRIOR_EPOCH_SECONDS_PER_GFLOP_KIMAGE = {"cpu": 1000.0, "gpu": 20.0}
 PRIOR_MEASURE_SECONDS = 30.0
 PRIOR_COUNT_SECONDS = 20.0
-# A measurement capped at ``max_seconds`` (``--measure-seconds``) warms up for at most that long
-# and times for at most that long again; building the network and its first call come on top.
-PRIOR_MEASURE_SETUP_SECONDS = 10.0
-
-
-def measure_prior(max_seconds: float | None) -> float:
-    """Seconds a first measurement is assumed to take, before any has finished."""
-    if max_seconds is None:
-        return PRIOR_MEASURE_SECONDS
-    return min(PRIOR_MEASURE_SECONDS, 2 * max_seconds + PRIOR_MEASURE_SETUP_SECONDS)
 
 
 class CostModel:
@@ -74,11 +64,10 @@ class CostModel:
     FLOPs are the full-size count scaled by ``proxy_scale`` (width_mult^2 x resolution^2 ratio:
     the proxy has the same structure), so nothing is counted twice.
     Measurements and counts are charged the largest cost seen so far. Until a kind of job has
-    finished once, a conservative prior applies (a measurement's follows its cap,
-    ``measure_seconds``: a one-second cap need not wait for a budget that pays for thirty).
+    finished once, a conservative prior applies.
     """
 
-    def __init__(self, kind: str, train_images: int, proxy_scale: float, measure_seconds: float | None = None) -> None:
+    def __init__(self, kind: str, train_images: int, proxy_scale: float) -> None:
         self.kind = kind
         self.kimages = max(train_images, 1) / 1000.0
         self.proxy_scale = proxy_scale
@@ -86,7 +75,7 @@ class CostModel:
         self._train_seconds = 0.0
         self._flops_sum = 0.0
         self._flops_n = 0
-        self._measure = measure_prior(measure_seconds)
+        self._measure = PRIOR_MEASURE_SECONDS
         self._measured_once = False
         self._count = PRIOR_COUNT_SECONDS
         self._counted_once = False

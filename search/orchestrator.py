@@ -207,8 +207,7 @@ class Search:
         self.fingerprint = self.executor.fingerprint(self.target.key)
         proxy = self.space.proxy
         self.costs = CostModel(self.budget.kind, _train_images(self.settings),
-                               proxy.width_mult ** 2 * (proxy.img_size / self.target.img_size) ** 2,
-                               self.settings.measure_seconds)
+                               proxy.width_mult ** 2 * (proxy.img_size / self.target.img_size) ** 2)
         self.ledger = Ledger(self.budget, budget_used(self.study))
         self._learn_costs()
         self._rebuild_rungs()

@@ -140,13 +140,12 @@ def _search_command(workdir: Path, *args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path):
-    budget = 100  # a first count and 1 s measurement are assumed to cost 20 + 2 x 12 cpu-s; then room for re-runs
+    budget = 130  # the priors of a first count and measurement alone are 80 cpu-s
     # The tool starts its own Ray (and must take it down): never a cluster an earlier test left in the environment.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(
         _search_command(tmp_path, "run", "--study", "k", "--space", SPACE, "--dataset", "digits", "--target",
-                        "cpu:bs1:64", "--budget", f"{budget}cpu-s", "--sampler", "random", "--epochs", "1",
-                        "--measure-seconds", "1"),
+                        "cpu:bs1:64", "--budget", f"{budget}cpu-s", "--sampler", "random", "--epochs", "1"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seen = []
     deadline = time.monotonic() + 300

@@ -214,23 +214,6 @@ def test_budget_is_a_hard_cap_with_priors(tmp_path, capsys):
     assert "the budget is spent" in capsys.readouterr().out
 
 
-def test_a_capped_measurement_lowers_the_first_measurements_prior(tmp_path):
-    """Before any job has finished, a count and a measurement are assumed to take 20 and 30
-    seconds (the measurement holding both cores: 80 cpu-s); with ``--measure-seconds 1`` the
-    measurement is assumed to take 2 x 1 + 10 s, so a 60 cpu-s budget can start a search that
-    the uncapped prior could not."""
-    from search.budget import PRIOR_MEASURE_SECONDS, measure_prior
-
-    assert measure_prior(None) == PRIOR_MEASURE_SECONDS and measure_prior(1.0) == 12.0
-    assert measure_prior(100.0) == PRIOR_MEASURE_SECONDS  # a prior only ever falls below the default
-    (tmp_path / "uncapped").mkdir()
-    (tmp_path / "capped").mkdir()
-    uncapped = run_in_process(tmp_path / "uncapped", FakeJobs(), budget="60cpu-s", epochs=1)
-    assert not uncapped.trials and budget_used(uncapped) == 0
-    capped = run_in_process(tmp_path / "capped", FakeJobs(), budget="60cpu-s", epochs=1, measure_seconds=1.0)
-    assert capped.trials and 0 < budget_used(capped) <= 60
-
-
 def test_candidates_the_budget_cannot_measure_end_as_not_trained(tmp_path, capsys):
     """Counts that cost far more than their prior leave nothing for the measurements: the
     search ends, and no trial is left RUNNING behind it."""
