@@ -139,32 +139,15 @@ def test_an_architecture_is_never_trained_twice(tmp_path):
     assert len(front_ids) == len(set(front_ids))
 
 
-@pytest.fixture(scope="module")
-def mo_asha_under_budget(tmp_path_factory):
-    """A successive-halving search (rungs at epochs 1 and 3) that runs until its budget is spent."""
-    workdir = tmp_path_factory.mktemp("mo-asha")
-    settings = make_settings(workdir, budget="100cpu-s", epochs=3, scheduler="mo-asha", max_trials=None)
-    out = io.StringIO()
-    assert Search(settings, out=out).run() == 0
-    return settings, out.getvalue()
-
-
-def test_budget_stops_the_search(mo_asha_under_budget):
-    settings, output = mo_asha_under_budget
+def test_budget_stops_the_search(tmp_path, capsys):
+    settings = make_settings(tmp_path, budget="100cpu-s", max_trials=None)
+    assert Search(settings).run() == 0
     study = load(settings)
     costs = [t.user_attrs["device_seconds"] for t in study.trials if "device_seconds" in t.user_attrs]
     used = budget_used(study)
     assert costs and used == pytest.approx(sum(costs))
     assert used <= 100 * 1.1  # jobs start only when their (conservative) estimate fits
-    assert "the budget is spent" in output
-
-
-def test_mo_asha_search_stops_trials_and_fronts_only_top_rung_trials(mo_asha_under_budget):
-    settings, _ = mo_asha_under_budget
-    study = load(settings)
-    stopped = [t for t in study.trials if "stopped_at" in t.user_attrs]
-    assert stopped and all(t.user_attrs["stopped_at"] == 1 and t.state == TrialState.PRUNED for t in stopped)
-    assert study.best_trials and all(t.user_attrs["epochs_done"] == 3 for t in study.best_trials)
+    assert "the budget is spent" in capsys.readouterr().out
 
 
 def test_a_tiny_budget_runs_nothing(tmp_path, capsys):
@@ -326,6 +309,15 @@ def test_the_cli_turns_a_failed_search_into_one_line(monkeypatch, capsys):
     monkeypatch.setattr(search.cli, "_run", crash)
     assert main(["run"]) == 1
     assert capsys.readouterr().err == "search: error: 3 trials failed in a row; last error: boom\n"
+
+
+def test_mo_asha_search_stops_trials_and_fronts_only_top_rung_trials(tmp_path):
+    settings = make_settings(tmp_path, epochs=3, scheduler="mo-asha", max_trials=5)
+    assert Search(settings).run() == 0
+    study = load(settings)
+    stopped = [t for t in study.trials if "stopped_at" in t.user_attrs]
+    assert stopped and all(t.user_attrs["stopped_at"] == 1 and t.state == TrialState.PRUNED for t in stopped)
+    assert study.best_trials and all(t.user_attrs["epochs_done"] == 3 for t in study.best_trials)
 
 
 def test_constraints_make_architectures_infeasible_and_untrained(three_trials):
