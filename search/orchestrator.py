@@ -787,6 +787,9 @@ class Search:
                 f"{t['infeasible']} infeasible, {t['duplicates']} duplicates answered from the study, "
                 f"{t['reruns']} interrupted trials re-run, {t['unaffordable']} left untrained for budget, "
                 f"{t['reused']} trainings reused from earlier studies")
+        queued = [w for w in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if "rerun_of" in w.user_attrs]
+        if queued:  # kept for a resume with more budget: a re-run keeps the trial's seed and checkpoint
+            line += f"\n{len(queued)} re-runs of interrupted trials stay queued for 'search resume --budget MORE'"
         typical = self.costs.typical_flops()
         if t["trained"] and not self.study.best_trials and typical is not None:
             full = self.costs.train(typical, self.scheduler.max_epochs, self.devices["train"])
