@@ -346,7 +346,8 @@ def test_an_mlflow_outage_loses_no_record(tmp_path, cluster, measured, monkeypat
     """The tracking server is killed once the first trial is logged and started again at once;
     the search goes on meanwhile. What MLflow could not take is sent when it is back: by the
     search itself if the server is up before the search ends, else from the kept file by
-    ``sync-mlflow`` (which of the two depends on how long the server takes to start)."""
+    ``sync-mlflow`` (which of the two depends on how long the server takes to start; under load
+    the restarted server may also miss a request once more before it answers them all)."""
     from search.cli import main
 
     monkeypatch.setattr(outbox, "RETRY_SECONDS", 0.5)
@@ -368,7 +369,9 @@ def test_an_mlflow_outage_loses_no_record(tmp_path, cluster, measured, monkeypat
         assert f"MLflow at {uri} is unreachable" in said and "every point was run" in said
         kept = tmp_path / "mlflow-outbox" / "f.jsonl"
         was_kept = kept.exists()
-        assert was_kept == ("sync-mlflow --study f" in said) != ("is reachable again" in said)
+        assert was_kept == ("sync-mlflow --study f" in said), said
+        if not was_kept:  # everything was sent, so the last outage ended (a slow restart may flap)
+            assert said.rindex("is reachable again") > said.rindex("is unreachable"), said
         _wait_until_up(servers[-1], port)
         capsys.readouterr()
         assert main(["sync-mlflow", "--study", "f", "--workdir", str(tmp_path)]) == 0
