@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
@@ -28,6 +29,18 @@ from typing import Any, Callable, Iterable, Protocol
 from .jobs import RUNNERS, Job
 
 BENCH_RESOURCE = "bench"
+# Ray keeps no more idle workers than a node has CPUs and kills the others after a second.
+# A search's job kinds (count, measure, train, the fingerprint) lease workers of their own,
+# so on a small node that limit had Ray start a fresh worker, which imports torch and timm
+# again (about 9 CPU-s, charged to the job), for most jobs: 6 workers for the 2-core
+# quickstart instead of 2. Idle workers cost memory only.
+WARM_WORKERS = 8
+
+
+def ray_system_config() -> dict[str, int]:
+    """Ray settings of a node that runs search jobs: the tool's own local Ray uses them;
+    ``ray start --system-config '{"num_workers_soft_limit": 8}'`` gives them to a cluster's."""
+    return {"num_workers_soft_limit": max(os.cpu_count() or 1, WARM_WORKERS)}
 
 
 @dataclass(frozen=True)

@@ -584,12 +584,13 @@ class Search:
         if kind == "count":
             self.costs.observe_count(result["wall_seconds"] * self.devices["count"])
             candidate.figures = dict(params=result["params"], flops=result["flops"])
+            candidate.trial.set_user_attr("count_interval", _where_and_when(result))
             self.cache.put_figures(candidate.arch, self.target.img_size, candidate.figures)
             self._advance(candidate)
         elif kind == "measure":
             self.costs.observe_measure(result["wall_seconds"] * self.devices["measure"])
             candidate.measured, candidate.measured_now = result, True
-            candidate.trial.set_user_attr("measure_interval", [*result["interval"], result.get("node_id")])
+            candidate.trial.set_user_attr("measure_interval", _where_and_when(result))
             self.cache.put(candidate.arch, self.target.key, result)
             self._advance(candidate)
         else:
@@ -623,7 +624,7 @@ class Search:
         trial.set_user_attr("epoch_accuracies", candidate.accuracies)
         trial.set_user_attr("checkpoint_seconds", trial.user_attrs.get("checkpoint_seconds", 0.0)
                             + result.get("checkpoint_seconds", 0.0))
-        intervals = trial.user_attrs.get("train_intervals", []) + [[*result["interval"], result.get("node_id")]]
+        intervals = trial.user_attrs.get("train_intervals", []) + [_where_and_when(result)]
         trial.set_user_attr("train_intervals", intervals)
         throughput = candidate.measured["throughput"]
         self._record_rungs(candidate.arch, candidate.seed, candidate.number, candidate.accuracies, throughput)
@@ -812,6 +813,11 @@ class Search:
         print(line, file=self.out, flush=True)
 
 
+def _where_and_when(result: dict[str, Any]) -> list:
+    """A job's [start, end, node id, worker pid], kept on its trial."""
+    return [*result["interval"], result.get("node_id"), result.get("pid")]
+
+
 def _train_images(settings: SearchSettings) -> int:
     from .data import train_size
 
@@ -822,7 +828,7 @@ def _ray_executor(search: Search) -> Executor:
     """Join (or start) Ray and build the executor; a cluster that cannot serve raises ValueError."""
     import ray
 
-    from .executor import BENCH_RESOURCE, RayExecutor, plan_resources
+    from .executor import BENCH_RESOURCE, RayExecutor, plan_resources, ray_system_config
 
     if not ray.is_initialized():
         if search.settings.address:
@@ -832,7 +838,8 @@ def _ray_executor(search: Search) -> Executor:
 
             before = children_of(os.getpid())
             # address="local": a new instance even where `ray start` left one running on this machine
-            ray.init(address="local", resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
+                     _system_config=ray_system_config())
             guard(children_of(os.getpid()) - before)  # this Ray dies with this driver, even a SIGKILLed one
     on_disk_images = search.settings.dataset.startswith("imagefolder:")
     resources = plan_resources(search.budget.kind, search.target, search.settings.trials_per_device,

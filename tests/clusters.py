@@ -12,7 +12,10 @@ def two_nodes() -> Iterator[tuple]:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"bench": 1}))
+    from search.executor import ray_system_config
+
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"bench": 1},
+                                                                _system_config=ray_system_config()))
     try:
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()

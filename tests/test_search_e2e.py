@@ -1,5 +1,7 @@
 """End-to-end searches on a real local Ray instance, a real Optuna storage and MLflow sqlite store."""
 import io
+import os
+import time
 from pathlib import Path
 
 import mlflow
@@ -10,6 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
+from search.executor import ray_system_config
 from search.objectives import OBJECTIVES
 from search.orchestrator import RUN_ID_ATTR, Search, SearchError, budget_used
 from search.settings import build_settings
@@ -22,7 +25,8 @@ pytestmark = pytest.mark.slow  # every test here starts Ray workers
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, resources={"bench": 1}, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, resources={"bench": 1}, include_dashboard=False, log_to_driver=False,
+             _system_config=ray_system_config())  # as the tool starts its own
     yield
     ray.shutdown()
 
@@ -46,6 +50,21 @@ def child_runs(settings, parent_id):
     return client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
+def jobs_of(study):
+    """[start, end, node, worker pid] of every count, measurement and training of ``study``."""
+    attrs = [t.user_attrs for t in study.trials]
+    return ([a[key] for a in attrs for key in ("count_interval", "measure_interval") if key in a]
+            + [i for a in attrs for i in a.get("train_intervals", [])])
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def three_trials(tmp_path_factory):
     """One search that trains three architectures under a constraint, read by the tests of what
@@ -57,11 +76,13 @@ def three_trials(tmp_path_factory):
     settings = make_settings(workdir, max_trials=3, constraints=Constraints(max_params=MAX_PARAMS))
     out = io.StringIO()
     assert Search(settings, out=out).run() == 0
-    return settings, out.getvalue()
+    time.sleep(2)  # past Ray's idle-worker timeout (1 s)
+    alive = {job[3] for job in jobs_of(load(settings)) if _alive(job[3])}  # now, before later searches
+    return settings, out.getvalue(), alive
 
 
 def test_a_search_keeps_its_trials_runs_and_artifacts(three_trials):
-    settings, output = three_trials
+    settings, output, _ = three_trials
     study = load(settings)
     trained = [t for t in study.trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
     assert len(trained) == 3
@@ -90,7 +111,7 @@ def test_a_search_keeps_its_trials_runs_and_artifacts(three_trials):
 def test_measurements_run_alone_and_before_training(three_trials):
     """Two proxies may train at once on the two cores; each measurement runs with no training
     and no other measurement beside it, and before its own architecture trains."""
-    settings, _ = three_trials
+    settings, _, _ = three_trials
     trained = [t for t in load(settings).trials if t.user_attrs.get("measure_interval")]
     assert len(trained) == 3
     trains = [i for t in trained for i in t.user_attrs["train_intervals"]]
@@ -101,8 +122,17 @@ def test_measurements_run_alone_and_before_training(three_trials):
     assert all(t.user_attrs["measure_interval"][1] <= t.user_attrs["train_intervals"][0][0] for t in trained)
 
 
+def test_jobs_run_in_warm_workers(three_trials):
+    """Ray's default keeps only as many idle workers as CPUs and kills the others after a
+    second, so a 2-core search started a fresh worker (re-importing torch and timm, charged to
+    the job) for most of its jobs; the search's own settings keep its workers warm."""
+    settings, _, alive = three_trials
+    jobs = jobs_of(load(settings))
+    assert len(jobs) > 6 and all(job[3] in alive for job in jobs)
+
+
 def test_status_and_front_commands(three_trials, tmp_path, capsys):
-    settings, _ = three_trials
+    settings, _, _ = three_trials
     workdir = settings.workdir
     assert main(["status", "--study", "s", "--workdir", workdir]) == 0
     status = capsys.readouterr().out
@@ -321,7 +351,7 @@ def test_mo_asha_search_stops_trials_and_fronts_only_top_rung_trials(tmp_path):
 
 
 def test_constraints_make_architectures_infeasible_and_untrained(three_trials):
-    settings, _ = three_trials
+    settings, _, _ = three_trials
     study = load(settings)
     infeasible = [t for t in study.trials if t.user_attrs.get("infeasible")]
     assert infeasible, f"the tiny space has architectures above {MAX_PARAMS:.3g} params"
