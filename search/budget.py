@@ -94,6 +94,7 @@ class CostModel:
         self._train_seconds += device_seconds
 
     def observe_measure(self, device_seconds: float) -> None:
+        """``device_seconds``: wall seconds times the devices the measurement held."""
         self._measure = device_seconds if not self._measured_once else max(self._measure, device_seconds)
         self._measured_once = True
 
@@ -109,11 +110,14 @@ class CostModel:
             rate = PRIOR_EPOCH_SECONDS_PER_GFLOP_KIMAGE[self.kind] * devices
         return rate * self._epoch_work(flops) * epochs
 
-    def measure(self) -> float:
-        return self._measure
+    def measure(self, devices: float) -> float:
+        """Device-seconds of a measurement holding ``devices``: the largest seen so far (already
+        in device-seconds), or the prior's seconds on that many devices."""
+        return self._measure if self._measured_once else self._measure * devices
 
-    def count(self) -> float:
-        return self._count
+    def count(self, devices: float) -> float:
+        """Device-seconds of a count on ``devices`` (as :meth:`measure`)."""
+        return self._count if self._counted_once else self._count * devices
 
 
 class Ledger:

@@ -313,7 +313,7 @@ class Search:
         if self._before_training() >= max(1, self.executor.placement.capacity):
             return False  # every slot already has a trial on its way
         estimate = 0.0 if self._next_is_cached_rerun() else (
-            self.costs.count() * self.devices["count"] + self.costs.measure() * self.devices["measure"])
+            self.costs.count(self.devices["count"]) + self.costs.measure(self.devices["measure"]))
         typical = self.costs.typical_flops()
         if typical is not None:  # and a first rung of a typical architecture
             estimate += self.costs.train(typical, self.scheduler.rungs[0], self.devices["train"])
@@ -472,7 +472,7 @@ class Search:
                 continue
             job = MeasureJob(candidate.number, candidate.config.to_json(), self.target.key,
                              self.settings.measure_seconds)
-            if not self._submit(candidate, job, self.costs.measure() * self.devices["measure"], "measure"):
+            if not self._submit(candidate, job, self.costs.measure(self.devices["measure"]), "measure"):
                 break
         waiting = sorted(self.queues["train"], key=lambda c: (-c.epochs_done, c.number))
         for candidate in waiting:
@@ -488,7 +488,7 @@ class Search:
             if self._shared(candidate, "count"):
                 continue
             job = CountJob(candidate.number, candidate.config.to_json(), self.target.img_size)
-            if not self._submit(candidate, job, self.costs.count() * self.devices["count"], "count"):
+            if not self._submit(candidate, job, self.costs.count(self.devices["count"]), "count"):
                 break
 
     def _shared(self, candidate: Candidate, kind: str) -> bool:

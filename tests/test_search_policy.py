@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from litv2 import LITConfig
+from search.budget import PRIOR_COUNT_SECONDS, PRIOR_MEASURE_SECONDS, CostModel
 from search.constraints import Constraints
 from search.executor import InProcessExecutor, Node, Placement
 from search.measuring import measuring_fingerprint
@@ -212,6 +213,21 @@ def test_budget_is_a_hard_cap_with_priors(tmp_path, capsys):
     assert budget_used(study) <= 1.0
     assert not jobs.trained
     assert "the budget is spent" in capsys.readouterr().out
+
+
+def test_measurements_and_counts_are_estimated_at_what_they_cost_in_device_seconds():
+    """What a measurement is observed to cost is already device-seconds (wall seconds x the
+    devices it held), so the next estimate is that figure, not that figure x the devices once
+    more (which had budgets end early, with work left untrained). Before any, the prior's
+    seconds on that many devices."""
+    costs = CostModel("cpu", train_images=1437, proxy_scale=1.0)
+    assert costs.measure(2.0) == 2 * PRIOR_MEASURE_SECONDS and costs.count(1.0) == PRIOR_COUNT_SECONDS
+    costs.observe_measure(7.0 * 2.0)
+    costs.observe_count(0.5)
+    assert costs.measure(2.0) == 14.0 and costs.count(1.0) == 0.5
+    costs.observe_measure(5.0 * 2.0)
+    assert costs.measure(2.0) == 14.0  # the largest seen so far
+    assert CostModel("gpu", 1437, 1.0).measure(0.0) == 0.0  # a CPU target's measurement costs no GPU time
 
 
 def test_candidates_the_budget_cannot_measure_end_as_not_trained(tmp_path, capsys):
