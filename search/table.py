@@ -102,6 +102,10 @@ def export_table(study: optuna.Study, settings, fingerprint: dict[str, str]) -> 
         if len(accuracies) != settings.epochs:
             continue  # a training reused from another recipe would not be this table's
         start, end = attrs["train_intervals"][-1][:2]
+        if attrs["arch_id"] not in measured:
+            raise ValueError(f"architecture {attrs['arch_id']} (trial {trial.number}) took its throughput from a "
+                             f"measurement of another study in this work directory, so its measurement seconds are "
+                             f"unknown: record a table in a work directory of its own")
         measure_start, measure_end = measured[attrs["arch_id"]]
         rows.append(Row(
             arch_id=attrs["arch_id"], summary=attrs["summary"], config=attrs["config"], params=int(attrs["params"]),

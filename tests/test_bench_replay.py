@@ -196,6 +196,12 @@ def test_export_reads_a_recording_study_into_rows(table):
     assert (got.count_seconds, got.measure_seconds, got.epoch_seconds) == (1.25, 4.0, 18.0 / EPOCHS)
     assert exported.meta["machine"]["device"] == "cpu-x" and exported.meta["measurement_versions"] == {"torch": "9"}
     assert exported.meta["versions"]["optuna"] == optuna.__version__
+    other = study.ask()  # measured by another study of the work directory: its seconds are unknown here
+    for key, value in {**attrs, "arch_id": "b" * 12, "measure_interval": None}.items():
+        other.set_user_attr(key, value)
+    study.tell(other, [row.epoch_accuracies[-1], row.throughput])
+    with pytest.raises(ValueError, match=f"architecture {'b' * 12} \\(trial 2\\) took its throughput from a measurement of another"):
+        export_table(study, settings, {"device_name": "cpu-x", "torch": "9"})
 
 
 def test_bench_table_exports_the_recording_study_of_a_work_directory(table, tmp_path, capsys):
