@@ -45,7 +45,9 @@ def measure_architecture(config_json: str, target_key: str, *, compile: bool = F
     library versions, flags, ``capped``, ...). FLOPs are :func:`count_architecture`'s job.
 
     The task holds the whole device but runs the target's own thread count, so a CPU
-    target's idle cores absorb the node's background work.
+    target's idle cores absorb the node's background work. ``peak_memory_mb`` is None for a
+    CPU target: there the figure is the resident set's growth, and a warm worker reuses the
+    heap its earlier jobs grew (it read 0-1 MB), so only CUDA's allocator gives a peak here.
     """
     start, began = time.perf_counter(), time.time()
     target = parse_target(target_key)
@@ -55,7 +57,7 @@ def measure_architecture(config_json: str, target_key: str, *, compile: bool = F
                               cudnn_benchmark=cudnn_benchmark, tf32=tf32, protocol=MeasureProtocol(**protocol))
     return dict(
         throughput=measured.median, throughput_spread=measured.spread, samples=list(measured.samples),
-        peak_memory_mb=measured.peak_memory_mb, params=params, wall_seconds=time.perf_counter() - start,
+        peak_memory_mb=measured.peak_memory_mb if target.device == "cuda" else None, params=params, wall_seconds=time.perf_counter() - start,
         node=socket.gethostname(), interval=(began, time.time()), measurement=measured.to_dict(),
     )
 

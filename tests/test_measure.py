@@ -174,6 +174,7 @@ def test_measure_architecture_returns_the_search_record_without_flops():
             "interval", "measurement"} <= set(result) and "flops" not in result
     assert result["throughput"] == result["measurement"]["median"] > 0
     assert result["measurement"]["threads"] == 1 and result["measurement"]["img_size"] == 32
+    assert result["peak_memory_mb"] is None  # a warm worker's resident-set growth is no peak
     model = build_model(TINY, num_classes=1000, img_size=32)
     counts = count_architecture(config_json, 32)
     assert counts == dict(params=count_params(model), flops=count_flops(model, (3, 32, 32)))
