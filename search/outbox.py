@@ -11,7 +11,8 @@ renamed) with a warning, and ``python -m search sync-mlflow`` (or the study's ne
 
 A child run is one record (create, log, terminate): once created, its run id is kept on
 the record, so a retry after a half-sent record completes that run instead of making a
-second one.
+second one. A ``create_run`` whose answer was lost (the server made the run, the client
+timed out) is looked up by the run's name and tags before it is sent again.
 """
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ def send(client: MlflowClient, record: Record) -> None:
     if record.kind == "batch":
         _log_batch(client, args["run_id"], args["params"], args["metrics"])
     elif record.kind == "child":
+        if args.get("run_id") is None and args.get("create_sent"):
+            args["run_id"] = _created_before(client, args)
         if args.get("run_id") is None:
+            args["create_sent"] = True  # kept with the record: a kept file remembers it too
             args["run_id"] = client.create_run(args["experiment_id"], run_name=args["name"], tags=args["tags"]).info.run_id
         _log_batch(client, args["run_id"], args["params"], args["metrics"])
         client.set_terminated(args["run_id"])
@@ -65,6 +69,19 @@ def send(client: MlflowClient, record: Record) -> None:
         client.set_terminated(args["run_id"], status=args["status"])
     else:
         raise ValueError(f"unknown MLflow record kind {record.kind!r}")
+
+
+def _created_before(client: MlflowClient, args: dict[str, Any]) -> str | None:
+    """The run an earlier ``create_run`` of this child made, if the server made it and only
+    the answer was lost (a timeout): the run of this name under the same parent with all of
+    its tags, so no second run is made."""
+    clauses = [f"attributes.run_name = '{args['name']}'"]
+    if "mlflow.parentRunId" in args["tags"]:
+        clauses.append(f"tags.mlflow.parentRunId = '{args['tags']['mlflow.parentRunId']}'")
+    for run in client.search_runs([args["experiment_id"]], filter_string=" and ".join(clauses)):
+        if args["tags"].items() <= run.data.tags.items():
+            return run.info.run_id
+    return None
 
 
 def _log_batch(client: MlflowClient, run_id: str, params: dict[str, str], metrics: list[list]) -> None:

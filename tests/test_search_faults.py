@@ -101,6 +101,10 @@ class FlakyClient:
         self.runs += 1
         return type("Run", (), {"info": type("Info", (), {"run_id": f"run-{self.runs}"})})
 
+    def search_runs(self, experiment_ids, filter_string):  # asked after a create that failed: it made nothing
+        self._call()
+        return []
+
     def log_batch(self, run_id, params, metrics):
         self._call()
         self.logged.append((run_id, len(params), len(metrics)))
@@ -130,6 +134,35 @@ def test_the_outbox_keeps_records_through_an_outage_and_never_doubles_a_run(tmp_
     outbox.save_pending(kept, left)
     back = FlakyClient(down=0)
     assert outbox.sync(back, kept) == 1 and back.logged == [("parent", 0, 1)] and not kept.exists()
+
+
+def test_a_child_run_whose_creation_answer_was_lost_is_not_made_twice(tmp_path):
+    """The server made the run but the client timed out: the retry finds that run (a real
+    sqlite MLflow store) and completes it, instead of making a second one."""
+    class LostAnswer(MlflowClient):
+        lost = 0
+
+        def create_run(self, *args, **kwargs):
+            run = super().create_run(*args, **kwargs)
+            if self.lost:
+                self.lost -= 1
+                raise TimeoutError("read timed out")
+            return run
+
+    client = LostAnswer(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("e")
+    parent = client.create_run(experiment).info.run_id
+    client.lost = 1
+    child = outbox.Record("child", dict(experiment_id=experiment, name="trial-0",
+                                        tags={"mlflow.parentRunId": parent, "trial": "0", "summary": "a0.9 ws[2,-]"},
+                                        params={"a": "1"}, metrics=[["m", 1.0, 0, 0]]))
+    said = []
+    box = outbox.Outbox(client, tmp_path, "sqlite", said.append, retry_seconds=0.01)
+    box.put(child)
+    assert box.close(flush_seconds=10) == [] and "TimeoutError" in said[0]
+    [run] = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+    assert run.info.run_id == child.args["run_id"] and run.info.status == "FINISHED"
+    assert run.data.metrics == {"m": 1.0} and run.data.params == {"a": "1"}
 
 
 # ---------------------------------------------------------------------- the driver, killed (before the
