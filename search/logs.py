@@ -3,7 +3,8 @@
 Ray prints its start-up ("Started a local Ray instance"), MLflow its table creation
 ("Creating initial MLflow database tables") and Optuna each new study through their own
 stream handlers; those handlers are raised to WARNING, so warnings and errors still reach the
-terminal, and every record at INFO and above is kept in WORKDIR/search.log.
+terminal (but for :data:`ROUTINE_WARNINGS`), and every record at INFO and above is kept in
+WORKDIR/search.log.
 """
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ from pathlib import Path
 
 LOG_FILE = "search.log"
 LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
+# Warnings that say all is as it should be, printed on every run: Ray's notice that the
+# local cluster it starts has token authentication on (its safe default). They go to the log
+# file only; the notice that authentication is off still reaches the terminal.
+ROUTINE_WARNINGS = ("Token authentication is enabled for this Ray cluster",)
+
+
+class _NoRoutineWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(ROUTINE_WARNINGS)
+
+
+_NO_ROUTINE_WARNINGS = _NoRoutineWarnings()
 _to_file: logging.FileHandler | None = None  # the handler the last call installed
 
 
@@ -33,6 +46,7 @@ def route_library_logs(workdir: Path) -> Path:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.WARNING)
+                handler.addFilter(_NO_ROUTINE_WARNINGS)
         if _to_file is not None:
             logger.removeHandler(_to_file)  # a second search in one process logs to its own work directory
         logger.addHandler(to_file)

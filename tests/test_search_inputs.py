@@ -201,6 +201,9 @@ def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capsys):
         first = route_library_logs(tmp_path)
         logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
         logging.getLogger("ray").warning("a warning still reaches the terminal")
+        auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        auth.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        auth.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
         (tmp_path / "other").mkdir()
         second = route_library_logs(tmp_path / "other")  # a second search in this process: its own file only
         logging.getLogger("optuna").info("A new study created")
@@ -213,6 +216,8 @@ def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Creating initial" not in err and "A new study" not in err
     assert "a warning still reaches the terminal" in err
+    assert "authentication is enabled" not in err and "authentication is enabled" in first.read_text()
+    assert "authentication is disabled" in err  # what the user should act on
 
 
 def test_generated_study_names_are_valid_whatever_the_space_file_is_called():
