@@ -342,8 +342,17 @@ def test_the_cli_turns_a_failed_search_into_one_line(monkeypatch, capsys):
 
 
 def test_mo_asha_search_stops_trials_and_fronts_only_top_rung_trials(tmp_path):
+    """A trial outside the top third at rung 1 is stopped. While the machine's load falls (the
+    suite's other tests ending) each new architecture measures fastest, stays on the front and
+    is promoted: then the search is resumed, three trials at a time, until one is stopped."""
+    from dataclasses import replace
+
     settings = make_settings(tmp_path, epochs=3, scheduler="mo-asha", max_trials=5)
     assert Search(settings).run() == 0
+    for _ in range(3):
+        if any("stopped_at" in t.user_attrs for t in load(settings).trials):
+            break
+        assert Search(replace(settings, max_trials=3)).run(resume=True) == 0
     study = load(settings)
     stopped = [t for t in study.trials if "stopped_at" in t.user_attrs]
     assert stopped and all(t.user_attrs["stopped_at"] == 1 and t.state == TrialState.PRUNED for t in stopped)
