@@ -75,10 +75,8 @@ class CostModel:
         self._train_seconds = 0.0
         self._flops_sum = 0.0
         self._flops_n = 0
-        self._measure = PRIOR_MEASURE_SECONDS
-        self._measured_once = False
-        self._count = PRIOR_COUNT_SECONDS
-        self._counted_once = False
+        self._measure: float | None = None  # device-seconds: the largest seen, None before any
+        self._count: float | None = None
 
     def _epoch_work(self, flops: float) -> float:
         return max(flops * self.proxy_scale, 1e6) / 1e9 * self.kimages
@@ -95,12 +93,10 @@ class CostModel:
 
     def observe_measure(self, device_seconds: float) -> None:
         """``device_seconds``: wall seconds times the devices the measurement held."""
-        self._measure = device_seconds if not self._measured_once else max(self._measure, device_seconds)
-        self._measured_once = True
+        self._measure = device_seconds if self._measure is None else max(self._measure, device_seconds)
 
     def observe_count(self, device_seconds: float) -> None:
-        self._count = device_seconds if not self._counted_once else max(self._count, device_seconds)
-        self._counted_once = True
+        self._count = device_seconds if self._count is None else max(self._count, device_seconds)
 
     def train(self, flops: float, epochs: int, devices: float) -> float:
         """Device-seconds of ``epochs`` proxy epochs of an architecture of ``flops`` (full size)."""
@@ -113,11 +109,11 @@ class CostModel:
     def measure(self, devices: float) -> float:
         """Device-seconds of a measurement holding ``devices``: the largest seen so far (already
         in device-seconds), or the prior's seconds on that many devices."""
-        return self._measure if self._measured_once else self._measure * devices
+        return PRIOR_MEASURE_SECONDS * devices if self._measure is None else self._measure
 
     def count(self, devices: float) -> float:
         """Device-seconds of a count on ``devices`` (as :meth:`measure`)."""
-        return self._count if self._counted_once else self._count * devices
+        return PRIOR_COUNT_SECONDS * devices if self._count is None else self._count
 
 
 class Ledger:

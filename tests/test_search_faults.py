@@ -223,7 +223,7 @@ def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path)
     lost = sum(t.user_attrs.get("costs", {}).get("lost", 0.0) for t in study.trials)
     assert lost > 0
     assert budget_used(study) <= budget * 1.05
-    queued = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if "rerun_of" in t.user_attrs]
+    queued = queued_reruns(study)
     assert not queued or f"{len(queued)} re-runs of interrupted trials stay queued" in resumed.stdout
     assert_every_trial_accounted_for(study, settings.tracking_uri)
 
@@ -284,13 +284,18 @@ def child_runs(tracking_uri, parent_id):
     return client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
+def queued_reruns(study):
+    """Re-runs of interrupted trials still WAITING: the budget could not pay for them."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if "rerun_of" in t.user_attrs]
+
+
 def assert_every_trial_accounted_for(study, tracking_uri):
     """Every trial ended (complete, stopped, infeasible, duplicate or failed with its reason),
     none left running; each architecture evaluated once; each evaluated trial has its child run.
     Re-runs of interrupted trials that the budget could not pay for stay queued for a later resume."""
-    queued = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if "rerun_of" in t.user_attrs]
-    assert all(study.trials[t.user_attrs["rerun_of"]].user_attrs.get("interrupted") for t in queued)
-    trials = [t for t in study.get_trials(deepcopy=False) if t.number not in {q.number for q in queued}]
+    queued = {t.number: t for t in queued_reruns(study)}
+    assert all(study.trials[t.user_attrs["rerun_of"]].user_attrs.get("interrupted") for t in queued.values())
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number not in queued]
     assert all(t.state in ENDED for t in trials), [(t.number, t.state) for t in trials]
     assert all(("error" in t.user_attrs and "failure" in t.user_attrs) or "not_trained" in t.user_attrs
                for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
