@@ -20,6 +20,7 @@ from torch import nn
 
 from litv2 import LITConfig, count_flops, count_params
 from litv2.layers import build_attention
+from search.repeats import interval
 from search.target import Target
 
 from .measuring import is_out_of_memory, measure_forward, predicted_peak_bytes
@@ -96,8 +97,13 @@ def attention_rows(recipe: Recipe, target: Target, max_memory: int,
                     out_of_memory[label] = side
                     row["note"] = f"out of memory: {str(error).splitlines()[0][:80]}"
                 else:
+                    low, high = interval(measured)
+                    # CUDA's allocator peak is the layer's; on the CPU the resident set grows only past
+                    # the (pinned) heap earlier layers left, which says nothing of this one: predicted.
+                    peak = measured.get("peak_memory_mb") if target.device == "cuda" else None
                     row.update(throughput=measured["throughput"], throughput_spread=measured["throughput_spread"],
-                               peak_memory_mb=measured.get("peak_memory_mb") or row["predicted_memory_mb"])
+                               throughput_low=low, throughput_high=high,
+                               peak_memory_mb=peak or row["predicted_memory_mb"])
             rows.append(row)
             figure = (f"{row['throughput']:.3g} +- {row['throughput_spread']:.2g} maps/s, "
                       f"peak {row['peak_memory_mb']:.0f} MB" if "throughput" in row else row["note"])

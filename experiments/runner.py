@@ -22,6 +22,7 @@ import optuna
 
 from search.cache import CACHE_FILE, ThroughputCache
 from search.orchestrator import Search
+from search.repeats import interval
 from search.studies import RUN_ID_ATTR, SETTINGS_ATTR, open_study
 from search.settings import SearchSettings, build_settings, stored
 from search.storage import default_storage_url, open_storage
@@ -104,7 +105,8 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
                         top1_std=statistics.stdev(accuracies) if len(accuracies) > 1 else None)
         row.update(_static_figures(config, arch, target.img_size, cache))
         measured = next((t.user_attrs for t in trials.get(label, []) if "throughput" in t.user_attrs), {})
-        row.update({k: measured.get(k) for k in ("throughput", "throughput_spread", "peak_memory_mb")})
+        row.update({k: measured.get(k) for k in ("throughput", "throughput_spread", "throughput_low", "throughput_high",
+                                                  "peak_memory_mb")})
         for height, width in recipe.resolutions:
             row.update(_dense_figures(config, arch, height, width, target, cache, say))
         missing = settings.seeds - len(accuracies)
@@ -118,12 +120,14 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
 def trained_columns(recipe: Recipe, settings: SearchSettings) -> list[Column]:
     target = parse_target(settings.target)
     columns = [Column("params", "params", exact), Column("flops", f"GFLOPs@{target.img_size}", giga),
-               Column("throughput", f"img/s {target.key}", fixed(1), spread="throughput_spread"),
+               Column("throughput", f"img/s {target.key}", fixed(1), spread="throughput_spread",
+                      interval=("throughput_low", "throughput_high")),
                Column("peak_memory_mb", "peak MB", fixed(0))]
     for height, width in recipe.resolutions:
         key = f"{height}x{width}"
         columns += [Column(f"flops_{key}", f"GFLOPs@{width}x{height}", giga),
-                    Column(f"throughput_{key}", f"img/s@{width}x{height}", fixed(2), spread=f"throughput_{key}_spread")]
+                    Column(f"throughput_{key}", f"img/s@{width}x{height}", fixed(2), spread=f"throughput_{key}_spread",
+                           interval=(f"throughput_{key}_low", f"throughput_{key}_high"))]
     columns.append(Column("top1", f"proxy top-1 % ({settings.dataset}, {settings.epochs} ep)", fixed(2),
                           spread="top1_std", change="points", count="seeds"))
     return columns
@@ -164,8 +168,10 @@ def _dense_figures(config, arch: str, height: int, width: int, target: Target, c
                        **measure_forward(model, torch.randn(target.batch_size, 3, height, width), target))
         cache.put(arch, key, figures)
     name = f"{height}x{width}"
+    low, high = interval(figures)
     return {f"flops_{name}": figures["flops"], f"throughput_{name}": figures["throughput"],
-            f"throughput_{name}_spread": figures["throughput_spread"]}
+            f"throughput_{name}_spread": figures["throughput_spread"], f"throughput_{name}_low": low,
+            f"throughput_{name}_high": high}
 
 
 def _publish_trained(recipe: Recipe, settings: SearchSettings, study: optuna.Study, where: Path,
@@ -238,7 +244,8 @@ def _run_attention(recipe: Recipe, settings: SearchSettings, options: RunOptions
 
 
 ATTENTION_COLUMNS = [Column("params", "params", exact), Column("flops", "GFLOPs/map", giga),
-                     Column("throughput", "maps/s", significant(3), spread="throughput_spread"),
+                     Column("throughput", "maps/s", significant(3), spread="throughput_spread",
+                            interval=("throughput_low", "throughput_high")),
                      Column("peak_memory_mb", "peak MB", fixed(0))]
 
 

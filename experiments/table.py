@@ -29,6 +29,8 @@ class Column:
         spread: the row key of the value's +- (a std over seeds, a measurement's spread).
         change: ``"%"`` (relative to the first row), ``"points"`` (difference) or ``None``.
         count: the row key of how many values the mean is over (seeds), shown as ``n=``.
+        interval: the row keys of the value's 95 % interval (low, high): a change whose
+            interval overlaps the first row's is marked "not separated" (within noise).
     """
 
     key: str
@@ -37,6 +39,7 @@ class Column:
     spread: str | None = None
     change: str | None = "%"
     count: str | None = None
+    interval: tuple[str, str] | None = None
 
 
 def exact(value: float) -> str:
@@ -64,13 +67,35 @@ def _known(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
+def _bases(rows: Sequence[Row]) -> list[Row]:
+    """Per row, the row it is compared with: the first row of its group."""
+    first: dict[Any, Row] = {}
+    return [first.setdefault(row.get("group"), row) for row in rows]
+
+
+def separations(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, bool | None]]:
+    """Per row and column with an interval: whether the row's interval and its base row's are
+    apart (True), overlap (False: the change is within the measurement's noise), or either is
+    unknown or the row is its own base (None)."""
+    out = []
+    for row, base in zip(rows, _bases(rows)):
+        apart: dict[str, bool | None] = {}
+        for column in columns:
+            bounds = [r.get(k) for r in (row, base) for k in column.interval or ()]
+            if column.interval is None or base is row or not all(_known(b) for b in bounds):
+                apart[column.key] = None
+            else:
+                low, high, base_low, base_high = bounds
+                apart[column.key] = high < base_low or base_high < low
+        out.append(apart)
+    return out
+
+
 def changes(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, float | None]]:
     """Per row and column: the change against the first row of the row's group (``None`` for
     that first row itself, and where either value is unknown)."""
-    first: dict[Any, Row] = {}
     out = []
-    for row in rows:
-        base = first.setdefault(row.get("group"), row)
+    for row, base in zip(rows, _bases(rows)):
         delta: dict[str, float | None] = {}
         for column in columns:
             value, reference = row.get(column.key), base.get(column.key)
@@ -84,7 +109,7 @@ def changes(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, fl
     return out
 
 
-def _cell(row: Row, column: Column, delta: float | None) -> str:
+def _cell(row: Row, column: Column, delta: float | None, apart: bool | None = None) -> str:
     value = row.get(column.key)
     if not _known(value):
         return "-"
@@ -95,7 +120,8 @@ def _cell(row: Row, column: Column, delta: float | None) -> str:
     if column.count and row.get(column.count) is not None:
         text += f" (n={row[column.count]})"
     if delta is not None:
-        text += f" ({delta:+.1f}{'%' if column.change == '%' else ''})"
+        within = ", not separated" if apart is False else ""
+        text += f" ({delta:+.1f}{'%' if column.change == '%' else ''}{within})"
     return text
 
 
@@ -103,8 +129,9 @@ def _cells(rows: Sequence[Row], columns: Sequence[Column], label: str) -> tuple[
     """Header and cells shared by every text form; a ``note`` column appears when a row has one."""
     noted = any(row.get("note") for row in rows)
     header = [label, *(c.header for c in columns), *(["note"] if noted else [])]
-    body = [[str(row["row"]), *(_cell(row, c, delta[c.key]) for c in columns),
-             *([row.get("note", "")] if noted else [])] for row, delta in zip(rows, changes(rows, columns))]
+    body = [[str(row["row"]), *(_cell(row, c, delta[c.key], apart[c.key]) for c in columns),
+             *([row.get("note", "")] if noted else [])]
+            for row, delta, apart in zip(rows, changes(rows, columns), separations(rows, columns))]
     return header, body
 
 
@@ -144,14 +171,18 @@ def csv_text(rows: Sequence[Row], columns: Sequence[Column], extra: Sequence[str
             fields.append(column.count)
         if column.change:
             fields.append(f"{column.key}_change_{'pct' if column.change == '%' else 'points'}")
+        if column.interval:
+            fields += [*column.interval, f"{column.key}_separated"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for row, delta in zip(rows, changes(rows, columns)):
+    for row, delta, apart in zip(rows, changes(rows, columns), separations(rows, columns)):
         record = dict(row)
         for column in columns:
             if column.change:
                 record[f"{column.key}_change_{'pct' if column.change == '%' else 'points'}"] = delta[column.key]
+            if column.interval:
+                record[f"{column.key}_separated"] = apart[column.key]
         writer.writerow({k: ("" if v is None else v) for k, v in record.items() if k in fields})
     return buffer.getvalue()
 

@@ -5,7 +5,9 @@ heads) on 14x14, 28x28 and 56x56 token maps, whole models (LITv1-S, LITv2-S) at 
 our HiLo it times :class:`NaiveHiLo`, the official matmul-softmax formulation with the same
 weights, so the gain of the fused-attention path is measured, not assumed.
 ``measure``: one architecture on a deployment target, exactly as the search measures it.
-``repeatability``: the same in N fresh processes, and how far their medians spread.
+``repeatability``: the same in N fresh processes, and how far their medians spread, on an idle
+node or beside ``--load N`` busy processes. ``calibrate``: the reference network's speed on
+this node, which every CPU figure is scaled to (made on first use; ``--again`` replaces it).
 Every figure comes from :mod:`litv2.measure`'s protocol.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .target import PRECISIONS, parse_target
 
 EXIT_USAGE = 2
 DEVICES = ("cpu", "cuda")
+COMMANDS = ("measure", "repeatability", "calibrate")  # beside "table", the default
 
 
 def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     _add_protocol_options(table)
     for name, text in (("measure", "one architecture, measured in this process as the search measures it"),
-                       ("repeatability", "one architecture measured in N fresh processes: how far the medians spread")):
+                       ("repeatability", "one architecture measured in N fresh processes: how far the medians spread"),
+                       ("calibrate", "the reference network's speed on this node, which CPU figures are scaled to")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--target", default="cpu:bs1:224", help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS]")
         command.add_argument("--compile", action="store_true", help="measure torch.compile(model)")
@@ -64,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.choices["repeatability"].add_argument(
         "--config", default="litv2_s", help="model name or LITConfig JSON file (default litv2_s)")
     commands.choices["repeatability"].add_argument("--runs", type=int, default=5, help="fresh processes (default 5)")
+    commands.choices["repeatability"].add_argument(
+        "--load", type=int, default=0, metavar="N",
+        help="keep N busy processes running beside the measurements, started after the calibration and stopped "
+             "at the end (default 0: an idle node)")
+    commands.choices["calibrate"].add_argument("--again", action="store_true",
+                                               help="measure again and replace the stored calibration")
     return parser
 
 
@@ -89,23 +99,29 @@ def check_arguments(args: argparse.Namespace) -> None:
     parse_target(args.target)
     if args.max_seconds <= 0:
         raise ValueError(f"--max-seconds {args.max_seconds} is invalid: expected a positive number of seconds")
-    for text in args.config or [] if args.command == "measure" else [args.config]:
+    configs = {"measure": lambda: args.config or [], "repeatability": lambda: [args.config]}
+    for text in configs.get(args.command, list)():
         config_from(text)
     if args.command == "repeatability" and args.runs < 2:
         raise ValueError(f"--runs {args.runs} is invalid: expected at least 2")
+    if args.command == "repeatability" and args.load < 0:
+        raise ValueError(f"--load {args.load} is invalid: expected a number of busy processes >= 0")
+    if args.command == "calibrate" and not args.target.startswith("cpu:"):
+        raise ValueError(f"--target {args.target!r} is invalid for calibrate: only CPU figures are scaled to the "
+                         f"reference (CUDA events time the GPU alone); expected a cpu:... target")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("table", "measure", "repeatability", "-h", "--help"):
+    if not argv or argv[0] not in ("table", *COMMANDS, "-h", "--help"):
         argv.insert(0, "table")  # the table is the default command, as before subcommands existed
     args = build_parser().parse_args(argv)
     try:
         check_arguments(args)
         from . import benchmarks  # torch and timm: only once the arguments are known to be good
 
-        return {"table": benchmarks.table, "measure": benchmarks.measure,
-                "repeatability": benchmarks.repeatability}[args.command](args)
+        return {"table": benchmarks.table, "measure": benchmarks.measure, "repeatability": benchmarks.repeatability,
+                "calibrate": benchmarks.calibrate}[args.command](args)
     except ValueError as error:
         print(f"litv2.bench: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,9 +1,11 @@
 """The work behind ``python -m litv2.bench`` (its command line, :mod:`litv2.bench`, checks the
-arguments first): the layer and model table, one measurement, and its repeatability.
+arguments first): the layer and model table, one measurement, its repeatability, and the
+reference's calibration.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import timm
 import torch
@@ -24,7 +27,7 @@ from .layers import HiLo
 from .layers.attention import Attention, build_attention
 from .layers.windows import pad_to_multiple
 from .measure import (
-    BlockTimer, MeasureProtocol, allocator_policy, autocast_dtype, backend_settings, block_timer,
+    BlockTimer, MeasureProtocol, allocator_policy, autocast_dtype, backend_settings, block_timer, calibrate_reference,
     device_name, library_versions, measure_config, median_ci, peak_memory, pin_allocator, resolve_device, warm_up,
 )
 from .named import config_from
@@ -289,36 +292,100 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def repeatability(args: argparse.Namespace) -> int:
-    """``--runs`` measurements, each in a fresh process, and how far their medians spread."""
-    target = parse_target(args.target)
-    command = [sys.executable, "-m", "litv2.bench", "measure", "--config", args.config, "--target", target.key,
-               "--json", "-", "--block-seconds", str(args.block_seconds), "--max-seconds", str(args.max_seconds)]
-    command += [flag for flag, on in (("--compile", args.compile), ("--tf32", args.tf32),
-                                      ("--default-allocator", args.default_allocator)) if on]
+def _flags(args: argparse.Namespace) -> list[str]:
+    """The measurement options of ``args`` as command-line flags, for a child process."""
+    flags = ["--target", parse_target(args.target).key, "--block-seconds", str(args.block_seconds),
+             "--max-seconds", str(args.max_seconds)]
+    flags += [flag for flag, on in (("--compile", args.compile), ("--tf32", args.tf32),
+                                    ("--default-allocator", args.default_allocator)) if on]
     if args.channels_last is not None:
-        command.append("--channels-last" if args.channels_last else "--no-channels-last")
-    print(f"{args.config} at {target.key}, {args.runs} fresh processes, each `{' '.join(command[1:5])} ...`:")
-    print("| run | median img/s | 95% interval | width | blocks | capped | faults/call | measure s | process s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    records = []
-    for run_index in range(1, args.runs + 1):
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"run {run_index} failed: {done.stderr.strip().splitlines()[-1:]}")
-        record = json.loads(done.stdout.strip().splitlines()[-1])[0]
-        record["process_seconds"] = time.perf_counter() - start
-        records.append(record)
-        print(f"| {run_index} | {record['median']:.2f} | [{record['ci_low']:.2f}, {record['ci_high']:.2f}] | "
-              f"{record['relative_ci']:.1%} | {record['n_samples']} x {record['calls_per_block']} | "
-              f"{'yes' if record['capped'] else 'no'} | {_faults(record)} | {record['seconds']:.1f} | "
-              f"{record['process_seconds']:.1f} |", flush=True)
-    medians = [r["median"] for r in records]
-    spread = max(medians) / min(medians) - 1
-    first = records[0]
-    print(f"spread of the medians (max/min - 1): {spread:.1%}; {first['device_name']}, {first['threads']} threads, "
-          f"torch {first['versions']['torch']}, allocator {first['allocator']}")
+        flags.append("--channels-last" if args.channels_last else "--no-channels-last")
+    return flags
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """The reference network's speed for ``--target`` on this node: stored on first use by
+    every CPU measurement; shown here, or measured again with ``--again``."""
+    target = parse_target(args.target)
+    protocol = MeasureProtocol(block_seconds=args.block_seconds, max_seconds=args.max_seconds)
+    if not args.default_allocator:
+        pin_allocator()
+    device = resolve_device(target.device)
+    channels_last = bool(args.channels_last)
+    dtype = autocast_dtype(target.precision)
+    with backend_settings(device, target.threads, cudnn_benchmark=True, tf32=False), torch.inference_mode(), \
+            torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        _, record = calibrate_reference(target.batch_size, target.img_size, target.precision, channels_last, protocol,
+                                        again=args.again)
+    made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["calibrated_at"]))
+    print(f"{record['reference']} at {target.key} on {record['key']['host']} ({record['key']['fingerprint']['device_name']}): "
+          f"{record['img_s']:.2f} img/s [{record['ci_low']:.2f}, {record['ci_high']:.2f}], {record['n_samples']} "
+          f"blocks on the {record['clock']} clock, calibrated {made}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(spread=spread, runs=records), indent=2))
+        text = json.dumps(record, indent=2)
+        print(text) if args.json == "-" else Path(args.json).write_text(text)
+    return 0
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) / min(values) - 1
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes that keep a core busy each for as long as the block runs."""
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in load:
+            process.kill()
+            process.wait()
+
+
+def repeatability(args: argparse.Namespace) -> int:
+    """``--runs`` measurements, each in a fresh process, and how far their medians spread on
+    each clock: the figure (the decisive clock, scaled to the reference), the same blocks
+    before scaling, and the wall clock."""
+    target = parse_target(args.target)
+    command = [sys.executable, "-m", "litv2.bench", "measure", "--config", args.config, "--json", "-", *_flags(args)]
+    if target.device == "cpu":  # calibrate on the idle node first (stored: every run below shares it)
+        done = subprocess.run([sys.executable, "-m", "litv2.bench", "calibrate", *_flags(args)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"calibration failed: {done.stderr.strip().splitlines()[-1:]}")
+        print(done.stdout.strip())
+    print(f"{args.config} at {target.key}, {args.runs} fresh processes, each `{' '.join(command[1:5])} ...`, "
+          f"{args.load} busy processes beside:")
+    print("| run | img/s | 95% interval | width | unscaled | wall clock | CPU share | reference drift | blocks "
+          "| capped | measure s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    records = []
+    with busy_processes(args.load):
+        for run_index in range(1, args.runs + 1):
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"run {run_index} failed: {done.stderr.strip().splitlines()[-1:]}")
+            record = json.loads(done.stdout.strip().splitlines()[-1])[0]
+            record["process_seconds"] = time.perf_counter() - start
+            records.append(record)
+            drift = f"{record['reference']['drift']:.3f}" if record.get("reference") else "-"
+            share = f"{record['cpu_share']:.2f}" if record.get("cpu_share") is not None else "-"
+            wall = f"{record['wall_median']:.2f}" if record.get("wall_median") is not None else "-"
+            print(f"| {run_index} | {record['median']:.2f} | [{record['ci_low']:.2f}, {record['ci_high']:.2f}] | "
+                  f"{record['relative_ci']:.1%} | {record['raw_median']:.2f} | {wall} | {share} | {drift} | "
+                  f"{record['n_samples']} x {record['calls_per_block']} | {'yes' if record['capped'] else 'no'} | "
+                  f"{record['seconds']:.1f} |", flush=True)
+    spreads = {"figure": _spread([r["median"] for r in records]),
+               "unscaled": _spread([r["raw_median"] for r in records])}
+    if all(r.get("wall_median") for r in records):
+        spreads["wall clock"] = _spread([r["wall_median"] for r in records])
+    first = records[0]
+    print("spread of the medians (max/min - 1): " + ", ".join(f"{k} {v:.1%}" for k, v in spreads.items())
+          + f"; clock {first['clock']}; {first['device_name']}, {first['threads']} threads, "
+            f"torch {first['versions']['torch']}, allocator {first['allocator']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(spread=spreads["figure"], spreads=spreads, load=args.load,
+                                                   runs=records), indent=2))
     return 0

@@ -19,7 +19,13 @@ every step here removes a source of spread that was seen (README, "Measuring thr
   (order statistics: nothing assumed about the noise) is narrower than ``target_ci`` of the
   median, or until ``max_seconds``; a capped figure says so (``capped``).
 * **The device's own clock.** CUDA blocks are timed by CUDA events after a synchronize; CPU
-  blocks by :mod:`timeit`'s loop, which keeps the garbage collector out of a block.
+  blocks by :mod:`timeit`'s loop, which keeps the garbage collector out of a block, on the
+  measuring thread's CPU clock for one-thread targets (time spent waiting for a core is not
+  on it; see :class:`CpuTimer` for ``:tN`` targets). Both clocks are recorded.
+* **A reference that drifts with the node.** On a CPU target each block of the network is
+  followed by a block of a fixed reference network (:mod:`litv2.reference`), and the figure
+  is the reference's calibrated speed times the median of their ratio: the host's drift
+  (caches, memory, clock frequency) moves both, and their ratio far less than either.
 * **Everything that changes kernels is fixed and recorded**: precision (autocast entered
   once around warm-up and all blocks, so the weights are cast once - autocast caches
   parameter casts until its outermost exit), ``channels_last``, ``torch.compile``,
@@ -46,7 +52,7 @@ import platform
 import statistics
 import time
 import timeit
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -56,6 +62,7 @@ from torch import nn
 from .config import LITConfig
 from .protocol import CONFIDENCE, MIN_SAMPLES_FOR_CI, MeasureProtocol
 from .model import build_model
+from .reference import REFERENCE_CONFIG, REFERENCE_NAME, CalibrationStore, calibration_key
 from .target import Target
 
 try:
@@ -119,7 +126,12 @@ def relative_ci_width(values: list[float] | tuple[float, ...]) -> float:
 
 @dataclass(frozen=True)
 class Timing:
-    """What :func:`run_protocol` saw: seconds per call in each timed block, and how it ended."""
+    """What :func:`run_protocol` saw: seconds per call in each timed block, and how it ended.
+
+    With a reference, ``seconds_per_call`` are the network's seconds corrected to the
+    reference's calibrated speed (``raw_seconds_per_call`` times calibrated / observed
+    reference seconds of the block that followed), and ``reference_seconds_per_call`` are
+    the reference's own blocks; without one the two network tuples are equal."""
 
     seconds_per_call: tuple[float, ...]
     calls_per_block: int
@@ -128,6 +140,8 @@ class Timing:
     warmup_converged: bool
     capped: bool
     seconds: float  # warm-up + sampling, after the first call
+    raw_seconds_per_call: tuple[float, ...] = ()
+    reference_seconds_per_call: tuple[float, ...] = ()
 
 
 def _calls_for(seconds_per_call: float, block_seconds: float) -> int:
@@ -169,57 +183,113 @@ def warm_up(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
         previous, calls = per_call, _calls_for(per_call, protocol.block_seconds)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A reference workload to time between the network's blocks, and its calibrated
+    seconds per call on this node (see :mod:`litv2.reference`)."""
+
+    timer: BlockTimer
+    seconds_per_call: float
+
+
+REFERENCE_WARMUP_SECONDS = 0.4  # the reference is small and was warmed before on this node: a short warm-up will do
+
+
 def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
-                 clock: Clock = time.perf_counter) -> Timing:
+                 clock: Clock = time.perf_counter, reference: Reference | None = None) -> Timing:
     """:func:`warm_up`, then time blocks until the median's interval is narrow enough or
     ``max_seconds`` (counted from the end of the first call) have passed.
+
+    With a ``reference``, every block of the network is followed by a block of the
+    reference, and each sample is the network's time scaled by calibrated / observed
+    reference time of that pair: a slowdown of the node that both share cancels out.
 
     ``timer`` and ``clock`` are parameters so that the rule can be checked against a
     synthetic workload of known noise; every real measurement passes a :func:`block_timer`.
     """
     warm = warm_up(timer, protocol, clock)
+    warmup_seconds = warm.seconds
+    if reference is not None:
+        started = clock()
+        reference_warm = warm_up(reference.timer, replace(protocol, min_warmup_seconds=REFERENCE_WARMUP_SECONDS,
+                                                          max_warmup_seconds=2 * REFERENCE_WARMUP_SECONDS), clock)
+        warmup_seconds += clock() - started
     sampling_from = clock()
 
     def elapsed() -> float:  # since the end of the first call
-        return warm.seconds + clock() - sampling_from
+        return warmup_seconds + clock() - sampling_from
 
     needed = max(protocol.min_samples, MIN_SAMPLES_FOR_CI)
-    seconds: list[float] = []
+    seconds, raw, observed = [], [], []
     while True:
-        seconds.append(timer(warm.calls_per_block) / warm.calls_per_block)
-        if len(seconds) < needed:
-            continue
-        if relative_ci_width([1 / s for s in seconds]) <= protocol.target_ci:
+        raw.append(timer(warm.calls_per_block) / warm.calls_per_block)
+        if reference is None:
+            seconds.append(raw[-1])
+        else:
+            observed.append(reference.timer(reference_warm.calls_per_block) / reference_warm.calls_per_block)
+            seconds.append(raw[-1] * reference.seconds_per_call / observed[-1])
+        if len(seconds) >= needed and relative_ci_width([1 / s for s in seconds]) <= protocol.target_ci:
             capped = False
             break
-        if elapsed() >= protocol.max_seconds:
+        # The cap holds once an interval exists at all: on a loaded node ``min_samples`` blocks
+        # (pairs, with a reference) can take far longer than the cap, and the budget is charged
+        # what a measurement really took.
+        if len(seconds) >= MIN_SAMPLES_FOR_CI and elapsed() >= protocol.max_seconds:
             capped = True
             break
-    return Timing(tuple(seconds), warm.calls_per_block, warm.first_call_seconds, warm.seconds, warm.converged, capped,
-                  elapsed())
+    return Timing(tuple(seconds), warm.calls_per_block, warm.first_call_seconds, warmup_seconds, warm.converged, capped,
+                  elapsed(), tuple(raw), tuple(observed))
 
 
 # ---------------------------------------------------------------------------- device clocks
+THREAD_CPU, WALL, CUDA_EVENTS = "thread-cpu", "wall", "cuda-events"
+CONTENDED_CPU_SHARE = 0.9  # below this share of the wall time on its CPU clock, a measuring thread waited for a core
+
+
+def cpu_clock_is_fine() -> bool:
+    """Whether this platform's thread CPU clock resolves a block (Linux: 1 ns; Windows: 15.6 ms)."""
+    return time.get_clock_info("thread_time").resolution <= 1e-4
+
+
 class CpuTimer:
     """Blocks timed by :class:`timeit.Timer` (the loop under ``torch.utils.benchmark``): the
-    garbage collector is off while a block runs, the clock is ``time.perf_counter``.
+    garbage collector is off while a block runs. Every block is read on two clocks, the
+    wall clock and a CPU clock, and :attr:`clock` decides which one the protocol gets:
+
+    * **one thread** (``:t1``, the default CPU target): the measuring thread's CPU clock
+      (``time.thread_time``). Time the thread spent waiting for a core is not on it: two
+      busy neighbours on a two-core node cost the wall-clock figure a third to two thirds,
+      the CPU-clock figure 2-15 % (shared caches and memory: the reference takes that out;
+      README). On an idle node the two agree (``cpu_share`` 1.00).
+    * **several threads** (``:tN``): the wall clock. The intra-op threads spin at OpenMP
+      barriers while a peer waits for its core, so their CPU clocks fill with waiting too
+      (with two busy neighbours a ``:t2`` forward took 100x longer on both clocks): no CPU
+      clock separates work from contention there. The CPU clock of the process over
+      ``threads`` x wall (:attr:`cpu_share`) shows how much of its cores the measurement
+      got, and a figure with less than :data:`CONTENDED_CPU_SHARE` is flagged ``contended``.
 
     It also counts the process's minor page faults per call in the last block (outside the
     timed loop): in a steady state it is about 0; thousands mean the allocator hands the
     kernel memory back every call (see :func:`pin_allocator`).
     """
 
-    def __init__(self, fn: Callable[[], object]) -> None:
+    def __init__(self, fn: Callable[[], object], threads: int = 1) -> None:
         self._timer = timeit.Timer(fn)
+        self.threads = threads
+        self.clock = THREAD_CPU if threads == 1 and cpu_clock_is_fine() else WALL
+        self._cpu_now = time.thread_time if threads == 1 else time.process_time
+        self.blocks: list[tuple[float, float]] = []  # (wall, CPU) seconds per call of every block, warm-up included
         self.page_faults_per_call: float | None = None
 
     def __call__(self, calls: int) -> float:
-        if resource is None:
-            return self._timer.timeit(calls)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        seconds = self._timer.timeit(calls)
-        self.page_faults_per_call = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls
-        return seconds
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else None
+        cpu_before = self._cpu_now()
+        wall = self._timer.timeit(calls)
+        cpu = (self._cpu_now() - cpu_before) / self.threads
+        self.blocks.append((wall / calls, cpu / calls))
+        if faults is not None:
+            self.page_faults_per_call = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls
+        return cpu if self.clock == THREAD_CPU else wall
 
 
 class CudaEventTimer:
@@ -242,9 +312,12 @@ class CudaEventTimer:
         return start.elapsed_time(end) / 1e3
 
 
-def block_timer(fn: Callable[[], object], device: torch.device) -> BlockTimer:
-    """The block timer of ``device``: CUDA events on a GPU, timeit's loop on the CPU."""
-    return CudaEventTimer(fn, device) if device.type == "cuda" else CpuTimer(fn)
+def block_timer(fn: Callable[[], object], device: torch.device, threads: int | None = None) -> BlockTimer:
+    """The block timer of ``device``: CUDA events on a GPU, timeit's loop on the CPU (on the
+    thread's CPU clock for one thread, the wall clock for more; ``threads``: torch's count now)."""
+    if device.type == "cuda":
+        return CudaEventTimer(fn, device)
+    return CpuTimer(fn, torch.get_num_threads() if threads is None else threads)
 
 
 # ---------------------------------------------------------------------------- the process
@@ -290,7 +363,7 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "unknown cpu"
 
 
-PROTOCOL_VERSION = "2"  # bump when a change here moves the figures: caches key on it (1: litv2.throughput)
+PROTOCOL_VERSION = "3"  # bump when a change here moves the figures: caches key on it (3: CPU clock + reference)
 
 
 def library_versions(device: torch.device) -> dict[str, str]:
@@ -381,6 +454,17 @@ class Throughput:
     on the CPU, where the weights were resident before, inputs and activations.
     ``allocator`` is the host allocator's policy (see :func:`pin_allocator`) and
     ``page_faults_per_call`` the minor page faults per call in the last block (CPU only).
+
+    How it was timed: ``clock`` decided (``thread-cpu``, ``wall`` or ``cuda-events``, see
+    :class:`CpuTimer`); ``raw_median`` is the network's figure on that clock before the
+    reference's correction; ``wall_median`` and ``cpu_median`` are the same blocks on each
+    clock (CPU targets); ``cpu_share`` is CPU over wall time, the share of its cores the
+    measurement got (1.00 on an idle node), and ``contended`` flags a share below
+    :data:`CONTENDED_CPU_SHARE`. ``reference`` (CPU targets measured against the reference)
+    holds its name, its calibrated img/s on this node, the img/s it ran at between the
+    network's blocks, their ratio ``drift`` (below 1: the node ran slower than when it was
+    calibrated), and ``calibration_seconds``: what calibrating cost this measurement (0 when
+    the node's calibration was there already).
     """
 
     median: float
@@ -407,6 +491,13 @@ class Throughput:
     first_call_seconds: float
     wall_seconds: float
     peak_memory_mb: float | None
+    clock: str = WALL
+    raw_median: float | None = None
+    wall_median: float | None = None
+    cpu_median: float | None = None
+    cpu_share: float | None = None
+    contended: bool = False
+    reference: dict | None = None
 
     @property
     def n_samples(self) -> int:
@@ -429,6 +520,48 @@ class Throughput:
         return out
 
 
+def _median_rate(batch_size: int, seconds: list[float] | tuple[float, ...]) -> float | None:
+    return batch_size / statistics.median(seconds) if seconds else None
+
+
+def calibrate_reference(batch_size: int, img_size: int, precision: str, channels_last: bool,
+                        protocol: MeasureProtocol = MeasureProtocol(), store: CalibrationStore | None = None,
+                        again: bool = False) -> tuple[Reference, dict[str, Any]]:
+    """The reference network (:data:`litv2.reference.REFERENCE_CONFIG`) built for this CPU
+    setting, ready to time, and its calibration on this node: read from ``store``, or
+    measured now (alone, by ``protocol`` with twice its samples and time) and stored. Call
+    inside :func:`backend_settings` and the measurement's autocast, as the network runs.
+
+    ``again`` measures and replaces a stored calibration (``litv2.bench calibrate --again``).
+    """
+    store = store if store is not None else CalibrationStore()
+    threads = torch.get_num_threads()
+    key = calibration_key(device_fingerprint("cpu"), dict(batch_size=batch_size, img_size=img_size,
+                                                           precision=precision, threads=threads,
+                                                           channels_last=channels_last))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+        torch.manual_seed(0)
+        network = build_model(REFERENCE_CONFIG, num_classes=1000, img_size=img_size)
+        inputs = torch.randn(batch_size, 3, img_size, img_size)
+    network = network.eval().to(memory_format=memory_format)
+    inputs = inputs.contiguous(memory_format=memory_format)
+    timer = CpuTimer(functools.partial(network, inputs), threads)
+    record = None if again else store.get(key)
+    if record is None:
+        started = time.perf_counter()
+        timing = run_protocol(timer, replace(protocol, min_samples=2 * protocol.min_samples,
+                                             max_seconds=2 * protocol.max_seconds))
+        seconds = statistics.median(timing.seconds_per_call)
+        rates = [batch_size / s for s in timing.seconds_per_call]
+        low, high = median_ci(rates)
+        record = store.put(key, dict(
+            reference=REFERENCE_NAME, img_s=batch_size / seconds, seconds_per_call=seconds, ci_low=low, ci_high=high,
+            n_samples=len(rates), capped=timing.capped, clock=timer.clock,
+            calibrated_at=time.time(), calibration_seconds=time.perf_counter() - started), replace=again)
+    return Reference(timer, record["seconds_per_call"]), record
+
+
 def measure_throughput(
     model: nn.Module,
     batch_size: int = 1,
@@ -444,6 +577,8 @@ def measure_throughput(
     steady_allocator: bool = True,
     protocol: MeasureProtocol = MeasureProtocol(),
     in_chans: int = 3,
+    reference: bool = False,
+    calibrations: CalibrationStore | None = None,
 ) -> Throughput:
     """Measure ``model``'s inference throughput (img/s) on ``device`` by :func:`run_protocol`.
 
@@ -454,8 +589,14 @@ def measure_throughput(
     ``tf32`` (default off: an fp32 target means IEEE fp32) are set on CUDA and ignored on the
     CPU. ``steady_allocator`` applies :func:`pin_allocator` to this process (host memory
     matters on GPUs too: inputs, Python objects). The model is moved to ``device`` in place.
+
+    ``reference`` (CPU only; :func:`measure_target` turns it on) times the reference network
+    between the network's blocks and scales the figure to its calibration in
+    ``calibrations`` (default: :class:`~litv2.reference.CalibrationStore` in the node's
+    cache folder), calibrating first if this node and setting have none. CUDA events time the
+    GPU alone, so a CUDA figure needs no reference.
     """
-    began = time.perf_counter()
+    began, began_epoch = time.perf_counter(), time.time()
     if steady_allocator:
         pin_allocator()
     device = resolve_device(device)
@@ -463,17 +604,37 @@ def measure_throughput(
     on_cuda = device.type == "cuda"
     channels_last = on_cuda if channels_last is None else channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    calibration = None
     with backend_settings(device, threads, cudnn_benchmark, tf32), peak_memory(device) as added_mib:
         model = model.to(device).eval().to(memory_format=memory_format)
         inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
         inputs = inputs.contiguous(memory_format=memory_format)
         runner = torch.compile(model) if compile else model
-        timer = block_timer(functools.partial(runner, inputs), device)
+        used_threads = torch.get_num_threads()
+        timer = block_timer(functools.partial(runner, inputs), device, used_threads)
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            timing = run_protocol(timer, protocol)
-        peak, used_threads = added_mib(), torch.get_num_threads()
+            against = None
+            if reference and not on_cuda:
+                against, calibration = calibrate_reference(batch_size, img_size, precision, channels_last, protocol,
+                                                           calibrations)
+            timing = run_protocol(timer, protocol, reference=against)
+        peak = added_mib()
     rates = tuple(batch_size / s for s in timing.seconds_per_call)
     low, high = median_ci(rates)
+    clocks: dict[str, Any] = dict(clock=CUDA_EVENTS, raw_median=_median_rate(batch_size, timing.raw_seconds_per_call))
+    if isinstance(timer, CpuTimer):
+        sampled = timer.blocks[-len(timing.seconds_per_call):]
+        share = statistics.median(cpu / wall for wall, cpu in sampled)
+        clocks.update(clock=timer.clock, wall_median=_median_rate(batch_size, [wall for wall, _ in sampled]),
+                      cpu_median=_median_rate(batch_size, [cpu for _, cpu in sampled]), cpu_share=share,
+                      contended=share < CONTENDED_CPU_SHARE)
+    if calibration is not None:
+        observed = _median_rate(batch_size, timing.reference_seconds_per_call)
+        made_now = calibration["calibrated_at"] >= began_epoch
+        clocks["reference"] = dict(name=calibration["reference"], calibrated_img_s=calibration["img_s"],
+                                   observed_img_s=observed, drift=observed / calibration["img_s"],
+                                   calibrated_at=calibration["calibrated_at"],
+                                   calibration_seconds=calibration["calibration_seconds"] if made_now else 0.0)
     return Throughput(
         median=statistics.median(rates), ci_low=low, ci_high=high, samples=rates,
         calls_per_block=timing.calls_per_block, batch_size=batch_size, img_size=img_size, precision=precision,
@@ -483,12 +644,15 @@ def measure_throughput(
         page_faults_per_call=timer.page_faults_per_call if isinstance(timer, CpuTimer) else None,
         capped=timing.capped, warmup_converged=timing.warmup_converged, warmup_seconds=timing.warmup_seconds,
         first_call_seconds=timing.first_call_seconds, wall_seconds=time.perf_counter() - began, peak_memory_mb=peak,
+        **clocks,
     )
 
 
 def measure_target(model: nn.Module, target: Target, **options) -> Throughput:
     """:func:`measure_throughput` at a deployment target's device, batch, resolution,
-    precision and (CPU) thread count; ``options`` are its keyword-only options."""
+    precision and (CPU) thread count, against the calibrated reference on CPU targets;
+    ``options`` are its keyword-only options."""
+    options.setdefault("reference", True)
     return measure_throughput(model, target.batch_size, target.img_size, target.device, target.precision,
                               threads=target.threads, **options)
 

@@ -19,7 +19,7 @@ class MeasureProtocol:
     min_warmup_calls: int = 3
     warmup_agreement: float = 0.02  # two consecutive warm-up blocks within 2% of each other
     block_seconds: float = 0.2  # one sample: back-to-back calls lasting at least this long
-    min_samples: int = 8  # fewer than MIN_SAMPLES_FOR_CI still wait for that many
+    min_samples: int = 8  # before stopping on the interval; the time cap may stop at MIN_SAMPLES_FOR_CI
     target_ci: float = 0.02  # stop when the 95% interval of the median is narrower than 2% of it
     max_seconds: float = 6.0  # warm-up + sampling, after the first call
 

@@ -242,10 +242,14 @@ def _pick(args: argparse.Namespace) -> int:
     _check_device(target)
     from .cache import ThroughputCache
     from .deploy import Deployment, export_deployment, log_deployment
-    from .pick import pick_model, pick_summary, pick_table
+    from .pick import NoFeasibleModel, pick_model, pick_summary, pick_table
 
-    pick = pick_model(study, settings, target, constraints, args.top,
-                      ThroughputCache(Path(settings.workdir) / "throughput_cache.db"))
+    try:
+        pick = pick_model(study, settings, target, constraints, args.top,
+                          ThroughputCache(Path(settings.workdir) / "throughput_cache.db"))
+    except NoFeasibleModel as failure:
+        print(failure.table)  # how close every candidate came; the error line follows on stderr
+        raise
     print(pick_table(pick))
     print(pick_summary(pick))
     if folder is not None:

@@ -21,6 +21,7 @@ from .export import (CARD_FILE, ONNX_FILE, ONNX_INPUT, ONNX_OUTPUT, create_lit_m
                      onnx_max_difference, save_timm_folder, write_atomically)
 from .model_card import render_card
 from .pick import Pick
+from .repeats import interval
 from .settings import SearchSettings
 
 DEPLOY_CLASSES = 1000  # the network that was measured: ImageNet-shaped
@@ -53,6 +54,7 @@ class Deployment:
         c = self.pick.chosen
         return dict(study=self.pick.study, trial=c.trial, arch_id=c.arch_id, summary=c.summary, target=self.pick.target.key,
                     throughput=c.throughput, throughput_spread=c.measured.get("throughput_spread", 0.0),
+                    throughput_interval=list(interval(c.measured)),
                     params=c.params, flops=c.flops, proxy_top1=c.accuracy, proxy_epochs=c.epochs,
                     dataset=self.settings.dataset, mlflow_run_id=self.run_id, tracking_uri=self.tracking_uri,
                     seed=self.seed, command=self.command)

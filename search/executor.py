@@ -102,12 +102,14 @@ class Placement:
 class Executor(Protocol):
     """Runs jobs where :attr:`placement` puts them. ``devices``: budget devices one job of each
     kind holds (count / measure / train); ``train_threads``: CPU threads of one training;
-    ``data_workers``: its DataLoader processes."""
+    ``data_workers``: its DataLoader processes; ``measures_anew``: whether measuring an
+    architecture again gives a new figure (a replayed table holds one per architecture)."""
 
     placement: Placement
     devices: dict[str, float]
     train_threads: int
     data_workers: int
+    measures_anew: bool
 
     def submit(self, job: Job, node: str) -> None: ...
 
@@ -151,6 +153,7 @@ class InProcessExecutor:
         self.devices = devices or dict(count=1.0, measure=1.0, train=1.0)
         self.train_threads = train_threads
         self.data_workers = 0
+        self.measures_anew = True
         self.runners = runners or RUNNERS
         self.duration = duration or (lambda job, result: float(result.get("wall_seconds", 1.0)))
         self.clock = 0.0
@@ -301,6 +304,7 @@ class RayExecutor:
                             train=resources.train_devices)
         self.train_threads = resources.train_threads
         self.data_workers = resources.data_workers
+        self.measures_anew = True
         self._cpu_task = ray.remote(max_retries=0)(_run)
         self._gpu_task = ray.remote(num_gpus=1, max_calls=1, max_retries=0)(_run)
         self._refs: dict[Any, tuple[Job, str, float]] = {}

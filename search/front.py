@@ -19,15 +19,23 @@ from optuna._hypervolume import compute_hypervolume
 
 from .objectives import OBJECTIVES
 
-FRONT_COLUMNS = ("trial", "arch_id", "accuracy", "throughput", "params", "flops", "summary")
+FRONT_COLUMNS = ("trial", "arch_id", "accuracy", "throughput", "throughput_low", "throughput_high", "measured_times",
+                 "params", "flops", "summary")
 
 
 @dataclass(frozen=True)
 class Point:
+    """One evaluated architecture; ``throughput_low`` and ``throughput_high`` bound the 95 %
+    interval of its measured median, ``measured_times`` is how many measurements it was kept
+    from (:mod:`search.repeats`)."""
+
     trial: int
     arch_id: str
     accuracy: float
     throughput: float
+    throughput_low: float
+    throughput_high: float
+    measured_times: int
     params: int
     flops: int
     summary: str
@@ -35,8 +43,11 @@ class Point:
 
 def _point(trial: optuna.trial.FrozenTrial) -> Point:
     attrs = trial.user_attrs
-    return Point(trial.number, attrs.get("arch_id", ""), trial.values[0], trial.values[1],
-                 int(attrs.get("params", 0)), int(attrs.get("flops", 0)), attrs.get("summary", ""))
+    throughput = trial.values[1]
+    return Point(trial.number, attrs.get("arch_id", ""), trial.values[0], throughput,
+                 float(attrs.get("throughput_low", throughput)), float(attrs.get("throughput_high", throughput)),
+                 int(attrs.get("measured_times", 1)), int(attrs.get("params", 0)), int(attrs.get("flops", 0)),
+                 attrs.get("summary", ""))
 
 
 def evaluated_points(study: optuna.Study) -> list[Point]:
@@ -68,26 +79,37 @@ def front_csv(front: list[Point]) -> str:
 
 
 def front_table(front: list[Point]) -> str:
-    lines = ["| trial | arch id | proxy top-1 % | img/s | params | GFLOPs | architecture |", "|---|---|---|---|---|---|---|"]
+    lines = ["| trial | arch id | proxy top-1 % | img/s [95% interval] | params | GFLOPs | architecture |",
+             "|---|---|---|---|---|---|---|"]
     for p in sorted(front, key=lambda p: -p.accuracy):
-        lines.append(f"| {p.trial} | {p.arch_id} | {p.accuracy:.2f} | {p.throughput:.1f} | {p.params / 1e6:.2f}M "
+        lines.append(f"| {p.trial} | {p.arch_id} | {p.accuracy:.2f} | {p.throughput:.1f} "
+                     f"[{p.throughput_low:.1f}, {p.throughput_high:.1f}] | {p.params / 1e6:.2f}M "
                      f"| {p.flops / 1e9:.3f} | {p.summary} |")
     return "\n".join(lines)
 
 
 def plot_front(points: list[Point], front: list[Point], path: Path, title: str, target: str,
                marked: dict[str, str] | None = None) -> None:
-    """Scatter every architecture, draw the front as a staircase and label marked ids (e.g. LITv2-S)."""
+    """Scatter every architecture with its throughput interval as an error bar, draw the front
+    as a staircase, label front points by trial and marked ids by name (e.g. LITv2-S)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def bars(chosen: list[Point]) -> list[list[float]]:
+        return [[p.throughput - p.throughput_low for p in chosen], [p.throughput_high - p.throughput for p in chosen]]
+
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter([p.throughput for p in points], [p.accuracy for p in points], s=18, color="0.6", label="evaluated")
+    ax.errorbar([p.throughput for p in points], [p.accuracy for p in points], xerr=bars(points), fmt="o", ms=4,
+                color="0.6", ecolor="0.75", elinewidth=1, capsize=2, label="evaluated (95% interval of img/s)")
     ordered = sorted(front, key=lambda p: p.throughput)
     ax.step([p.throughput for p in ordered], [p.accuracy for p in ordered], where="post", color="C3", lw=1.2)
-    ax.scatter([p.throughput for p in ordered], [p.accuracy for p in ordered], s=36, color="C3", label="Pareto front")
+    ax.errorbar([p.throughput for p in ordered], [p.accuracy for p in ordered], xerr=bars(ordered), fmt="o", ms=6,
+                color="C3", ecolor="C3", elinewidth=1.2, capsize=3, label="Pareto front")
+    for p in ordered:
+        ax.annotate(f"#{p.trial}", (p.throughput, p.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                    color="C3")
     for arch_id, label in (marked or {}).items():
         for p in points:
             if p.arch_id == arch_id:

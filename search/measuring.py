@@ -39,7 +39,8 @@ def measure_architecture(config_json: str, target_key: str, *, compile: bool = F
     ``max_seconds``, ...); the other options are :func:`~litv2.measure.measure_throughput`'s.
     Returns plain data (it crosses process borders): ``throughput`` (the median, img/s),
     ``throughput_spread`` (half the width of its 95% interval), ``samples``,
-    ``peak_memory_mb``, ``params``, ``wall_seconds`` (building included), ``node``,
+    ``peak_memory_mb``, ``params``, ``wall_seconds`` (building included), ``calibration_seconds``
+    (the part of it that calibrated the node's reference: once per node), ``node``,
     ``interval`` ((start, end) in epoch seconds) and ``measurement``, the full record of
     :meth:`~litv2.measure.Throughput.to_dict` (interval, sample count, device name,
     library versions, flags, ``capped``, ...). FLOPs are :func:`count_architecture`'s job.
@@ -57,6 +58,7 @@ def measure_architecture(config_json: str, target_key: str, *, compile: bool = F
                               cudnn_benchmark=cudnn_benchmark, tf32=tf32, protocol=MeasureProtocol(**protocol))
     return dict(
         throughput=measured.median, throughput_spread=measured.spread, samples=list(measured.samples),
+        calibration_seconds=(measured.reference or {}).get("calibration_seconds", 0.0),
         peak_memory_mb=measured.peak_memory_mb if target.device == "cuda" else None, params=params, wall_seconds=time.perf_counter() - start,
         node=socket.gethostname(), interval=(began, time.time()), measurement=measured.to_dict(),
     )

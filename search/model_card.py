@@ -5,18 +5,20 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from .constraints import latency_ms
+from .repeats import interval
 
 if TYPE_CHECKING:
     from .deploy import Deployment
 
 
 def _measured(figure: dict[str, Any] | None, batch_size: int) -> tuple[str, str]:
+    """Throughput and latency, each with its 95 % interval (a slow end of throughput is a long latency)."""
     if not figure:
         return "-", "-"
-    throughput, spread = figure["throughput"], figure.get("throughput_spread", 0.0)
+    throughput, (low, high) = figure["throughput"], interval(figure)
     latency = latency_ms(throughput, batch_size)
-    latency_spread = latency * spread / throughput if throughput else 0.0
-    return f"{throughput:.1f} +- {spread:.1f}", f"{latency:.2f} +- {latency_spread:.2f}"
+    return (f"{throughput:.1f} [{low:.1f}, {high:.1f}]",
+            f"{latency:.2f} [{latency_ms(high, batch_size):.2f}, {latency_ms(low, batch_size):.2f}]")
 
 
 def _proxy_text(space_name: str) -> str:
@@ -39,19 +41,28 @@ def _measurement_notes(figure: dict[str, Any]) -> list[str]:
         notes.append(f"peak memory the measurement added: {figure['peak_memory_mb']:.0f} MiB")
     record = figure.get("measurement")
     if isinstance(record, dict):
-        keys = ("device_name", "precision", "threads", "n_samples", "ci_low", "ci_high", "calls_per_block",
-                "channels_last", "compiled", "warmup_converged", "capped")
-        notes.append("protocol: " + ", ".join(f"{k} {_short(record[k])}" for k in keys if k in record))
+        keys = ("device_name", "precision", "threads", "clock", "n_samples", "ci_low", "ci_high", "calls_per_block",
+                "channels_last", "compiled", "warmup_converged", "capped", "cpu_share", "contended")
+        notes.append("protocol: " + ", ".join(f"{k} {_short(record[k])}" for k in keys if record.get(k) is not None))
+        if record.get("reference"):
+            reference = record["reference"]
+            notes.append(f"scaled to the reference {reference['name']} calibrated at "
+                         f"{reference['calibrated_img_s']:.1f} img/s on the measuring node (it ran at "
+                         f"{reference['observed_img_s']:.1f} during the measurement, drift {reference['drift']:.3f})")
         if record.get("versions"):
             notes.append("measured under " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()))
     return notes
 
 
 def _short(value: Any) -> str:
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 _SOURCE = {"cache": "cached", "measured now": "measured by this pick"}
+
+
+def _times(measured_times: int) -> str:
+    return f" (kept of {measured_times} measurements: the first two disagreed)" if measured_times > 2 else ""
 
 
 def render_card(deployment: Deployment) -> str:
@@ -86,8 +97,8 @@ def render_card(deployment: Deployment) -> str:
         "",
         f"| figure | {_SOURCE.get(c.source, c.source)} | re-measured by this pick |",
         "|---|---|---|",
-        f"| throughput, img/s (median +- spread) | {cached_tp} | {fresh_tp} |",
-        f"| latency, ms per batch of {target.batch_size} | {cached_lat} | {fresh_lat} |",
+        f"| throughput, img/s (median [95 % interval]) | {cached_tp} | {fresh_tp}{_times(c.measured_times)} |",
+        f"| latency, ms per batch of {target.batch_size} [95 % interval] | {cached_lat} | {fresh_lat} |",
         "",
         f"Measured on {deployment.host}.",
         *[f"- {note}" for note in _measurement_notes(c.measured)],

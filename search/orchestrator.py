@@ -33,6 +33,7 @@ from .faults import RetryPolicy, failure_reason
 from .jobs import CountJob, Job, MeasureJob, TrainJob
 from .lease import TTL_SECONDS, Lease
 from .objectives import OBJECTIVES, create_objective_study
+from .repeats import best_supported, interval, is_wide
 from .scheduler import Decision, RungResult, make_scheduler
 from .settings import SearchSettings, stored
 from .storage import open_storage
@@ -77,6 +78,7 @@ class Candidate:
     figures: dict[str, Any] | None = None
     measured: dict[str, Any] | None = None
     measured_now: bool = False
+    measurements: list[dict[str, Any]] = field(default_factory=list)  # this trial's own, repeats included
     epochs_done: int = 0
     accuracies: list[float] = field(default_factory=list)
     costs: dict[str, float] = field(default_factory=dict)  # device-seconds by job kind
@@ -129,7 +131,7 @@ class Search:
         self.exhausted = False
         self._grid: list[tuple[dict[str, Any], str]] | None = None  # a finite space's (params, arch id), once needed
         self.tally = dict(trained=0, duplicates=0, reruns=0, infeasible=0, stopped=0, completed=0, failed=0,
-                          unaffordable=0, reused=0)
+                          unaffordable=0, reused=0, remeasured=0)
 
     # ================================================================== the story
     def run(self, resume: bool = False) -> int:
@@ -588,13 +590,31 @@ class Search:
             self.cache.put_figures(candidate.arch, self.target.img_size, candidate.figures)
             self._advance(candidate)
         elif kind == "measure":
-            self.costs.observe_measure(result["wall_seconds"] * self.devices["measure"])
-            candidate.measured, candidate.measured_now = result, True
+            # The node's one-off calibration is charged, but is no estimate of the next measurement.
+            once = result.get("calibration_seconds", 0.0)
+            self.costs.observe_measure((result["wall_seconds"] - once) * self.devices["measure"])
             candidate.trial.set_user_attr("measure_interval", _where_and_when(result))
-            self.cache.put(candidate.arch, self.target.key, result)
-            self._advance(candidate)
+            self._measured(candidate, result)
         else:
             self._trained(candidate, event.job, result)
+
+    def _measured(self, candidate: Candidate, result: dict[str, Any]) -> None:
+        """Keep a new figure, or measure once more when it is too wide to rank by
+        (:mod:`search.repeats`); of the two, the better-supported one is kept and cached."""
+        candidate.measurements.append(result)
+        if (len(candidate.measurements) == 1 and is_wide(result) and self.executor.measures_anew
+                and self.ledger.fits(self.costs.measure(self.devices["measure"]))):
+            self.tally["remeasured"] += 1
+            low, high = interval(result)
+            self._say(f"[trial {candidate.number}] {candidate.arch}: {result['throughput']:.1f} img/s "
+                      f"[{low:.1f}, {high:.1f}] is too wide to rank by; measuring it again")
+            self.queues["measure"].append(candidate)
+            return
+        kept = dict(best_supported(candidate.measurements))
+        kept["measured_times"] = len(candidate.measurements)
+        candidate.measured, candidate.measured_now = kept, True
+        self.cache.put(candidate.arch, self.target.key, kept)
+        self._advance(candidate)
 
     def _retried(self, candidate: Candidate, kind: str, reason: str, message: str) -> bool:
         """Lost work goes back to its queue, to run on whatever node placement picks next; a
@@ -712,8 +732,11 @@ class Search:
     def _figures(self, candidate: Candidate) -> dict[str, Any]:
         out = dict(candidate.figures or {})
         if candidate.measured is not None:
+            low, high = interval(candidate.measured)
             out.update(throughput=candidate.measured["throughput"],
                        throughput_spread=candidate.measured.get("throughput_spread", 0.0),
+                       throughput_low=low, throughput_high=high,
+                       measured_times=candidate.measured.get("measured_times", 1),
                        peak_memory_mb=candidate.measured.get("peak_memory_mb"),
                        latency_ms=latency_ms(candidate.measured["throughput"], self.target.batch_size))
         return out
@@ -747,7 +770,8 @@ class Search:
         params = {f"arch.{k}": v for k, v in candidate.config.to_dict().items()}
         params.update(arch_id=candidate.arch, summary=candidate.summary, seed=candidate.seed,
                       **{f"space.{k}": v for k, v in candidate.trial.params.items()})
-        metrics = {k: attrs[k] for k in ("params", "flops", "throughput", "throughput_spread", "latency_ms") if k in attrs}
+        metrics = {k: attrs[k] for k in ("params", "flops", "throughput", "throughput_spread", "throughput_low",
+                                         "throughput_high", "measured_times", "latency_ms") if k in attrs}
         metrics.update(fidelity_epochs=candidate.epochs_done, device_seconds=sum(candidate.costs.values()))
         if values is not None:
             metrics.update({o.name: v for o, v in zip(OBJECTIVES, values)})
@@ -787,7 +811,8 @@ class Search:
                 f"{t['completed']} complete, {t['stopped']} stopped early, {t['failed']} failed; "
                 f"{t['infeasible']} infeasible, {t['duplicates']} duplicates answered from the study, "
                 f"{t['reruns']} interrupted trials re-run, {t['unaffordable']} left untrained for budget, "
-                f"{t['reused']} trainings reused from earlier studies")
+                f"{t['reused']} trainings reused from earlier studies; {t['remeasured']} throughput figures "
+                f"measured twice (too wide)")
         queued = [w for w in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if "rerun_of" in w.user_attrs]
         if queued:  # kept for a resume with more budget: a re-run keeps the trial's seed and checkpoint
             line += f"\n{len(queued)} re-runs of interrupted trials stay queued for 'search resume --budget MORE'"

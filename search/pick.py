@@ -6,10 +6,15 @@ search measured on: every candidate is measured there unless the work directory'
 cache holds a figure for it under this machine's measuring fingerprint (device and library
 versions: a figure from another GPU model or another torch does not count), and new figures
 are cached.
-One cached figure is one noisy sample, so before choosing, the K most accurate feasible
-candidates are measured again; a candidate whose re-measured figure breaks a constraint
+One cached figure is one noisy sample, so before choosing, the K most accurate candidates
+that may be feasible are measured again: a candidate whose cached figure breaks a
+throughput or latency constraint while its 95 % interval reaches it counts as possibly
+feasible (:meth:`Candidate.plausible`). A re-measured figure that disagrees with the cached
+one (their intervals do not overlap) is measured a third time, and the figure the others
+support is kept (:mod:`search.repeats`). A candidate whose kept figure breaks a constraint
 drops out and the next one is measured, until the K best feasible ones all carry a fresh
-figure. The choice is the most accurate of them (ties: the faster).
+figure. The choice is the most accurate of them (ties: the faster). The table of every
+candidate's figures is shown on failure too (:class:`NoFeasibleModel` carries it).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from litv2 import LITConfig
 
 from .cache import ThroughputCache
 from .constraints import Constraints, latency_ms, violated
+from .repeats import best_supported, disagree, interval
 from .settings import SearchSettings
 from .target import Target, parse_target
 
@@ -32,7 +38,12 @@ Count = Callable[[str, int], dict[str, Any]]
 
 
 class NoFeasibleModel(ValueError):
-    """No front candidate meets the constraints (a usage error: exit code 2)."""
+    """No front candidate meets the constraints (a usage error: exit code 2); ``table`` is
+    every candidate's figures, for the user to see how close each came."""
+
+    def __init__(self, message: str, table: str = "") -> None:
+        super().__init__(message)
+        self.table = table
 
 
 @dataclass
@@ -50,7 +61,8 @@ class Candidate:
     flops: float
     cached: dict[str, Any] | None = None  # the figure known before re-measuring
     source: str = ""  # where ``cached`` came from: "cache" or "measured now"
-    remeasured: dict[str, Any] | None = None
+    remeasured: dict[str, Any] | None = None  # the figure kept after re-measuring (see search.repeats)
+    measured_times: int = 0  # measurements made by this pick
 
     @property
     def measured(self) -> dict[str, Any]:
@@ -69,6 +81,17 @@ class Candidate:
     def feasible(self, constraints: Constraints, batch_size: int) -> bool:
         return not violated(self.violations(constraints, batch_size))
 
+    def plausible(self, constraints: Constraints, batch_size: int) -> bool:
+        """Feasible on its figure, or - while it has not been re-measured - on the fast end
+        of its interval: one noisy figure just under a limit is no reason to drop a candidate."""
+        if self.feasible(constraints, batch_size):
+            return True
+        if self.remeasured is not None or not self.measured:
+            return False
+        fastest = interval(self.measured)[1]
+        return not violated({**constraints.static_violations(self.params, self.flops),
+                             **constraints.measured_violations(fastest, batch_size)})
+
 
 @dataclass
 class Pick:
@@ -79,7 +102,7 @@ class Pick:
     constraints: Constraints
     top: int
     candidates: list[Candidate]
-    chosen: Candidate
+    chosen: Candidate | None  # None only for the table of a failed pick
 
     def feasible(self, candidate: Candidate) -> bool:
         return candidate.feasible(self.constraints, self.target.batch_size)
@@ -142,19 +165,36 @@ def pick_model(study: optuna.Study, settings: SearchSettings, target: Target, co
         cache.put(candidate.arch_id, target.key, candidate.cached)
     batch = target.batch_size
     while True:
-        best = sorted((c for c in candidates if c.feasible(constraints, batch)),
+        best = sorted((c for c in candidates if c.plausible(constraints, batch)),
                       key=lambda c: (-c.accuracy, -c.throughput))[:top]
         stale = [c for c in best if c.remeasured is None]
         if not stale:
             break
-        say(f"re-measuring the most accurate feasible candidates on {target}: "
+        say(f"re-measuring the most accurate candidates that may be feasible on {target}: "
             + ", ".join(f"trial {c.trial}" for c in stale))
         for candidate in stale:
-            with _threads_kept():
-                candidate.remeasured = measure(candidate.config.to_json(), target.key)
-    if not best:
-        raise NoFeasibleModel(infeasible_message(candidates, constraints, target))
-    return Pick(study.study_name, target, constraints, top, candidates, chosen=best[0])
+            _remeasure(candidate, target, measure, say)
+    feasible = [c for c in best if c.feasible(constraints, batch)]
+    if not feasible:
+        table = pick_table(Pick(study.study_name, target, constraints, top, candidates, chosen=None))
+        raise NoFeasibleModel(infeasible_message(candidates, constraints, target), table)
+    return Pick(study.study_name, target, constraints, top, candidates, chosen=feasible[0])
+
+
+def _remeasure(candidate: Candidate, target: Target, measure: Measure, say: Callable[[str], None]) -> None:
+    """Measure ``candidate`` again; a figure that disagrees with the earlier one is measured a
+    third time, and the best-supported figure is kept."""
+    figures = [candidate.cached] if candidate.cached else []
+    for _ in range(2):
+        with _threads_kept():
+            figures.append(measure(candidate.config.to_json(), target.key))
+        candidate.measured_times += 1
+        if len(figures) < 2 or not disagree(figures[-2], figures[-1]):
+            break
+        (low_a, high_a), (low_b, high_b) = interval(figures[-2]), interval(figures[-1])
+        say(f"trial {candidate.trial}: {figures[-1]['throughput']:.1f} img/s [{low_b:.1f}, {high_b:.1f}] disagrees "
+            f"with {figures[-2]['throughput']:.1f} [{low_a:.1f}, {high_a:.1f}]; measuring it a third time")
+    candidate.remeasured = dict(best_supported(figures[1:] if len(figures) == 2 else figures))
 
 
 def _attach_figures(candidate: Candidate, target: Target, searched: Target, fingerprint: Mapping[str, str],
@@ -214,9 +254,15 @@ def infeasible_message(candidates: list[Candidate], constraints: Constraints, ta
 
 
 def _figure(measured: dict[str, Any] | None) -> str:
+    """``median [low, high]`` (the 95 % interval), and how many measurements it was kept from."""
     if not measured:
         return "-"
-    return f"{measured['throughput']:.1f} +- {measured.get('throughput_spread', 0.0):.1f}"
+    low, high = interval(measured)
+    return f"{measured['throughput']:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def _times(candidate: Candidate) -> str:
+    return f" (best of {candidate.measured_times})" if candidate.measured_times > 1 else ""
 
 
 def pick_table(pick: Pick) -> str:
@@ -230,7 +276,7 @@ def pick_table(pick: Pick) -> str:
         mark = "**picked**" if c is pick.chosen else ("yes" if pick.feasible(c) else
                                                       "no: " + ", ".join(violated(c.violations(pick.constraints, pick.target.batch_size))))
         lines.append(f"| {c.trial} | {c.arch_id} | {c.accuracy:.2f} ({c.epochs}) | {c.params / 1e6:.2f}M "
-                     f"| {c.flops / 1e9:.3f} | {_figure(c.cached)} ({c.source}) | {_figure(c.remeasured)} "
+                     f"| {c.flops / 1e9:.3f} | {_figure(c.cached)} ({c.source}) | {_figure(c.remeasured)}{_times(c)} "
                      f"| {latency_ms(c.throughput, pick.target.batch_size):.2f} | {mark} |")
     return "\n".join(lines)
 

@@ -84,6 +84,7 @@ class ReplayingExecutor(InProcessExecutor):
         self.jobs = jobs
         super().__init__([Node("replay", workers, bench=True)], self.jobs.runners(), self.jobs.seconds,
                          devices=dict(count=1.0, measure=float(workers), train=1.0))
+        self.measures_anew = False  # the table holds one figure per architecture: a repeat would only cost
 
     def fingerprint(self, target_key: str) -> dict[str, str]:
         """Where the table's throughputs were measured (the throughput cache keys on it)."""

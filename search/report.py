@@ -60,9 +60,22 @@ def status_text(study_name: str, storage_url: str) -> str:
     if settings.constraints:
         lines.append("constraints " + ", ".join(f"{k}={v:g}" for k, v in settings.constraints.items())
                      + ": violated by " + (", ".join(f"{n} ({k})" for k, n in violations.items()) or "none"))
+    lines.append(measurement_line(own))
     lines += [f"front (full fidelity only): {len(front)} architectures, hypervolume {hypervolume(front):.1f}",
               front_table(front)]
     return "\n".join(lines)
+
+
+def measurement_line(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """How far the study's throughput figures can be trusted: how many there are, how wide
+    their intervals run, how many were measured twice, and how contended the node was."""
+    measured = [t.user_attrs for t in trials if "throughput_low" in t.user_attrs and t.user_attrs.get("throughput")]
+    if not measured:
+        return "throughput figures: none with an interval yet"
+    widths = sorted((a["throughput_high"] - a["throughput_low"]) / a["throughput"] for a in measured)
+    twice = sum(a.get("measured_times", 1) > 1 for a in measured)
+    return (f"throughput figures: {len(measured)} trials, 95% intervals {widths[0]:.1%} to {widths[-1]:.1%} of the "
+            f"median (median {widths[len(widths) // 2]:.1%}), {twice} measured twice for a wide interval")
 
 
 def write_front(study_name: str, storage_url: str, csv_path: str | None, plot_path: str | None) -> str:

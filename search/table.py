@@ -19,9 +19,9 @@ import importlib.metadata as metadata
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
@@ -133,6 +133,27 @@ def export_table(study: optuna.Study, settings, fingerprint: dict[str, str]) -> 
         measurement_versions={k: v for k, v in fingerprint.items() if k != "device_name"},
         versions=versions,
     )
+    return BenchTable(meta, tuple(rows))
+
+
+def remeasure_table(table: BenchTable, measure: Callable[[str, str], dict[str, Any]],
+                    fingerprint: dict[str, str], say: Callable[[str], None] = print) -> BenchTable:
+    """``table`` with every row's throughput measured again on its target by ``measure(config
+    json, target)`` (:func:`search.measuring.measure_architecture`): figure, interval and
+    measurement seconds replaced, accuracies and training costs kept (they do not depend on
+    how throughput is timed). For a table whose figures predate a protocol change; run it on
+    the recording machine, whose ``fingerprint`` the new figures carry."""
+    target, rows = table.meta["target"], []
+    for index, row in enumerate(table.rows, 1):
+        measured = measure(row.config, target)
+        rows.append(replace(row, throughput=float(measured["throughput"]),
+                            throughput_spread=float(measured["throughput_spread"]),
+                            measure_seconds=float(measured["wall_seconds"] - measured.get("calibration_seconds", 0.0))))
+        say(f"[{index}/{len(table.rows)}] {row.arch_id}: {row.throughput:.1f} -> {measured['throughput']:.1f} img/s")
+    meta = dict(table.meta, remeasured=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                measurement_versions={k: v for k, v in fingerprint.items() if k != "device_name"})
+    meta["machine"] = dict(meta["machine"], device=fingerprint.get("device_name", ""), cpu=_cpu_model(),
+                           cores=os.cpu_count())
     return BenchTable(meta, tuple(rows))
 
 

@@ -1,6 +1,7 @@
 """Shared test settings: quiet, offline, deterministic."""
 import collections
 import os
+import tempfile
 
 import pytest
 
@@ -8,6 +9,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Reference calibrations (litv2.reference) go to a folder of this test run, not the user's cache:
+# shared by the xdist workers of one run (the store's first writer wins), inherited by the Ray
+# workers and subprocesses the tests start.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ.setdefault("LITV2_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"litv2-cache-{_RUN}") if _RUN
+                      else tempfile.mkdtemp(prefix="litv2-cache-"))
 
 
 @pytest.fixture(scope="module")

@@ -244,3 +244,41 @@ def test_bench_table_exports_the_recording_study_of_a_work_directory(table, tmp_
     assert "1 architectures of space bench" in capsys.readouterr().out
     [got] = BenchTable.load(out).rows
     assert got.arch_id == row.arch_id and got.measure_seconds == 3.0 and got.epoch_seconds == 18.0 / EPOCHS
+
+
+def test_a_table_is_remeasured_with_its_accuracies_and_training_costs_kept(table):
+    from search.table import remeasure_table
+
+    small = BenchTable(table.meta, table.rows[:3])
+    asked, said = [], []
+
+    def measure(config_json, target):
+        asked.append((config_json, target))
+        return dict(throughput=500.0 + len(asked), throughput_spread=2.5, wall_seconds=9.0, calibration_seconds=5.0)
+
+    fingerprint = {"device_name": "today's CPU", "torch": "9.9", "measure_protocol": "3"}
+    new = remeasure_table(small, measure, fingerprint, say=said.append)
+    assert asked == [(row.config, "cpu:bs1:224:fp32:t1") for row in small.rows]
+    assert [row.throughput for row in new.rows] == [501.0, 502.0, 503.0]
+    assert {row.throughput_spread for row in new.rows} == {2.5}
+    assert {row.measure_seconds for row in new.rows} == {4.0}  # the one-off calibration is not the row's cost
+    for old, fresh in zip(small.rows, new.rows):
+        assert (fresh.arch_id, fresh.epoch_accuracies, fresh.epoch_seconds, fresh.count_seconds, fresh.flops) == (
+            old.arch_id, old.epoch_accuracies, old.epoch_seconds, old.count_seconds, old.flops)
+    assert new.meta["measurement_versions"] == {"torch": "9.9", "measure_protocol": "3"}
+    assert new.meta["machine"]["device"] == "today's CPU" and "remeasured" in new.meta
+    assert new.meta["epochs"] == small.meta["epochs"] and len(said) == 3 and said[0].startswith("[1/3] ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--remeasure", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
+    (["--remeasure", "x.json.gz", "--measure-seconds", "0"], "--measure-seconds 0.0 is invalid"),
+])
+def test_bench_table_remeasure_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    from search.cli import main
+
+    out = tmp_path / "new.json.gz"
+    assert main(["bench-table", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

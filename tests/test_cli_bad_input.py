@@ -88,6 +88,8 @@ CASES = [
     ("litv2.bench", ["--precision", "fp8"], "'fp8'"),
     ("litv2.bench", ["measure", "--config", "nope"], "'nope'"),
     ("litv2.bench", ["repeatability", "--runs", "1"], "--runs 1"),
+    ("litv2.bench", ["repeatability", "--load", "-1"], "--load -1"),
+    ("litv2.bench", ["calibrate", "--target", "cuda:bs1:224"], "'cuda:bs1:224' is invalid for calibrate"),
     # experiments
     ("experiments", ["run", "nope"], "'nope'"),
     ("experiments", ["run", "table5", "--seeds", "0"], "--seeds 0"),

@@ -4,6 +4,8 @@ import platform
 import random
 import resource
 import sqlite3
+import statistics
+import time
 from contextlib import closing
 
 import pytest
@@ -12,10 +14,11 @@ from torch import nn
 
 from litv2 import LITConfig, build_model, count_flops, count_params
 from litv2.measure import (
-    MIN_SAMPLES_FOR_CI, PINNED_ALLOCATOR, CpuTimer, CudaEventTimer, MeasureProtocol, allocator_policy,
-    backend_settings, block_timer, device_fingerprint, fingerprint_of, measure_throughput, median_ci, pin_allocator,
-    relative_ci_width, run_protocol,
+    MIN_SAMPLES_FOR_CI, PINNED_ALLOCATOR, THREAD_CPU, WALL, CpuTimer, CudaEventTimer, MeasureProtocol, Reference,
+    allocator_policy, backend_settings, block_timer, device_fingerprint, fingerprint_of, measure_throughput, median_ci,
+    pin_allocator, relative_ci_width, run_protocol,
 )
+from litv2.reference import CalibrationStore
 
 # Small enough for a test, long enough for several blocks.
 FAST = MeasureProtocol(min_warmup_seconds=0.02, max_warmup_seconds=0.1, block_seconds=0.005, max_seconds=0.4)
@@ -110,7 +113,8 @@ def test_a_measurement_records_every_field_and_restores_the_threads():
     expected = {"median", "ci_low", "ci_high", "samples", "n_samples", "relative_ci", "calls_per_block", "batch_size",
                 "img_size", "precision", "device", "device_name", "threads", "versions", "cudnn_benchmark", "tf32",
                 "channels_last", "compiled", "allocator", "page_faults_per_call", "capped", "warmup_converged", "warmup_seconds",
-                "first_call_seconds", "wall_seconds", "peak_memory_mb"}
+                "first_call_seconds", "wall_seconds", "peak_memory_mb", "clock", "raw_median", "wall_median", "cpu_median",
+                "cpu_share", "contended", "reference"}
     assert set(record) == expected
     assert json.loads(json.dumps(record)) == record  # plain JSON: trial attributes, MLflow, the cache
     assert record["ci_low"] <= record["median"] <= record["ci_high"] and record["n_samples"] >= MIN_SAMPLES_FOR_CI
@@ -171,7 +175,8 @@ def test_measure_architecture_returns_the_search_record_without_flops():
     result = measure_architecture(config_json, "cpu:bs1:32", min_warmup_seconds=0.02, max_warmup_seconds=0.1,
                                   block_seconds=0.005, max_seconds=0.4)
     assert {"throughput", "throughput_spread", "samples", "peak_memory_mb", "params", "wall_seconds", "node",
-            "interval", "measurement"} <= set(result) and "flops" not in result
+            "interval", "measurement", "calibration_seconds"} <= set(result) and "flops" not in result
+    assert 0 <= result["calibration_seconds"] < result["wall_seconds"]
     assert result["throughput"] == result["measurement"]["median"] > 0
     assert result["measurement"]["threads"] == 1 and result["measurement"]["img_size"] == 32
     assert result["peak_memory_mb"] is None  # a warm worker's resident-set growth is no peak
@@ -230,3 +235,167 @@ def test_the_measure_job_passes_its_time_cap_to_the_protocol(monkeypatch):
     measure(MeasureJob(0, TINY.to_json(), "cpu:bs1:32", max_seconds=1.5))
     measure(MeasureJob(1, TINY.to_json(), "cpu:bs1:32"))
     assert seen == [{"max_seconds": 1.5}, {}]
+
+
+# ---------------------------------------------------------------------- clocks and the reference
+def test_the_clock_is_the_threads_cpu_clock_for_one_thread_and_the_wall_clock_for_more():
+    call = lambda: None  # noqa: E731
+    assert CpuTimer(call, threads=1).clock == THREAD_CPU
+    assert CpuTimer(call, threads=2).clock == WALL  # spinning OpenMP threads fill their CPU clocks with waiting
+    assert block_timer(call, torch.device("cpu"), threads=1).clock == THREAD_CPU
+    assert not hasattr(block_timer(call, torch.device("cuda")), "clock")  # CUDA events: the GPU's own clock
+    record = measure_throughput(Recorder(), batch_size=1, img_size=16, device="cpu", threads=1, protocol=FAST)
+    assert record.clock == THREAD_CPU and record.reference is None  # no reference unless asked for
+    # On an idle node both clocks agree; under the suite's own load the CPU clock is the faster one.
+    assert record.cpu_median >= record.wall_median * 0.97 and 0 < record.cpu_share <= 1.05
+
+
+class SleepsBesideItsWork(nn.Module):
+    """A forward of fixed CPU work (a few ms of matrix products) that also waits ``wait``
+    seconds off the CPU - the wall clock of a thread whose core is taken by a neighbour, the
+    CPU clock of one that has it."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__()
+        self.wait = wait
+        self.weight = nn.Parameter(torch.randn(192, 192) / 14)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.reshape(64, 192)
+        for _ in range(20):
+            y = torch.tanh(y @ self.weight)
+        time.sleep(self.wait)
+        return y
+
+
+def test_time_waiting_off_the_cpu_does_not_move_a_one_thread_figure():
+    """Waiting inflates the wall clock threefold or more; the figure follows the CPU clock."""
+    protocol = MeasureProtocol(min_warmup_seconds=0.05, max_warmup_seconds=0.3, block_seconds=0.03, max_seconds=1.5)
+    model = SleepsBesideItsWork(wait=0.0)
+    options = dict(batch_size=1, img_size=64, device="cpu", threads=1, protocol=protocol)  # 3 x 64 x 64 = 64 x 192
+    alone = measure_throughput(model, **options)
+    model.wait = 4 * (1 / alone.median)  # four forwards' worth of waiting per forward
+    waiting = measure_throughput(model, **options)
+    assert waiting.wall_median < 0.35 * alone.median  # what a wall clock would report
+    assert waiting.cpu_share < 0.35 and waiting.contended
+    assert waiting.median == pytest.approx(alone.median, rel=0.3)  # the CPU clock still sees the same work
+
+
+class DriftingNode:
+    """A network and a reference on one simulated clock whose node slows down 1.6x halfway
+    through, as when neighbours arrive: both workloads slow by the same factor."""
+
+    def __init__(self, network_seconds: float, reference_seconds: float, noise: float = 0.002) -> None:
+        self.network, self.reference = SyntheticWorkload(network_seconds, noise, seed=1), None
+        self.reference = SyntheticWorkload(reference_seconds, noise, seed=2)
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def _run(self, work: SyntheticWorkload, calls: int) -> float:
+        factor = 1.6 if self.now > 2.0 else 1.0
+        taken = work.timer(calls) * factor
+        self.now += taken
+        return taken
+
+    def network_timer(self, calls: int) -> float:
+        return self._run(self.network, calls)
+
+    def reference_timer(self, calls: int) -> float:
+        return self._run(self.reference, calls)
+
+
+def test_a_reference_timed_between_the_blocks_cancels_the_nodes_drift():
+    protocol = MeasureProtocol(min_samples=12, target_ci=0.0, max_seconds=8.0)
+    drifting = DriftingNode(network_seconds=0.02, reference_seconds=0.008)
+    plain = run_protocol(drifting.network_timer, protocol, drifting.clock)
+    assert max(plain.seconds_per_call) / min(plain.seconds_per_call) > 1.5  # the drift is in the raw blocks
+    drifting = DriftingNode(network_seconds=0.02, reference_seconds=0.008)
+    calibrated = Reference(drifting.reference_timer, seconds_per_call=0.008)  # measured when the node was quiet
+    timing = run_protocol(drifting.network_timer, protocol, drifting.clock, reference=calibrated)
+    assert max(timing.raw_seconds_per_call) / min(timing.raw_seconds_per_call) > 1.5
+    assert len(timing.reference_seconds_per_call) == len(timing.seconds_per_call)
+    off = [s for s in timing.seconds_per_call if s != pytest.approx(0.02, rel=0.02)]
+    assert len(off) <= 1  # only a pair that straddles the moment the node slowed
+    assert statistics.median(timing.seconds_per_call) == pytest.approx(0.02, rel=0.01)  # the quiet node's figure
+
+
+def test_the_reference_is_calibrated_once_per_setting_and_scales_every_figure(tmp_path):
+    from litv2.reference import REFERENCE_CONFIG
+
+    store = CalibrationStore(tmp_path)
+    options = dict(batch_size=1, img_size=32, device="cpu", threads=1, protocol=FAST, reference=True,
+                   calibrations=store)
+    first = measure_throughput(build_model(TINY, num_classes=10, img_size=32), **options)
+    files = list(tmp_path.glob("reference-*.json"))
+    assert len(files) == 1
+    calibration = json.loads(files[0].read_text())
+    assert calibration["key"]["img_size"] == 32 and calibration["key"]["threads"] == 1
+    assert calibration["key"]["reference_config"] == REFERENCE_CONFIG.to_dict()
+    assert first.reference["calibrated_img_s"] == calibration["img_s"]
+    assert first.reference["drift"] == pytest.approx(first.reference["observed_img_s"] / calibration["img_s"])
+    second = measure_throughput(build_model(TINY, num_classes=10, img_size=32), **options)
+    assert list(tmp_path.glob("reference-*.json")) == files  # reused, not made again
+    assert second.reference["calibrated_img_s"] == calibration["img_s"]
+    # each sample is the network's block scaled by calibrated / observed reference speed
+    assert first.median != first.raw_median or first.reference["drift"] == pytest.approx(1.0, abs=1e-3)
+    other = measure_throughput(build_model(TINY, num_classes=10, img_size=64), **{**options, "img_size": 64})
+    assert len(list(tmp_path.glob("reference-*.json"))) == 2 and other.reference["calibrated_img_s"] != first.reference[
+        "calibrated_img_s"]
+
+
+def test_the_reference_is_a_tiny_space_architecture():
+    from litv2.reference import REFERENCE_CONFIG
+    from space import arch_id, get_space
+
+    assert any(arch_id(c) == arch_id(REFERENCE_CONFIG) == "af8acf5b9204" for c in get_space("tiny").enumerate())
+
+
+def test_the_first_calibration_stored_wins_and_a_bad_file_is_none(tmp_path):
+    store = CalibrationStore(tmp_path)
+    key = {"host": "h", "img_size": 224}
+    assert store.get(key) is None
+    kept = store.put(key, {"img_s": 100.0})
+    assert kept["img_s"] == 100.0
+    assert store.put(key, {"img_s": 90.0})["img_s"] == 100.0  # another process calibrated first: use its figure
+    assert store.get(key)["img_s"] == 100.0
+    assert store.put(key, {"img_s": 90.0}, replace=True)["img_s"] == 90.0  # litv2.bench calibrate --again
+    assert not list(tmp_path.glob(".*partial"))
+    path = next(tmp_path.glob("reference-*.json"))
+    path.write_text("{not json")
+    assert store.get(key) is None
+    path.write_text(json.dumps({"img_s": 1.0, "key": {"host": "other"}}))  # a hash collision is no match
+    assert store.get(key) is None
+    assert store.remove(key) and not store.remove(key)
+
+
+@pytest.mark.slow
+def test_repeatability_runs_fresh_processes_beside_its_own_load_and_stops_it(tmp_path):
+    """The command behind the README's repeatability table: calibrate, N fresh measurements
+    with --load busy processes beside them, the spread on every clock; the load is gone after."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.json"
+    config.write_text(TINY.to_json())
+    out = tmp_path / "repeatability.json"
+    env = {**os.environ, "LITV2_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "litv2.bench", "repeatability", "--config", str(config), "--target",
+                           "cpu:bs1:32", "--runs", "2", "--load", "1", "--max-seconds", "0.5", "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("lit-reference-32 at cpu:bs1:32:fp32:t1") and "thread-cpu clock" in lines[0]
+    assert "2 fresh processes" in lines[1] and "1 busy processes beside" in lines[1]
+    assert sum(line.startswith("| 1 |") or line.startswith("| 2 |") for line in lines) == 2
+    assert "figure " in lines[-1] and "unscaled " in lines[-1] and "wall clock " in lines[-1]
+    record = json.loads(out.read_text())
+    assert record["load"] == 1 and len(record["runs"]) == 2 and set(record["spreads"]) == {"figure", "unscaled",
+                                                                                             "wall clock"}
+    calibrated = {run["reference"]["calibrated_img_s"] for run in record["runs"]}
+    assert len(calibrated) == 1  # both processes scaled to the one calibration made before the load
+    assert len(list((tmp_path / "cache").glob("reference-*.json"))) == 1
+    busy = subprocess.run(["pgrep", "-f", "while True: pass"], capture_output=True, text=True)
+    assert busy.stdout.strip() == ""  # the load was stopped

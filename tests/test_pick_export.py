@@ -47,12 +47,14 @@ FRONT = {
 }
 
 
-def measured(throughput: float, target: str = TARGET, device_name: str | None = None) -> dict:
-    """A measurement result as search.measuring returns it, made on this machine (its fingerprint)."""
+def measured(throughput: float, target: str = TARGET, device_name: str | None = None, spread: float = 2.0) -> dict:
+    """A measurement result as search.measuring returns it, made on this machine (its fingerprint),
+    with a 95 % interval of +- ``spread``."""
     fingerprint = measuring_fingerprint(target)
     record = dict(device_name=device_name or fingerprint["device_name"],
-                  versions={k: v for k, v in fingerprint.items() if k != "device_name"})
-    return dict(throughput=throughput, throughput_spread=2.0, samples=[throughput] * 3, measurement=record)
+                  versions={k: v for k, v in fingerprint.items() if k != "device_name"},
+                  ci_low=throughput - spread, ci_high=throughput + spread)
+    return dict(throughput=throughput, throughput_spread=spread, samples=[throughput] * 3, measurement=record)
 
 
 def build_study(workdir: Path, name: str = "s", tracked: bool = False, cached: bool = False) -> optuna.Study:
@@ -137,8 +139,33 @@ def test_re_measuring_decides_not_one_noisy_cached_figure(study, tmp_path):
                     top=1, measure=measure)
     assert pick.chosen.arch_id == "b"
     a = next(c for c in pick.candidates if c.arch_id == "a")
-    assert (a.cached["throughput"], a.remeasured["throughput"]) == (1200.0, 900.0)
-    assert measure.calls == ["a", "b", "c", "d", "a", "b"]  # all measured once, then a and b again
+    assert (a.cached["throughput"], a.remeasured["throughput"], a.measured_times) == (1200.0, 900.0, 2)
+    # All measured once; then a and b again, and - each second figure's interval being apart
+    # from the first - a third time: the figure two measurements agree on is kept.
+    assert measure.calls == ["a", "b", "c", "d", "a", "a", "b", "b"]
+
+
+def test_a_figure_whose_interval_reaches_the_limit_is_measured_again_not_dropped(study, study_dir):
+    # a's cached 100 +- 2 (the study folder's cache) is under --min-throughput 101, but its interval reaches 101.
+    measure = FakeMeasure({"a": 104.0, "b": 200.0, "c": 300.0, "d": 400.0})
+    pick = run_pick(study, study_dir, constraints=Constraints(min_throughput=101), top=1, measure=measure)
+    assert pick.chosen.arch_id == "a" and pick.chosen.remeasured["throughput"] == 104.0
+    assert measure.calls == ["a"]  # intervals [98, 102] and [102, 106] touch: no third measurement
+    measure = FakeMeasure({"a": 97.0, "b": 200.0, "c": 300.0, "d": 400.0})
+    pick = run_pick(study, study_dir, constraints=Constraints(min_throughput=101), top=1, measure=measure)
+    assert pick.chosen.arch_id == "b" and measure.calls == ["a", "b"]  # measured, then it dropped out
+    measure = FakeMeasure({a: row[2] for a, row in FRONT.items()})
+    pick = run_pick(study, study_dir, constraints=Constraints(min_throughput=103), top=1, measure=measure)
+    assert pick.chosen.arch_id == "b" and measure.calls == ["b"]  # [98, 102] cannot reach 103: not measured
+
+
+def test_a_failed_pick_still_shows_every_candidates_figures(study, study_dir):
+    with pytest.raises(NoFeasibleModel) as failure:
+        run_pick(study, study_dir, constraints=Constraints(min_throughput=1000))
+    rows = [line for line in failure.value.table.splitlines() if line.startswith("| ") and "arch id" not in line]
+    assert [row.split(" | ")[1] for row in rows] == ["a", "b", "c", "d"]
+    assert "| 400.0 [398.0, 402.0] (cache) | - |" in failure.value.table
+    assert all("no: min_throughput" in row for row in rows)
 
 
 def test_a_new_target_is_measured_once_and_cached(study, tmp_path):
@@ -149,7 +176,7 @@ def test_a_new_target_is_measured_once_and_cached(study, tmp_path):
     # The four candidates (c's figure from another machine does not count), then the pick again.
     assert sorted(first.calls) == ["a", "a", "b", "c", "d"]
     assert cache.get("b", "cpu:bs4:32:fp32:t1", measuring_fingerprint("cpu:bs4:32"))["throughput"] == 51.0
-    second = FakeMeasure({a: 10.0 for a in FRONT})
+    second = FakeMeasure({a: 51.0 + i for i, a in enumerate(FRONT)})  # agrees with the cached figures
     pick = run_pick(study, tmp_path, target="cpu:bs4:32", top=1, measure=second)
     assert second.calls == ["a"]  # only the re-measurement: the rest came from the cache
     assert {c.source for c in pick.candidates} == {"cache"}
@@ -179,6 +206,14 @@ def test_bad_pick_input_is_one_line_and_exit_2(study_dir, tmp_path, capsys, argv
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not export.exists() and not any(p.name.startswith(".export") for p in tmp_path.iterdir())
+
+
+def test_pick_prints_the_candidates_table_when_it_fails(study_dir, capsys):
+    code = main(["pick", "--workdir", str(study_dir), "--study", "s", "--min-throughput", "1000"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.strip() == ("search: error: fastest candidate: 400.0 img/s on cpu:bs1:32:fp32:t1; "
+                                                  "--min-throughput 1000 cannot be met")
+    assert "| trial | arch id |" in captured.out and "300.0 [298.0, 302.0] (cache)" in captured.out
 
 
 def test_an_existing_export_folder_is_refused_before_measuring(study_dir, tmp_path, capsys):

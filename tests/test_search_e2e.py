@@ -140,7 +140,8 @@ def test_status_and_front_commands(three_trials, tmp_path, capsys):
     assert "rungs (epoch: reached / continued / stopped): 1: 3 / 0 / 0" in status
     csv_path, png_path = tmp_path / "front.csv", tmp_path / "front.png"
     assert main(["front", "--study", "s", "--workdir", workdir, "--csv", str(csv_path), "--plot", str(png_path)]) == 0
-    assert csv_path.read_text().splitlines()[0] == "trial,arch_id,accuracy,throughput,params,flops,summary"
+    assert csv_path.read_text().splitlines()[0] == ("trial,arch_id,accuracy,throughput,throughput_low,throughput_high,"
+                                                    "measured_times,params,flops,summary")
     assert png_path.read_bytes()[:4] == b"\x89PNG"
     assert main(["status", "--study", "nope", "--workdir", workdir]) == 2
 

@@ -5,6 +5,7 @@ takes well under a second of training; the storage (sqlite) is real, and the dri
 to an in-memory tracker (the MLflow records are the end-to-end tests' subject).
 """
 import json
+import zlib
 from pathlib import Path
 
 import optuna
@@ -110,13 +111,14 @@ class FakeJobs:
     def train(self, job):
         config = LITConfig.from_json(job.proxy_json)
         self.trained.append((job.proxy_json, job.from_epoch, job.to_epoch))
-        quality = (hash(job.proxy_json) % 1000) / 20.0
+        quality = (zlib.crc32(job.proxy_json.encode()) % 1000) / 20.0  # stable across interpreters, unlike hash()
         accuracies = [quality + 2 * e for e in range(1, job.to_epoch + 1)]
         return dict(accuracy=accuracies[-1], epoch_accuracies=accuracies, train_seconds=1.0,
                     wall_seconds=self.epoch_seconds * (job.to_epoch - job.from_epoch) * sum(config.depths) / 5)
 
 
-def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, **changes) -> optuna.Study:
+def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, measures_anew: bool = True,
+                   **changes) -> optuna.Study:
     options = dict(study="s", space="tiny", budget="20000cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
                    tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=9, seed=0, address=None,
                    data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=None)
@@ -124,8 +126,10 @@ def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, **changes) ->
     settings = build_settings(**options)
 
     def executor(search):
-        return InProcessExecutor([Node("local", slots, bench=True)], jobs.runners(),
-                                 devices=dict(count=1.0, measure=2.0, train=1.0))
+        built = InProcessExecutor([Node("local", slots, bench=True)], jobs.runners(),
+                                  devices=dict(count=1.0, measure=2.0, train=1.0))
+        built.measures_anew = measures_anew
+        return built
 
     # The policies are the subject here, not the records: MLflow's runs are the end-to-end tests' job.
     assert Search(settings, executor=executor, tracker=ProgressRecorder()).run() == 0
@@ -301,3 +305,46 @@ def test_a_sampler_stuck_on_known_architectures_is_handed_unseen_ones(tmp_path, 
     duplicates = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert all(t.params == stuck and t.state == TrialState.PRUNED for t in duplicates)
     assert "known architectures proposed in a row: the next trial is an unseen one" in capsys.readouterr().out
+
+
+class WideFirstJobs(FakeJobs):
+    """Every architecture's first measurement has a wide interval (+-10 %), the next a narrow one."""
+
+    def measure(self, job):
+        result = super().measure(job)
+        wide = self.measured.count(job.config_json) == 1
+        median = result["throughput"] * (1.03 if wide else 1.0)
+        half = median * (0.10 if wide else 0.005)
+        result.update(throughput=median, throughput_spread=half)
+        result["measurement"].update(ci_low=median - half, ci_high=median + half)
+        return result
+
+
+def test_a_wide_figure_is_measured_again_and_the_narrower_kept(tmp_path, capsys):
+    jobs = WideFirstJobs()
+    study = run_in_process(tmp_path, jobs, space="table5", epochs=1, budget="1000000cpu-s")
+    assert len(jobs.measured) == 8 and len(set(jobs.measured)) == 4  # each of the 4 architectures twice
+    for trial in study.trials:
+        attrs = trial.user_attrs
+        expected = _figures(LITConfig.from_json(attrs["config"]))[2]
+        assert attrs["throughput"] == pytest.approx(expected) and trial.values[1] == pytest.approx(expected)
+        assert attrs["measured_times"] == 2
+        assert (attrs["throughput_low"], attrs["throughput_high"]) == pytest.approx((expected * 0.995, expected * 1.005))
+    out = capsys.readouterr().out
+    assert out.count("is too wide to rank by; measuring it again") == 4
+    assert "4 throughput figures measured twice (too wide)" in out
+
+
+def test_a_backend_that_holds_one_figure_per_architecture_is_not_asked_again(tmp_path, capsys):
+    jobs = WideFirstJobs()  # as a replayed table: its wide figures are all there is
+    study = run_in_process(tmp_path, jobs, measures_anew=False, space="table5", epochs=1, budget="1000000cpu-s")
+    assert len(jobs.measured) == 4 and {t.user_attrs["measured_times"] for t in study.trials} == {1}
+    assert "0 throughput figures measured twice" in capsys.readouterr().out
+
+
+def test_a_narrow_figure_is_measured_once(tmp_path, capsys):
+    jobs = FakeJobs()  # spread 0.1 img/s on figures of tens to hundreds: narrow
+    study = run_in_process(tmp_path, jobs, space="table5", epochs=1, budget="1000000cpu-s")
+    assert len(jobs.measured) == 4
+    assert {t.user_attrs["measured_times"] for t in study.trials} == {1}
+    assert "0 throughput figures measured twice" in capsys.readouterr().out
