@@ -278,7 +278,10 @@ def test_time_waiting_off_the_cpu_does_not_move_a_one_thread_figure():
     waiting = measure_throughput(model, **options)
     assert waiting.wall_median < 0.35 * alone.median  # what a wall clock would report
     assert waiting.cpu_share < 0.35 and waiting.contended
-    assert waiting.median == pytest.approx(alone.median, rel=0.3)  # the CPU clock still sees the same work
+    assert waiting.median > 2.5 * waiting.wall_median  # the figure follows the CPU clock, not the wall
+    # ... and stays near the uncontended figure (under the suite's load, waking from each sleep
+    # to cold caches costs some CPU time too: 0.6x was seen beside a heavy replay)
+    assert waiting.median == pytest.approx(alone.median, rel=0.5)
 
 
 class DriftingNode:
