@@ -602,8 +602,10 @@ class Search:
         """Keep a new figure, or measure once more when it is too wide to rank by
         (:mod:`search.repeats`); of the two, the better-supported one is kept and cached."""
         candidate.measurements.append(result)
+        # A repeat is worth its cost only if the candidate can still be trained after it.
+        first_rung = self.costs.train(candidate.figures["flops"], self.scheduler.next_rung(0), self.devices["train"])
         if (len(candidate.measurements) == 1 and is_wide(result) and self.executor.measures_anew
-                and self.ledger.fits(self.costs.measure(self.devices["measure"]))):
+                and self.ledger.fits(self.costs.measure(self.devices["measure"]) + first_rung)):
             self.tally["remeasured"] += 1
             low, high = interval(result)
             self._say(f"[trial {candidate.number}] {candidate.arch}: {result['throughput']:.1f} img/s "
