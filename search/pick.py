@@ -73,10 +73,11 @@ class Candidate:
     def throughput(self) -> float:
         return float(self.measured["throughput"])
 
-    def violations(self, constraints: Constraints, batch_size: int) -> dict[str, float]:
-        """Relative violation per constraint on the latest figures (> 0: broken)."""
+    def violations(self, constraints: Constraints, batch_size: int, throughput: float | None = None) -> dict[str, float]:
+        """Relative violation per constraint on the latest figures (> 0: broken); ``throughput``
+        replaces the latest figure's (e.g. the fast end of its interval)."""
         return {**constraints.static_violations(self.params, self.flops),
-                **constraints.measured_violations(self.throughput, batch_size)}
+                **constraints.measured_violations(self.throughput if throughput is None else throughput, batch_size)}
 
     def feasible(self, constraints: Constraints, batch_size: int) -> bool:
         return not violated(self.violations(constraints, batch_size))
@@ -88,9 +89,7 @@ class Candidate:
             return True
         if self.remeasured is not None or not self.measured:
             return False
-        fastest = interval(self.measured)[1]
-        return not violated({**constraints.static_violations(self.params, self.flops),
-                             **constraints.measured_violations(fastest, batch_size)})
+        return not violated(self.violations(constraints, batch_size, throughput=interval(self.measured)[1]))
 
 
 @dataclass
@@ -194,7 +193,8 @@ def _remeasure(candidate: Candidate, target: Target, measure: Measure, say: Call
         (low_a, high_a), (low_b, high_b) = interval(figures[-2]), interval(figures[-1])
         say(f"trial {candidate.trial}: {figures[-1]['throughput']:.1f} img/s [{low_b:.1f}, {high_b:.1f}] disagrees "
             f"with {figures[-2]['throughput']:.1f} [{low_a:.1f}, {high_a:.1f}]; measuring it a third time")
-    candidate.remeasured = dict(best_supported(figures[1:] if len(figures) == 2 else figures))
+    # the fresh figure, unless a third was needed: then the one the others support
+    candidate.remeasured = dict(figures[-1] if len(figures) <= 2 else best_supported(figures))
 
 
 def _attach_figures(candidate: Candidate, target: Target, searched: Target, fingerprint: Mapping[str, str],

@@ -150,19 +150,21 @@ def test_bench_strategies_command_writes_the_report(table, tmp_path, capsys):
     assert "Kendall tau" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--samplers", "random,cmaes"], "--samplers 'cmaes' is unknown"),
-    (["--schedulers", "full,hyperband"], "--schedulers 'hyperband' is unknown"),
-    (["--seeds", "0"], "--seeds 0 is invalid"),
-    (["--samplers", "gp"], "the baseline random+full every strategy is measured against is left out"),
-    (["--budget", "1gpu-h"], "--budget '1gpu-h' is invalid"),
-    (["--table", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
+@pytest.mark.parametrize("command, argv, message", [
+    ("bench-strategies", ["--samplers", "random,cmaes"], "--samplers 'cmaes' is unknown"),
+    ("bench-strategies", ["--schedulers", "full,hyperband"], "--schedulers 'hyperband' is unknown"),
+    ("bench-strategies", ["--seeds", "0"], "--seeds 0 is invalid"),
+    ("bench-strategies", ["--samplers", "gp"], "the baseline random+full every strategy is measured against is left out"),
+    ("bench-strategies", ["--budget", "1gpu-h"], "--budget '1gpu-h' is invalid"),
+    ("bench-strategies", ["--table", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
+    ("bench-table", ["--remeasure", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
+    ("bench-table", ["--remeasure", "x.json.gz", "--measure-seconds", "0"], "--measure-seconds 0.0 is invalid"),
 ])
-def test_bench_strategies_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+def test_bench_bad_input_is_one_line_and_exit_2(tmp_path, capsys, command, argv, message):
     from search.cli import main
 
-    out = tmp_path / "report"
-    assert main(["bench-strategies", "--out", str(out), *argv]) == 2
+    out = tmp_path / "out"  # bench-strategies' report folder, bench-table's table file
+    assert main([command, "--out", str(out), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -268,17 +270,3 @@ def test_a_table_is_remeasured_with_its_accuracies_and_training_costs_kept(table
     assert new.meta["measurement_versions"] == {"torch": "9.9", "measure_protocol": "3"}
     assert new.meta["machine"]["device"] == "today's CPU" and "remeasured" in new.meta
     assert new.meta["epochs"] == small.meta["epochs"] and len(said) == 3 and said[0].startswith("[1/3] ")
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--remeasure", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
-    (["--remeasure", "x.json.gz", "--measure-seconds", "0"], "--measure-seconds 0.0 is invalid"),
-])
-def test_bench_table_remeasure_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
-    from search.cli import main
-
-    out = tmp_path / "new.json.gz"
-    assert main(["bench-table", "--out", str(out), *argv]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
-    assert not out.exists()
