@@ -158,14 +158,25 @@ class WarmUp:
     converged: bool
 
 
+class MeasurementOutOfTime(RuntimeError):
+    """A measurement reached its ``deadline`` before it had a figure: the search grants each
+    measurement what its budget can still pay, and a figure bought with more is not bought."""
+
+
+def _check_deadline(deadline: float | None, clock: Clock) -> None:
+    if deadline is not None and clock() >= deadline:
+        raise MeasurementOutOfTime(f"the measurement's time ran out {clock() - deadline:.1f} s ago, before a figure")
+
+
 def warm_up(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
-            clock: Clock = time.perf_counter) -> WarmUp:
+            clock: Clock = time.perf_counter, deadline: float | None = None) -> WarmUp:
     """One untimed call, then blocks of about ``block_seconds`` (each sized from the one
     before) until two in a row agree after the minimum time and calls, or the warm-up cap
     (``max_warmup_seconds``, or ``max_seconds`` if that is shorter).
 
     The first call (lazy initialisation, compilation, autotuning) is outside the clocks of
-    the protocol: it only sizes the first block.
+    the protocol: it only sizes the first block. Past ``deadline`` (a ``clock`` time) it
+    raises :class:`MeasurementOutOfTime` at the next block's end.
     """
     before = clock()
     timer(1)
@@ -174,6 +185,7 @@ def warm_up(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
     calls, done, previous = _calls_for(first_call, protocol.block_seconds), 1, None
     while True:
         per_call = timer(calls) / calls
+        _check_deadline(deadline, clock)
         done += calls
         elapsed = clock() - start
         agree = previous is not None and abs(per_call / previous - 1) <= protocol.warmup_agreement
@@ -196,7 +208,8 @@ REFERENCE_WARMUP_SECONDS = 0.4  # the reference is small and was warmed before o
 
 
 def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(),
-                 clock: Clock = time.perf_counter, reference: Reference | None = None) -> Timing:
+                 clock: Clock = time.perf_counter, reference: Reference | None = None,
+                 deadline: float | None = None) -> Timing:
     """:func:`warm_up`, then time blocks until the median's interval is narrow enough or
     ``max_seconds`` (counted from the end of the first call) have passed.
 
@@ -204,15 +217,19 @@ def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(
     reference, and each sample is the network's time scaled by calibrated / observed
     reference time of that pair: a slowdown of the node that both share cancels out.
 
+    ``deadline`` (a ``clock`` time) is a hard stop, unlike ``max_seconds``: a measurement
+    still short of an interval when it passes raises :class:`MeasurementOutOfTime`.
+
     ``timer`` and ``clock`` are parameters so that the rule can be checked against a
     synthetic workload of known noise; every real measurement passes a :func:`block_timer`.
     """
-    warm = warm_up(timer, protocol, clock)
+    warm = warm_up(timer, protocol, clock, deadline)
     warmup_seconds = warm.seconds
     if reference is not None:
         started = clock()
         reference_warm = warm_up(reference.timer, replace(protocol, min_warmup_seconds=REFERENCE_WARMUP_SECONDS,
-                                                          max_warmup_seconds=2 * REFERENCE_WARMUP_SECONDS), clock)
+                                                          max_warmup_seconds=2 * REFERENCE_WARMUP_SECONDS), clock,
+                                 deadline)
         warmup_seconds += clock() - started
     sampling_from = clock()
 
@@ -237,6 +254,7 @@ def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(
         if len(seconds) >= MIN_SAMPLES_FOR_CI and elapsed() >= protocol.max_seconds:
             capped = True
             break
+        _check_deadline(deadline, clock)
     return Timing(tuple(seconds), warm.calls_per_block, warm.first_call_seconds, warmup_seconds, warm.converged, capped,
                   elapsed(), tuple(raw), tuple(observed))
 
@@ -579,6 +597,7 @@ def measure_throughput(
     in_chans: int = 3,
     reference: bool = False,
     calibrations: CalibrationStore | None = None,
+    deadline: float | None = None,
 ) -> Throughput:
     """Measure ``model``'s inference throughput (img/s) on ``device`` by :func:`run_protocol`.
 
@@ -595,6 +614,10 @@ def measure_throughput(
     ``calibrations`` (default: :class:`~litv2.reference.CalibrationStore` in the node's
     cache folder), calibrating first if this node and setting have none. CUDA events time the
     GPU alone, so a CUDA figure needs no reference.
+
+    ``deadline`` (a ``time.perf_counter`` time) ends the timing with
+    :class:`MeasurementOutOfTime` if it passes before the figure has its interval (the
+    node's one-off calibration is not held to it).
     """
     began, began_epoch = time.perf_counter(), time.time()
     if steady_allocator:
@@ -617,7 +640,7 @@ def measure_throughput(
             if reference and not on_cuda:
                 against, calibration = calibrate_reference(batch_size, img_size, precision, channels_last, protocol,
                                                            calibrations)
-            timing = run_protocol(timer, protocol, reference=against)
+            timing = run_protocol(timer, protocol, reference=against, deadline=deadline)
         peak = added_mib()
     rates = tuple(batch_size / s for s in timing.seconds_per_call)
     low, high = median_ci(rates)

@@ -33,6 +33,7 @@ class MeasureJob:
     config_json: str
     target_key: str
     max_seconds: float | None = None  # the protocol's time cap; None: its default
+    allowed_seconds: float | None = None  # what the budget granted: a hard stop (None: no limit)
     kind: str = field(default="measure", init=False)
 
 
@@ -106,8 +107,8 @@ def measure(job: MeasureJob) -> dict[str, Any]:
     from search.measuring import measure_architecture
 
     start, began = time.perf_counter(), time.time()
-    cap = {} if job.max_seconds is None else {"max_seconds": job.max_seconds}
-    return _stamp(dict(measure_architecture(job.config_json, job.target_key, **cap)), start, began)
+    limits = {name: getattr(job, name) for name in ("max_seconds", "allowed_seconds") if getattr(job, name) is not None}
+    return _stamp(dict(measure_architecture(job.config_json, job.target_key, **limits)), start, began)
 
 
 def train(job: TrainJob) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from litv2 import LITConfig, build_model, build_zeroed_model, count_flops, count_params
-from litv2.measure import MeasureProtocol, device_fingerprint, measure_target
+from litv2.measure import MeasurementOutOfTime, MeasureProtocol, device_fingerprint, measure_target
 
 from .target import parse_target
 
@@ -32,7 +32,8 @@ def count_architecture(config_json: str, img_size: int) -> dict[str, int]:
 
 
 def measure_architecture(config_json: str, target_key: str, *, compile: bool = False, channels_last: bool | None = None,
-                         cudnn_benchmark: bool = True, tf32: bool = False, **protocol: Any) -> dict[str, Any]:
+                         cudnn_benchmark: bool = True, tf32: bool = False, allowed_seconds: float | None = None,
+                         **protocol: Any) -> dict[str, Any]:
     """Build the full-size network of ``config_json`` and measure it on ``target_key``.
 
     ``protocol`` holds :class:`~litv2.measure.MeasureProtocol` fields (``min_samples``,
@@ -45,6 +46,10 @@ def measure_architecture(config_json: str, target_key: str, *, compile: bool = F
     :meth:`~litv2.measure.Throughput.to_dict` (interval, sample count, device name,
     library versions, flags, ``capped``, ...). FLOPs are :func:`count_architecture`'s job.
 
+    ``allowed_seconds`` is what the search's budget granted this job (building included): a
+    measurement that has no figure when they are spent stops, and returns ``out_of_time``
+    True with its ``wall_seconds``, ``node`` and ``interval`` alone.
+
     The task holds the whole device but runs the target's own thread count, so a CPU
     target's idle cores absorb the node's background work. ``peak_memory_mb`` is None for a
     CPU target: there the figure is the resident set's growth, and a warm worker reuses the
@@ -54,8 +59,13 @@ def measure_architecture(config_json: str, target_key: str, *, compile: bool = F
     target = parse_target(target_key)
     model = build_model(LITConfig.from_json(config_json), num_classes=1000, img_size=target.img_size)
     params = count_params(model)
-    measured = measure_target(model, target, compile=compile, channels_last=channels_last,
-                              cudnn_benchmark=cudnn_benchmark, tf32=tf32, protocol=MeasureProtocol(**protocol))
+    deadline = None if allowed_seconds is None else start + allowed_seconds
+    try:
+        measured = measure_target(model, target, compile=compile, channels_last=channels_last, deadline=deadline,
+                                  cudnn_benchmark=cudnn_benchmark, tf32=tf32, protocol=MeasureProtocol(**protocol))
+    except MeasurementOutOfTime:
+        return dict(out_of_time=True, wall_seconds=time.perf_counter() - start, node=socket.gethostname(),
+                    interval=(began, time.time()))
     return dict(
         throughput=measured.median, throughput_spread=measured.spread, samples=list(measured.samples),
         calibration_seconds=(measured.reference or {}).get("calibration_seconds", 0.0),

@@ -472,9 +472,13 @@ class Search:
         for candidate in list(self.queues["measure"]):
             if self._shared(candidate, "measure"):
                 continue
+            # The longest measurement so far is no bound when the node's load rises: a
+            # measurement is stopped at what the ledger grants it (none costs no devices).
+            estimate, devices = self.costs.measure(self.devices["measure"]), self.devices["measure"]
+            grant = self.ledger.grant(estimate)
             job = MeasureJob(candidate.number, candidate.config.to_json(), self.target.key,
-                             self.settings.measure_seconds)
-            if not self._submit(candidate, job, self.costs.measure(self.devices["measure"]), "measure"):
+                             self.settings.measure_seconds, allowed_seconds=grant / devices if devices else None)
+            if not self._submit(candidate, job, estimate, "measure", grant=grant):
                 break
         waiting = sorted(self.queues["train"], key=lambda c: (-c.epochs_done, c.number))
         for candidate in waiting:
@@ -509,11 +513,13 @@ class Search:
             return True
         return any(job.kind == kind and self.active[job.trial].arch == candidate.arch for job in self.executor.running())
 
-    def _submit(self, candidate: Candidate, job: Job, estimate: float, kind: str) -> bool:
+    def _submit(self, candidate: Candidate, job: Job, estimate: float, kind: str, grant: float | None = None) -> bool:
+        """Start ``job`` if its ``estimate`` fits the budget; ``grant`` (default: the estimate)
+        is what the budget promises it until it ends."""
         if not self.ledger.fits(estimate) or not try_submit(self.executor, job):
             return False
         self.queues[kind].remove(candidate)
-        self.ledger.commit((candidate.number, kind), estimate)
+        self.ledger.commit((candidate.number, kind), estimate if grant is None else grant)
         candidate.trial.set_user_attr("job", dict(kind=kind, started=time.time(), devices=self.devices[kind]))
         if kind == "train":
             self.unaffordable_in_a_row = 0
@@ -594,7 +600,11 @@ class Search:
             once = result.get("calibration_seconds", 0.0)
             self.costs.observe_measure((result["wall_seconds"] - once) * self.devices["measure"])
             candidate.trial.set_user_attr("measure_interval", _where_and_when(result))
-            self._measured(candidate, result)
+            if result.get("out_of_time"):
+                self._leave_untrained(candidate, "its measurement used up what the budget could grant it",
+                                      "its measurement used up what the budget could grant it")
+            else:
+                self._measured(candidate, result)
         else:
             self._trained(candidate, event.job, result)
 
@@ -602,10 +612,12 @@ class Search:
         """Keep a new figure, or measure once more when it is too wide to rank by
         (:mod:`search.repeats`); of the two, the better-supported one is kept and cached."""
         candidate.measurements.append(result)
-        # A repeat is worth its cost only if the candidate can still be trained after it.
+        # A repeat is worth its cost only if the candidate can still be trained after it and
+        # after the measurements queued before it (other repeats among them).
         first_rung = self.costs.train(candidate.figures["flops"], self.scheduler.next_rung(0), self.devices["train"])
+        measurements = (1 + len(self.queues["measure"])) * self.costs.measure(self.devices["measure"])
         if (len(candidate.measurements) == 1 and is_wide(result) and self.executor.measures_anew
-                and self.ledger.fits(self.costs.measure(self.devices["measure"]) + first_rung)):
+                and self.ledger.fits(measurements + first_rung)):
             self.tally["remeasured"] += 1
             low, high = interval(result)
             self._say(f"[trial {candidate.number}] {candidate.arch}: {result['throughput']:.1f} img/s "

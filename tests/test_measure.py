@@ -14,7 +14,8 @@ from torch import nn
 
 from litv2 import LITConfig, build_model, count_flops, count_params
 from litv2.measure import (
-    MIN_SAMPLES_FOR_CI, PINNED_ALLOCATOR, THREAD_CPU, WALL, CpuTimer, CudaEventTimer, MeasureProtocol, Reference,
+    MIN_SAMPLES_FOR_CI, PINNED_ALLOCATOR, THREAD_CPU, WALL, CpuTimer, CudaEventTimer, MeasurementOutOfTime,
+    MeasureProtocol, Reference,
     allocator_policy, backend_settings, block_timer, device_fingerprint, fingerprint_of, measure_throughput, median_ci,
     pin_allocator, relative_ci_width, run_protocol,
 )
@@ -80,6 +81,21 @@ def test_warm_up_gives_up_at_its_cap_and_says_so():
     protocol = MeasureProtocol(max_warmup_seconds=1.0, warmup_agreement=0.0, max_seconds=3.0)
     timing = run_protocol(work.timer, protocol, work.clock)
     assert not timing.warmup_converged and 1.0 <= timing.warmup_seconds < 1.0 + 2 * protocol.block_seconds
+
+
+def test_a_deadline_stops_a_measurement_that_has_no_figure_yet():
+    """The cap yields to the interval's six samples; the deadline (what the budget granted) does not."""
+    slow = SyntheticWorkload(seconds=0.01, noise=0.15)  # warm-up until 1 s, then 0.2-s blocks
+    with pytest.raises(MeasurementOutOfTime):
+        run_protocol(slow.timer, MeasureProtocol(max_seconds=1.0), slow.clock, deadline=1.5)
+    assert 1.5 <= slow.now < 1.5 + 2 * MeasureProtocol().block_seconds  # at the first block past it
+    cold = SyntheticWorkload(seconds=0.01, noise=0.2)
+    with pytest.raises(MeasurementOutOfTime):  # in the warm-up too
+        run_protocol(cold.timer, MeasureProtocol(), cold.clock, deadline=0.5)
+    assert cold.now < 1.0
+    roomy, free = SyntheticWorkload(seconds=0.01, noise=0.003), SyntheticWorkload(seconds=0.01, noise=0.003)
+    assert (run_protocol(roomy.timer, MeasureProtocol(), roomy.clock, deadline=100.0)
+            == run_protocol(free.timer, MeasureProtocol(), free.clock))  # a deadline not reached changes nothing
 
 
 def test_median_interval_is_the_binomial_order_statistics():
@@ -234,7 +250,15 @@ def test_the_measure_job_passes_its_time_cap_to_the_protocol(monkeypatch):
                         lambda config_json, target_key, **protocol: seen.append(protocol) or {"throughput": 1.0})
     measure(MeasureJob(0, TINY.to_json(), "cpu:bs1:32", max_seconds=1.5))
     measure(MeasureJob(1, TINY.to_json(), "cpu:bs1:32"))
-    assert seen == [{"max_seconds": 1.5}, {}]
+    measure(MeasureJob(2, TINY.to_json(), "cpu:bs1:32", allowed_seconds=4.0))
+    assert seen == [{"max_seconds": 1.5}, {}, {"allowed_seconds": 4.0}]
+
+
+def test_a_measurement_past_its_allowed_seconds_returns_out_of_time():
+    from search.measuring import measure_architecture
+
+    result = measure_architecture(TINY.to_json(), "cpu:bs1:32", allowed_seconds=0.0)
+    assert result["out_of_time"] and "throughput" not in result and result["wall_seconds"] > 0
 
 
 # ---------------------------------------------------------------------- clocks and the reference

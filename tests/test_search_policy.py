@@ -247,6 +247,31 @@ def test_candidates_the_budget_cannot_measure_end_as_not_trained(tmp_path, capsy
     assert "not trained, the budget ran out before its measure job" in capsys.readouterr().out
 
 
+class LoadJumpJobs(FakeJobs):
+    """Measurements take 2 s until the node's load jumps fivefold at the fourth; one past its
+    allowed seconds stops there, out of time."""
+
+    def measure(self, job):
+        result = super().measure(job)
+        wall = 2.0 if len(self.measured) < 4 else 10.0
+        if job.allowed_seconds is not None and wall > job.allowed_seconds:
+            return dict(out_of_time=True, wall_seconds=job.allowed_seconds)
+        return {**result, "wall_seconds": wall}
+
+
+def test_a_measurement_is_stopped_at_what_the_budget_grants_it(tmp_path, capsys):
+    """The longest measurement so far (2 s on 2 devices) is granted twice over: 8 cpu-s, 4 s.
+    The first slow one stops at that, the next at 16 cpu-s; the third fits in its 32 and
+    runs to its end. No measurement is charged more than it was granted."""
+    jobs = LoadJumpJobs()
+    study = run_in_process(tmp_path, jobs, budget="20000cpu-s", epochs=1)
+    cut = [t for t in study.trials if "measurement used up" in t.user_attrs.get("not_trained", "")]
+    assert [t.state for t in cut] == [TrialState.FAIL] * 2
+    assert sorted(round(t.user_attrs["device_seconds"]) for t in cut) == [8, 16]  # the grant (and a 0.1-s count)
+    assert len(jobs.measured) > 6 and len(jobs.trained) == len(jobs.measured) - 2
+    assert "not trained, its measurement used up what the budget could grant it" in capsys.readouterr().out
+
+
 def test_a_second_study_reuses_trainings_of_the_same_recipe(tmp_path, capsys):
     jobs = FakeJobs()
     run_in_process(tmp_path, jobs, space="table5", epochs=1, budget="1000000cpu-s")
