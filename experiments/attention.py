@@ -20,8 +20,8 @@ from torch import nn
 
 from litv2 import LITConfig, count_flops, count_params
 from litv2.layers import build_attention
-from search.repeats import interval
-from search.target import Target
+from search.core.repeats import interval
+from search.core.target import Target
 
 from .measuring import is_out_of_memory, measure_forward, predicted_peak_bytes
 from .recipes import Recipe

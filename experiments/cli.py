@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from litv2.argparsing import StrictParser
+from search.core.errors import EXIT_USAGE, usage_error
 
 if TYPE_CHECKING:
     from .runner import Outcome
-
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +60,8 @@ def list_text() -> str:
 def run_command(args: argparse.Namespace) -> Outcome:
     """Check the recipe, every option, endpoint and folder; only then import the stack and run
     (the outcome's rows serve ``experiments.separability``)."""
-    from search.logs import route_library_logs
-    from search.preflight import preflight_search
+    from search.cli.logs import route_library_logs
+    from search.study.preflight import preflight_search
 
     from .options import RunOptions, settings_for
     from .recipes import load_recipe
@@ -96,8 +95,6 @@ def _check_out(out: str) -> None:
 
 def guarded(action: Callable[[], int]) -> int:
     """Bad input -> one line and exit 2; a run that cannot go on -> one line and exit 1."""
-    from search.cli import usage_error
-
     try:
         return action()
     except (ValueError, RuntimeError) as error:  # SpaceError (a bad recipe) is a ValueError
@@ -115,10 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from search.settings import check_study_name
+    from search.study.settings import check_study_name
 
-    from search.storage import default_storage_url
-    from search.studies import open_study
+    from search.study.storage import default_storage_url
+    from search.study.studies import open_study
 
     check_study_name(args.study)
     if args.out is not None:

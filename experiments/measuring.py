@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from search.target import Target
+from search.core.target import Target
 
 
 class _Fed(nn.Module):

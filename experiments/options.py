@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search.datacheck import DEFAULT_DATASET
-from search.settings import SearchSettings, build_settings, default_study_name
+from search.core.datasets import DEFAULT_DATASET
+from search.study.settings import SearchSettings, build_settings, default_study_name
 
 from .recipes import Recipe
 

@@ -130,7 +130,7 @@ def _parse(data: dict[str, Any], space: SearchSpace, path: Path) -> Recipe:
         raise SpaceError(f"experiment.{misplaced[0]}", "is for tables that measure ('measure: attention')")
     dataset = block.get("dataset")
     if dataset is not None:
-        from search.datacheck import parse_dataset_spec
+        from search.core.datasets import parse_dataset_spec
 
         dataset = Domain(str).coerce(dataset, "experiment.dataset")
         try:

@@ -20,20 +20,21 @@ from typing import Any, Callable, TextIO
 
 import optuna
 
-from search.cache import CACHE_FILE, ThroughputCache
-from search.orchestrator import Search
-from search.repeats import interval
-from search.studies import RUN_ID_ATTR, SETTINGS_ATTR, open_study
-from search.settings import SearchSettings, build_settings, stored
-from search.storage import default_storage_url, open_storage
-from search.target import Target, parse_target
-from search.tracking import StudyTracker
+from search.engine.cache import CACHE_FILE, ThroughputCache
+from search.engine.driver import Search
+from search.core.record import TrialRecord
+from search.core.repeats import interval
+from search.study.studies import RUN_ID_ATTR, SETTINGS_ATTR, open_study
+from search.study.settings import SearchSettings, build_settings, stored
+from search.study.storage import default_storage_url, open_storage
+from search.core.target import Target, parse_target
+from search.engine.tracking import ARTIFACTS_DIR, StudyTracker
 from space import arch_id
 
 from .options import RunOptions, settings_for
 from .recipes import Recipe, load_recipe, row_label
-from .table import Column, Row, Series, csv_text, exact, fixed, giga, latex, markdown, plot_panels, significant, \
-    write_atomic, write_text
+from .table import Column, Row, Series, csv_text, exact, fixed, giga, latex, markdown, plot_panels, separated_pairs, \
+    significant, write_atomic, write_text
 
 ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
 TrialState = optuna.trial.TrialState
@@ -93,7 +94,7 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
     target = parse_target(settings.target)
     trials: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False):
-        if "duplicate_of" not in trial.user_attrs and trial.params:
+        if TrialRecord.of(trial).duplicate_of is None and trial.params:
             trials.setdefault(row_label(trial.params), []).append(trial)
     rows = []
     for params, config in zip(recipe.space.grid_params(), recipe.space.enumerate()):
@@ -104,14 +105,16 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
                         top1=statistics.fmean(accuracies) if accuracies else None,
                         top1_std=statistics.stdev(accuracies) if len(accuracies) > 1 else None)
         row.update(_static_figures(config, arch, target.img_size, cache))
-        measured = next((t.user_attrs for t in trials.get(label, []) if "throughput" in t.user_attrs), {})
-        row.update({k: measured.get(k) for k in ("throughput", "throughput_spread", "throughput_low", "throughput_high",
-                                                  "peak_memory_mb")})
+        records = [TrialRecord.of(t) for t in trials.get(label, [])]
+        measured = next((r for r in records if r.throughput is not None), TrialRecord())
+        row.update(throughput=measured.throughput, throughput_spread=measured.throughput_spread,
+                   throughput_low=measured.throughput_low, throughput_high=measured.throughput_high,
+                   peak_memory_mb=measured.peak_memory_mb)
         for height, width in recipe.resolutions:
             row.update(_dense_figures(config, arch, height, width, target, cache, say))
         missing = settings.seeds - len(accuracies)
         if missing:
-            why = {t.user_attrs.get("not_trained") for t in trials.get(label, []) if t.user_attrs.get("not_trained")}
+            why = {r.not_trained for r in records if r.not_trained}
             row["note"] = f"{missing} of {settings.seeds} seeds not trained" + (" (budget)" if why else "")
         rows.append(row)
     return rows
@@ -138,7 +141,7 @@ def _static_figures(config, arch: str, img_size: int, cache: ThroughputCache) ->
     row the budget did not reach (they need no training)."""
     figures = cache.get_figures(arch, img_size)
     if figures is None:
-        from search.measuring import count_architecture
+        from search.engine.measuring import count_architecture
 
         figures = count_architecture(config.to_json(), img_size)
         cache.put_figures(arch, img_size, figures)
@@ -149,8 +152,7 @@ def _dense_figures(config, arch: str, height: int, width: int, target: Target, c
                    say: Callable[[str], None]) -> dict[str, Any]:
     """FLOPs and throughput of the full-size network on a ``height x width`` input, cached
     in the work directory like the search's own figures."""
-    key = f"{target.device}:bs{target.batch_size}:{height}x{width}:{target.precision}" + (
-        f":t{target.threads}" if target.threads else "")
+    key = target.key_at(height, width)
     from litv2.measure import device_fingerprint
 
     figures = cache.get(arch, key, device_fingerprint(target.device))  # measured in this process
@@ -176,8 +178,6 @@ def _dense_figures(config, arch: str, height: int, width: int, target: Target, c
 
 def _publish_trained(recipe: Recipe, settings: SearchSettings, study: optuna.Study, where: Path,
                      out: TextIO) -> tuple[list[Row], list[Path]]:
-    from .separability import separated_pairs
-
     cache = ThroughputCache(Path(settings.workdir) / CACHE_FILE)
     rows = trained_rows(recipe, settings, study, cache, lambda line: _say(out, line))
     columns = trained_columns(recipe, settings)
@@ -211,7 +211,7 @@ def _plot_trained(path: Path, recipe: Recipe, settings: SearchSettings, rows: li
 
 # ---------------------------------------------------------------------- tables that train nothing
 def _run_attention(recipe: Recipe, settings: SearchSettings, options: RunOptions, out: TextIO) -> Outcome:
-    from search.constraints import parse_count
+    from search.core.constraints import parse_count
 
     from .attention import attention_rows, available_memory
 
@@ -227,7 +227,7 @@ def _run_attention(recipe: Recipe, settings: SearchSettings, options: RunOptions
     study = optuna.create_study(study_name=settings.study, storage=storage)
     study.set_user_attr(SETTINGS_ATTR, settings.to_json())
     study.set_user_attr(ATTENTION_ROWS_ATTR, rows)
-    tracker = StudyTracker(settings.tracking_uri, Path(settings.workdir) / "mlartifacts")
+    tracker = StudyTracker(settings.tracking_uri, Path(settings.workdir) / ARTIFACTS_DIR)
     run_id = tracker.start(settings.study, {**stored(settings), "max_memory_bytes": limit})
     study.set_user_attr(RUN_ID_ATTR, run_id)
     for number, label in enumerate(recipe.labels):
@@ -287,7 +287,7 @@ def _publish(recipe: Recipe, settings: SearchSettings, study: optuna.Study, rows
         paths.append(write_atomic(where / f"{recipe.name}.png", plot))
     run_id = study.user_attrs.get(RUN_ID_ATTR)
     if run_id:
-        StudyTracker(settings.tracking_uri, Path(settings.workdir) / "mlartifacts").log_artifacts(paths, run_id)
+        StudyTracker(settings.tracking_uri, Path(settings.workdir) / ARTIFACTS_DIR).log_artifacts(paths, run_id)
     _say(out, f"\nwrote {', '.join(str(p) for p in paths)}" + (f"; logged to MLflow run {run_id}" if run_id else ""))
     return paths
 

@@ -10,31 +10,23 @@ deviations::
     python -m experiments.separability [--dataset pathfinder] [--seeds 3] [--epochs 20] [run options]
 
 is ``python -m experiments run separability ...`` with an exit code: 0 when at least one
-pair separates, 1 when none does. Every trained table prints the same pairs.
+pair separates, 1 when none does. Every trained table prints the same pairs
+(:func:`experiments.table.separated_pairs`). This module is a command: it is built on
+:mod:`experiments.cli`, and no library module imports it.
 """
 from __future__ import annotations
 
-import itertools
 import sys
-from typing import Any, Sequence
+from typing import Sequence
+
+from .cli import build_parser, guarded, run_command
+from .table import separated_pairs
 
 RECIPE = "separability"
-
-
-def separated_pairs(rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pairs of table rows (better first) with at least two seeds each whose mean top-1 differ
-    by more than twice the larger of their two standard deviations."""
-    scored = [row for row in rows if row.get("seeds", 0) > 1 and row.get("top1_std") is not None]
-    pairs = []
-    for a, b in itertools.combinations(scored, 2):
-        if abs(a["top1"] - b["top1"]) > 2 * max(a["top1_std"], b["top1_std"]):
-            pairs.append((a, b) if a["top1"] >= b["top1"] else (b, a))
-    return pairs
+__all__ = ["RECIPE", "main", "separated_pairs"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import build_parser, guarded, run_command
-
     args = build_parser().parse_args(["run", RECIPE, *(sys.argv[1:] if argv is None else argv)])
     outcomes = []
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from search.core.files import atomic_write as write_atomic  # noqa: F401 - experiments.runner writes plots with it
+from search.core.files import atomic_write_text
 
 Row = dict[str, Any]
 
@@ -89,6 +92,18 @@ def separations(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str
                 apart[column.key] = high < base_low or base_high < low
         out.append(apart)
     return out
+
+
+def separated_pairs(rows: Sequence[Row]) -> list[tuple[Row, Row]]:
+    """Pairs of table rows (better first) with at least two seeds each whose mean top-1 differ
+    by more than twice the larger of their two standard deviations (every trained table prints
+    them; ``python -m experiments.separability`` exits on them)."""
+    scored = [row for row in rows if row.get("seeds", 0) > 1 and row.get("top1_std") is not None]
+    pairs = []
+    for a, b in itertools.combinations(scored, 2):
+        if abs(a["top1"] - b["top1"]) > 2 * max(a["top1_std"], b["top1_std"]):
+            pairs.append((a, b) if a["top1"] >= b["top1"] else (b, a))
+    return pairs
 
 
 def changes(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, float | None]]:
@@ -232,14 +247,6 @@ def plot_panels(path: Path, title: str, x_label: str, panels: dict[str, list[Ser
     plt.close(fig)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """``write`` to a temporary name beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial{path.suffix}")
-    write(partial)
-    os.replace(partial, path)
-    return path
-
-
 def write_text(path: Path, text: str) -> Path:
-    return write_atomic(path, lambda target: target.write_text(text if text.endswith("\n") else text + "\n"))
+    """``text`` as the whole of ``path``, ending in a newline, replaced atomically."""
+    return atomic_write_text(path, text if text.endswith("\n") else text + "\n")

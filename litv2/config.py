@@ -15,6 +15,8 @@ FFN_KINDS = ("mlp", "convffn")
 MERGE_KINDS = ("dtm", "patch")
 # Attention kinds that can carry a Swin-style relative position bias.
 RPE_ATTENTION_KINDS = ("hilo", "msa", "wmsa")
+# Attention kinds with a window (``window_size`` applies; 0 elsewhere).
+WINDOWED_KINDS = ("hilo", "wmsa", "tmsa")
 _SWITCHES = ("shift", "rel_pos_bias", "qkv_bias", "lofi_valid_average")
 _PER_STAGE = ("depths", "num_heads", "attention", "attn_kind", "window_size", "alpha", "sr_ratio")
 
@@ -101,7 +103,7 @@ class LITConfig:
                    f"a positive divisor of the stage width {dim}")
             kind = self.attn_kind[i]
             _check(kind in ATTENTION_KINDS, f"attn_kind[{i}]", kind, f"one of {ATTENTION_KINDS}")
-            if kind in ("hilo", "wmsa", "tmsa"):
+            if kind in WINDOWED_KINDS:
                 _check(self.window_size[i] >= 1, f"window_size[{i}]", self.window_size[i],
                        f"an integer >= 1 for attention kind {kind!r}")
             if kind == "hilo":

@@ -410,22 +410,32 @@ def device_fingerprint(device: str | torch.device | None = None) -> dict[str, st
 
 
 @contextlib.contextmanager
+def torch_threads(count: int | None = None) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (the current count when None) and give
+    the caller its own count back afterwards, even on an exception: the count is process-wide,
+    and code inside (a measurement, a training) may set it to suit itself."""
+    previous = torch.get_num_threads()
+    try:
+        if count is not None:
+            torch.set_num_threads(count)
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def backend_settings(device: torch.device, threads: int | None, cudnn_benchmark: bool, tf32: bool) -> Iterator[None]:
     """Set the CPU thread count and (on CUDA) cuDNN autotuning and TF32 for the measurement,
     and restore the caller's settings afterwards."""
-    saved = (torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32)
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = cudnn_benchmark
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        yield
-    finally:
-        torch.set_num_threads(saved[0])
-        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-         torch.backends.cudnn.allow_tf32) = saved[1:]
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with torch_threads(threads):
+        try:
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = cudnn_benchmark
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+            yield
+        finally:
+            torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _proc_status_kib(field: str) -> int | None:
@@ -682,6 +692,6 @@ def measure_target(model: nn.Module, target: Target, **options) -> Throughput:
 
 def measure_config(config: LITConfig, target: Target, **options) -> Throughput:
     """Build the full-size network of ``config`` (1000 classes, the target's resolution) and
-    measure it, as the search's measurement task does (``search.measuring``, which also counts
+    measure it, as the search's measurement task does (``search.engine.measuring``, which also counts
     the parameters of the network it builds): ``litv2.bench measure`` and ``repeatability``."""
     return measure_target(build_model(config, num_classes=1000, img_size=target.img_size), target, **options)

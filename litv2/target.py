@@ -35,8 +35,16 @@ class Target:
 
     @property
     def key(self) -> str:
+        return self._key(str(self.img_size))
+
+    def key_at(self, height: int, width: int) -> str:
+        """The key of this target measured on ``height x width`` inputs instead of its square
+        ``img_size`` (dense-prediction resolutions), e.g. ``cpu:bs1:800x1280:fp32:t1``."""
+        return self._key(f"{height}x{width}")
+
+    def _key(self, resolution: str) -> str:
         threads = f":t{self.threads}" if self.threads is not None else ""
-        return f"{self.device}:bs{self.batch_size}:{self.img_size}:{self.precision}{threads}"
+        return f"{self.device}:bs{self.batch_size}:{resolution}:{self.precision}{threads}"
 
     def __str__(self) -> str:
         return self.key

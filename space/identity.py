@@ -27,8 +27,8 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from litv2 import LITConfig, lofi_heads
+from litv2.config import WINDOWED_KINDS
 
-WINDOWED_KINDS = ("hilo", "wmsa", "tmsa")
 ID_LENGTH = 12
 _DEFAULTS = LITConfig()
 # LITConfig fields newer than the first stored ids: hashed only away from their default.

@@ -28,8 +28,7 @@ import math
 from dataclasses import dataclass
 
 from litv2 import LITConfig
-
-from .identity import WINDOWED_KINDS
+from litv2.config import WINDOWED_KINDS
 
 
 @dataclass(frozen=True)

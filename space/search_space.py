@@ -30,18 +30,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 from litv2 import LITConfig
-from litv2.config import RPE_ATTENTION_KINDS
+from litv2.config import RPE_ATTENTION_KINDS, WINDOWED_KINDS
 
 from .dims import Choice, Dimension
 from .errors import SpaceError
 from .grid import Continuous, Draw, walk
-from .identity import WINDOWED_KINDS, arch_id, canonical
+from .identity import arch_id, canonical
 from .proxy import ProxySettings, proxy_of, stage_map_sizes, window_fits
 from .spec import POS_ENCODINGS, Point, dump_space, parse_space
 
@@ -297,7 +297,7 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """The space-file mapping of this space (``from_dict(to_dict())`` gives it back)."""
-        return dump_space(self)
+        return dump_space({part.name: getattr(self, part.name) for part in fields(self)})
 
     def to_yaml(self) -> str:
         """:meth:`to_dict` as a YAML document, keys in file order."""

@@ -26,16 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from litv2 import ATTENTION_KINDS, MERGE_KINDS, NAMED_CONFIGS, LITConfig
 
 from .dims import Domain, check_keys, one_of, parse_dimension, parse_per_stage, positive, positive_int, unit_interval
 from .errors import SpaceError
 from .proxy import ProxySettings
-
-if TYPE_CHECKING:
-    from .search_space import SearchSpace
 
 # Position encodings LITv2's Table 5 moves between: (rel_pos_bias, ffn).
 POS_ENCODINGS: dict[str, tuple[bool, str]] = {
@@ -119,29 +116,33 @@ def make_config(base_name: Any, fixed: Any, base_field: str, fixed_field: str) -
         raise SpaceError(fixed_field, str(err)) from None
 
 
-def dump_space(space: "SearchSpace") -> dict[str, Any]:
-    """The space-file mapping of ``space``; :func:`parse_space` of it rebuilds an equal space."""
-    out: dict[str, Any] = {"name": space.name}
-    if space.description:
-        out["description"] = space.description
-    out["base"] = space.base_name
-    fixed = _overrides(space.base, NAMED_CONFIGS[space.base_name])
+def dump_space(parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The space-file mapping of a space given by its parts - the keyword arguments of
+    :class:`~space.SearchSpace`, as :func:`parse_space` returns them (``points`` and
+    ``stage_axes`` may be empty); :func:`parse_space` of the result gives equal parts back."""
+    out: dict[str, Any] = {"name": parts["name"]}
+    if parts.get("description"):
+        out["description"] = parts["description"]
+    out["base"] = parts["base_name"]
+    fixed = _overrides(parts["base"], NAMED_CONFIGS[parts["base_name"]])
     if fixed:
         out["fixed"] = fixed
-    out["deploy_img_size"] = space.deploy_img_size
-    out["proxy"] = {"img_size": space.proxy.img_size, "width_mult": space.proxy.width_mult}
-    out["fixed_points"] = space.fixed_points
-    if space.points:
+    proxy = parts["proxy"]
+    out["deploy_img_size"] = parts["deploy_img_size"]
+    out["proxy"] = {"img_size": proxy.img_size, "width_mult": proxy.width_mult}
+    out["fixed_points"] = parts["fixed_points"]
+    if parts.get("points"):
         out["points"] = []
-        for point in space.points:
+        for point in parts["points"]:
             # A point is parsed as its base + the space's fixed + its own fixed.
             extra = _overrides(point.config, make_config(point.base, fixed, "base", "fixed"))
             out["points"].append({"label": point.label, "base": point.base, **({"fixed": extra} if extra else {})})
     else:
-        out["dimensions"] = {key: space.axes[key].to_spec() for key in FLAT_AXES if key in space.axes}
+        axes, stage_axes = parts.get("axes", {}), parts.get("stage_axes", {})
+        out["dimensions"] = {key: axes[key].to_spec() for key in FLAT_AXES if key in axes}
         for key in STAGE_AXES:
-            if key in space.stage_axes:
-                out["dimensions"][key] = [dim.to_spec() if dim else None for dim in space.stage_axes[key]]
+            if key in stage_axes:
+                out["dimensions"][key] = [dim.to_spec() if dim else None for dim in stage_axes[key]]
     return out
 
 

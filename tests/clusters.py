@@ -12,7 +12,7 @@ def two_nodes() -> Iterator[tuple]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from search.executor import ray_system_config
+    from search.engine.executor import ray_system_config
 
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"bench": 1},
                                                                 _system_config=ray_system_config()))

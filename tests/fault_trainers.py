@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from search.train import train_proxy
+from search.training.proxy import train_proxy
 
 TRAIN_IMAGES = 384  # a slice of digits: an epoch in a second or two on one core
 STALL_SECONDS = 120

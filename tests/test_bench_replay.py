@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
-from search.jobs import CountJob, MeasureJob, TrainJob
-from search.replay import ReplayingExecutor, Strategy, TableJobs, replay
-from search.table import BenchTable, Row
+from search.engine.jobs import CountJob, MeasureJob, TrainJob
+from search.bench.replay import ReplayingExecutor, Strategy, TableJobs, replay
+from search.bench.table import BenchTable, Row
 
 EPOCHS = 9
 BUDGET = "900cpu-s"
@@ -55,7 +55,7 @@ def _row(table: BenchTable, index: int = 7) -> Row:
 def test_replaying_executor_returns_recorded_figures_on_the_recorded_clock(table, jobs):
     from litv2 import LITConfig
     from space import get_space
-    from search.executor import try_submit
+    from search.engine.executor import try_submit
 
     row = _row(table)
     proxy = get_space("bench").proxy_of(LITConfig.from_json(row.config)).to_json()
@@ -125,7 +125,7 @@ def test_table_round_trip_and_bad_files(table, tmp_path):
 
 
 def test_kendall_tau_of_the_last_epoch_is_one(table):
-    from search.strategies import kendall_by_epoch
+    from search.bench.strategies import kendall_by_epoch
 
     taus = kendall_by_epoch(table)
     assert [e for e, _ in taus] == list(range(1, EPOCHS + 1))
@@ -133,7 +133,7 @@ def test_kendall_tau_of_the_last_epoch_is_one(table):
 
 
 def test_bench_strategies_command_writes_the_report(table, tmp_path, capsys):
-    from search.cli import main
+    from search.cli.main import main
 
     path = tmp_path / "table.json.gz"
     table.save(path)
@@ -161,7 +161,7 @@ def test_bench_strategies_command_writes_the_report(table, tmp_path, capsys):
     ("bench-table", ["--remeasure", "x.json.gz", "--measure-seconds", "0"], "--measure-seconds 0.0 is invalid"),
 ])
 def test_bench_bad_input_is_one_line_and_exit_2(tmp_path, capsys, command, argv, message):
-    from search.cli import main
+    from search.cli.main import main
 
     out = tmp_path / "out"  # bench-strategies' report folder, bench-table's table file
     assert main([command, "--out", str(out), *argv]) == 2
@@ -175,7 +175,7 @@ def test_export_reads_a_recording_study_into_rows(table):
     import optuna
     from types import SimpleNamespace
 
-    from search.table import export_table
+    from search.bench.table import export_table
 
     row = _row(table)
     study = optuna.create_study(directions=["maximize", "maximize"])
@@ -211,11 +211,11 @@ def test_bench_table_exports_the_recording_study_of_a_work_directory(table, tmp_
     throughput from the cache, so its measurement seconds are those of the trial that measured."""
     import optuna
 
-    from search.cache import CACHE_FILE, ThroughputCache
-    from search.cli import main
-    from search.measuring import measuring_fingerprint
-    from search.settings import build_settings
-    from search.studies import SETTINGS_ATTR
+    from search.engine.cache import CACHE_FILE, ThroughputCache
+    from search.cli.main import main
+    from search.engine.measuring import measuring_fingerprint
+    from search.study.settings import build_settings
+    from search.study.studies import SETTINGS_ATTR
 
     target = "cpu:bs1:224:fp32:t1"
     settings = build_settings(study="rec", space="bench", budget="1cpu-h", dataset="digits", target=target,
@@ -249,7 +249,7 @@ def test_bench_table_exports_the_recording_study_of_a_work_directory(table, tmp_
 
 
 def test_a_table_is_remeasured_with_its_accuracies_and_training_costs_kept(table):
-    from search.table import remeasure_table
+    from search.bench.table import remeasure_table
 
     small = BenchTable(table.meta, table.rows[:3])
     asked, said = [], []

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from search.data import (
+from search.training.data import (
     PATHFINDER_LEVELS, ClutterRecipe, DataBundle, DatasetSpec, PathfinderRecipe, load_dataset, parse_dataset_spec,
     render_cluttered, render_pathfinder, train_size,
 )
@@ -86,7 +86,7 @@ def test_clutter_comes_only_from_other_digits():
 
 def _cluttered_digest() -> str:
     code = (
-        "import hashlib; from search.data import load_dataset; b = load_dataset('cluttered-digits', img_size=32);"
+        "import hashlib; from search.training.data import load_dataset; b = load_dataset('cluttered-digits', img_size=32);"
         "print(hashlib.sha256(b.train.tensors[0].numpy().tobytes() + b.val.tensors[0].numpy().tobytes()).hexdigest())"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
@@ -128,7 +128,7 @@ def test_pathfinder_draws_dashed_curves_and_two_discs():
 
 
 def _pathfinder_digest() -> str:
-    code = ("import hashlib; from search.data import load_dataset; b = load_dataset('pathfinder', img_size=32);"
+    code = ("import hashlib; from search.training.data import load_dataset; b = load_dataset('pathfinder', img_size=32);"
             "print(hashlib.sha256(b.train.tensors[0].numpy().tobytes() + b.val.tensors[1].numpy().tobytes())"
             ".hexdigest())")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)

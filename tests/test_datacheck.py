@@ -1,4 +1,4 @@
-"""Data checked in the driver before a search starts (search.datacheck): CIFAR files, image
+"""Data checked in the driver before a search starts (search.core.datasets): CIFAR files, image
 folders that cannot serve a classification, unreadable images reported and skipped."""
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.data import load_dataset
+from search.training.data import load_dataset
 
 
 def _write_images(folder: Path, counts: dict[str, int]) -> None:
@@ -19,14 +19,15 @@ def _write_images(folder: Path, counts: dict[str, int]) -> None:
 
 
 def test_embedded_sets_are_the_names_the_light_parser_accepts():
-    from search.data import EMBEDDED
-    from search.datacheck import EMBEDDED_NAMES
+    from search.training.data import EMBEDDED, PATHFINDER_LEVELS
+    from search.core.datasets import EMBEDDED_NAMES
 
-    assert tuple(EMBEDDED) == EMBEDDED_NAMES
+    assert tuple(EMBEDDED) == EMBEDDED_NAMES  # built from the one list of names
+    assert set(PATHFINDER_LEVELS) <= set(EMBEDDED_NAMES)  # no level that no name reaches
 
 
 def test_cifar_check_says_where_it_looked_and_how_to_place_the_files(tmp_path):
-    from search.datacheck import check_dataset
+    from search.core.datasets import check_dataset
 
     with pytest.raises(ValueError) as error:
         check_dataset("cifar10", str(tmp_path))
@@ -43,7 +44,7 @@ def test_cifar_check_says_where_it_looked_and_how_to_place_the_files(tmp_path):
     ({"cat": 6, "dog": 3}, "validation split needs at least 5 per class"),
 ])
 def test_image_folders_that_cannot_serve_a_search_are_refused(tmp_path, layout, error):
-    from search.datacheck import scan_image_folder
+    from search.core.datasets import scan_image_folder
 
     _write_images(tmp_path, layout)
     with pytest.raises(ValueError, match=error):
@@ -51,7 +52,7 @@ def test_image_folders_that_cannot_serve_a_search_are_refused(tmp_path, layout, 
 
 
 def test_train_and_val_folders_must_hold_the_same_classes(tmp_path):
-    from search.datacheck import scan_image_folder
+    from search.core.datasets import scan_image_folder
 
     _write_images(tmp_path / "train", {"cat": 2, "dog": 2})
     _write_images(tmp_path / "val", {"cat": 1, "dog": 1})
@@ -62,8 +63,8 @@ def test_train_and_val_folders_must_hold_the_same_classes(tmp_path):
 
 def test_an_unreadable_image_is_reported_by_path_skipped_and_the_rest_trains(tmp_path):
     from litv2 import LITConfig
-    from search.datacheck import scan_image_folder
-    from search.train import train_proxy
+    from search.core.datasets import scan_image_folder
+    from search.training.proxy import train_proxy
 
     _write_images(tmp_path, {"cat": 5, "dog": 5})
     broken = tmp_path / "cat" / "broken.png"
@@ -79,7 +80,7 @@ def test_an_unreadable_image_is_reported_by_path_skipped_and_the_rest_trains(tmp
 
 
 def test_a_file_that_fails_to_decode_is_named_in_the_error(tmp_path):
-    from search.data import _decode_rgb
+    from search.training.data import _decode_rgb
 
     truncated = tmp_path / "cut.png"
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(truncated)

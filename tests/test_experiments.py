@@ -14,9 +14,9 @@ from experiments.separability import separated_pairs
 from experiments.runner import RunOptions, run_recipe
 from experiments.table import Column, changes, fixed, markdown
 from litv2 import LITV2_S, build_model, count_params
-from search.executor import InProcessExecutor, Node
-from search.orchestrator import RUN_ID_ATTR
-from search.target import parse_target
+from search.engine.executor import InProcessExecutor, Node
+from search.engine.driver import RUN_ID_ATTR
+from search.core.target import parse_target
 from space import arch_id
 
 TINY = "embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 2, 4, 8], drop_path_rate: 0.0"
@@ -174,7 +174,7 @@ def test_a_two_row_recipe_runs_end_to_end_with_two_seeds(tmp_path, capsys):
 
 def _record(target_key):
     """A measurement record of this machine, as the real measurement task returns one."""
-    from search.measuring import measuring_fingerprint
+    from search.engine.measuring import measuring_fingerprint
 
     here = measuring_fingerprint(target_key)
     return dict(device_name=here["device_name"], versions={k: v for k, v in here.items() if k != "device_name"})
@@ -272,11 +272,17 @@ def test_separability_runs_on_the_engine_and_a_second_run_trains_nothing(tmp_pat
               "--measure-seconds", "1"]
     try:
         code = separability.main([*common, "--study", "first"])
-        first = capsys.readouterr().out
-        assert code in (0, 1) and first.count(" training ") == 4  # 4 rows x 1 seed
+        first, errors = capsys.readouterr()
+        # One seed gives no row a std, so no pair can separate: a complete run exits 1 ("none
+        # separates"). A failed run exits 1 as well, so the run must also have said no error and
+        # not been interrupted (those print "experiments: error: ..." / "was interrupted").
+        assert code == 1 and "experiments: error" not in errors and "the experiment was interrupted" not in first
+        assert first.count(" training ") == 4  # 4 rows x 1 seed
         assert "| MLP-only |" in first and "(n=1)" in first
-        separability.main([*common, "--study", "second"])
-        second = capsys.readouterr().out
+        assert "differ by more than twice the larger std" not in first  # printed only for rows of 2+ seeds
+        code = separability.main([*common, "--study", "second"])
+        second, errors = capsys.readouterr()
+        assert code == 1 and "experiments: error" not in errors and "the experiment was interrupted" not in second
     finally:
         ray.shutdown()
     assert " training " not in second and "4 trainings reused from earlier studies" in second

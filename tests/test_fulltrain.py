@@ -15,10 +15,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from litv2 import LITConfig
-from search.cli import main
-from search.export import create_lit_model, save_timm_folder
-from search.fulldata import load_training_data
-from search.fulltrain import CHECKPOINT_FILE, Distributed, Recipe, Trainer, TrainPlan, param_groups
+from search.cli.main import main
+from search.deploy.export import create_lit_model, save_timm_folder
+from search.training.fulldata import load_training_data
+from search.deploy.fulltrain import CHECKPOINT_FILE, Distributed, Recipe, Trainer, TrainPlan, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = LITConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=(0, 0, 2, 1),

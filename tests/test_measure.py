@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from litv2 import LITConfig, build_model, count_flops, count_params
+from litv2 import LITConfig, build_model
 from litv2.measure import (
     MIN_SAMPLES_FOR_CI, PINNED_ALLOCATOR, THREAD_CPU, WALL, CpuTimer, CudaEventTimer, MeasurementOutOfTime,
     MeasureProtocol, Reference,
@@ -184,8 +184,67 @@ def test_a_cuda_measurement_records_the_gpu_flags_and_memory():
     assert {"cuda", "cudnn"} <= set(measured.versions) and measured.peak_memory_mb > 0
 
 
+def tiny_by_hand() -> dict[str, int]:
+    """TINY's parameters and FLOPs at 32x32 with 1000 classes, counted by hand from its layer
+    shapes (not by the model code, not by fvcore): 444,256 parameters and 1,009,920 FLOPs.
+
+    TINY is LITConfig's defaults with embed 16 and one block a stage: a 4x4 stride-4 patch conv
+    and LayerNorm; stages of 16/32/64/128 channels on 8x8/4x4/2x2/1x1 tokens; each block a
+    LayerNorm and a ConvFFN (fc1 to 4x, 3x3 depthwise conv, fc2), stages 3-4 also a LayerNorm and
+    HiLo (head dim 16, alpha 0.9); between stages a DTM (2x2 stride-2 deformable conv to 2x the
+    channels, its 2x2 stride-2 offset conv with 2 * 2 * 2 = 8 outputs, BatchNorm); a final
+    LayerNorm and the head. FLOPs are multiply-adds in the papers' (and fvcore's) convention:
+    LayerNorm 5 and inference BatchNorm 2 per element, attention q @ k^T + attn @ v, a
+    deformable conv like an ordinary conv, GELU / pooling / bilinear sampling not counted.
+    """
+    total = {"params": 0, "flops": 0}
+
+    def layer(params: int, flops: int) -> None:
+        total["params"] += params
+        total["flops"] += flops
+
+    def linear(n_in: int, n_out: int, tokens: int) -> None:
+        layer(n_in * n_out + n_out, tokens * n_in * n_out)
+
+    def layer_norm(dim: int, tokens: int) -> None:
+        layer(2 * dim, 5 * dim * tokens)
+
+    dims, sides = (16, 32, 64, 128), (8, 4, 2, 1)
+    # HiLo by stage: (Lo-Fi dims, Hi-Fi dims, Lo-Fi keys after window pooling, tokens of a Hi-Fi window).
+    # Stage 3: 4 heads, int(0.9 * 4) = 3 Lo-Fi (48 dims), 1 Hi-Fi (16), window 2 pools 2x2 tokens to 1.
+    # Stage 4: window 1, so all 8 heads are Lo-Fi (128 dims), on its single token.
+    hilo = {2: (48, 16, 1, 4), 3: (128, 0, 1, 1)}
+    layer(3 * 4 * 4 * 16 + 16, 8 * 8 * 16 * 3 * 4 * 4)  # patch conv: 64 positions x 16 out x 3*4*4 in
+    layer_norm(16, 64)
+    for stage, (dim, side) in enumerate(zip(dims, sides)):
+        tokens, hidden = side * side, 4 * dim
+        if stage in hilo:
+            lofi, hifi, pooled, window = hilo[stage]
+            layer_norm(dim, tokens)
+            linear(dim, lofi, tokens)                       # l_q
+            linear(dim, 2 * lofi, pooled)                   # l_kv on the pooled tokens
+            layer(0, tokens * pooled * 2 * lofi)            # Lo-Fi attention
+            linear(lofi, lofi, tokens)                      # l_proj
+            if hifi:
+                linear(dim, 3 * hifi, tokens)               # h_qkv
+                layer(0, tokens * window * 2 * hifi)        # Hi-Fi attention inside windows
+                linear(hifi, hifi, tokens)                  # h_proj
+        layer_norm(dim, tokens)
+        linear(dim, hidden, tokens)                         # fc1
+        layer(hidden * 9 + hidden, tokens * hidden * 9)     # 3x3 depthwise conv
+        linear(hidden, dim, tokens)                         # fc2
+        if stage < 3:                                       # DTM to the next stage
+            merged = (side // 2) ** 2
+            layer(2 * dim * dim * 4 + 2 * dim, merged * 2 * dim * dim * 4)
+            layer(8 * dim * 4 + 8, merged * 8 * dim * 4)
+            layer(2 * 2 * dim, 2 * 2 * dim * merged)
+    layer_norm(128, 1)
+    linear(128, 1000, 1)                                    # head
+    return total
+
+
 def test_measure_architecture_returns_the_search_record_without_flops():
-    from search.measuring import count_architecture, measure_architecture
+    from search.engine.measuring import count_architecture, measure_architecture
 
     config_json = TINY.to_json()
     result = measure_architecture(config_json, "cpu:bs1:32", min_warmup_seconds=0.02, max_warmup_seconds=0.1,
@@ -196,15 +255,14 @@ def test_measure_architecture_returns_the_search_record_without_flops():
     assert result["throughput"] == result["measurement"]["median"] > 0
     assert result["measurement"]["threads"] == 1 and result["measurement"]["img_size"] == 32
     assert result["peak_memory_mb"] is None  # a warm worker's resident-set growth is no peak
-    model = build_model(TINY, num_classes=1000, img_size=32)
     counts = count_architecture(config_json, 32)
-    assert counts == dict(params=count_params(model), flops=count_flops(model, (3, 32, 32)))
+    assert counts == tiny_by_hand() == dict(params=444_256, flops=1_009_920)
     assert counts["params"] == result["params"]
     assert count_architecture(config_json, 32) is counts  # cached: the driver counts each architecture once
 
 
 def test_the_cache_keys_on_the_measuring_fingerprint(tmp_path):
-    from search.cache import ThroughputCache
+    from search.engine.cache import ThroughputCache
 
     path = tmp_path / "cache.db"
     with closing(sqlite3.connect(path)) as db, db:  # a cache written before fingerprints existed
@@ -242,11 +300,11 @@ def test_a_pinned_allocator_reaches_a_steady_state_without_page_faults():
 
 def test_the_measure_job_passes_its_time_cap_to_the_protocol(monkeypatch):
     """--measure-seconds reaches litv2.measure's max_seconds; without it the protocol's default holds."""
-    import search.measuring
-    from search.jobs import MeasureJob, measure
+    import search.engine.measuring
+    from search.engine.jobs import MeasureJob, measure
 
     seen = []
-    monkeypatch.setattr(search.measuring, "measure_architecture",
+    monkeypatch.setattr(search.engine.measuring, "measure_architecture",
                         lambda config_json, target_key, **protocol: seen.append(protocol) or {"throughput": 1.0})
     measure(MeasureJob(0, TINY.to_json(), "cpu:bs1:32", max_seconds=1.5))
     measure(MeasureJob(1, TINY.to_json(), "cpu:bs1:32"))
@@ -255,7 +313,7 @@ def test_the_measure_job_passes_its_time_cap_to_the_protocol(monkeypatch):
 
 
 def test_a_measurement_past_its_allowed_seconds_returns_out_of_time():
-    from search.measuring import measure_architecture
+    from search.engine.measuring import measure_architecture
 
     result = measure_architecture(TINY.to_json(), "cpu:bs1:32", allowed_seconds=0.0)
     assert result["out_of_time"] and "throughput" not in result and result["wall_seconds"] > 0

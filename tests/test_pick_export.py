@@ -14,18 +14,18 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from litv2 import LITConfig
-from search.cache import ThroughputCache
-from search.cli import main
-from search.constraints import Constraints
-from search.export import CARD_FILE, ONNX_FILE, read_export
-from search.measuring import measuring_fingerprint
-from search.objectives import create_objective_study
-from search.orchestrator import RUN_ID_ATTR, SETTINGS_ATTR
-from search.pick import NoFeasibleModel, pick_model
-from search.settings import build_settings
-from search.storage import open_storage
-from search.target import parse_target
-from search.tracking import StudyTracker
+from search.engine.cache import ThroughputCache
+from search.cli.main import main
+from search.core.constraints import Constraints
+from search.deploy.export import CARD_FILE, ONNX_FILE, read_export
+from search.engine.measuring import measuring_fingerprint
+from search.core.objectives import create_objective_study
+from search.engine.driver import RUN_ID_ATTR, SETTINGS_ATTR
+from search.deploy.pick import NoFeasibleModel, pick_model
+from search.study.settings import build_settings
+from search.study.storage import open_storage
+from search.core.target import parse_target
+from search.engine.tracking import StudyTracker
 
 TrialState = optuna.trial.TrialState
 TARGET = "cpu:bs1:32"
@@ -48,7 +48,7 @@ FRONT = {
 
 
 def measured(throughput: float, target: str = TARGET, device_name: str | None = None, spread: float = 2.0) -> dict:
-    """A measurement result as search.measuring returns it, made on this machine (its fingerprint),
+    """A measurement result as search.engine.measuring returns it, made on this machine (its fingerprint),
     with a 95 % interval of +- ``spread``."""
     fingerprint = measuring_fingerprint(target)
     record = dict(device_name=device_name or fingerprint["device_name"],
@@ -107,7 +107,7 @@ def study(study_dir):
 
 
 def run_pick(study, workdir, target=TARGET, constraints=Constraints(), top=3, measure=None):
-    from search.settings import SearchSettings
+    from search.study.settings import SearchSettings
 
     settings = SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
     return pick_model(study, settings, parse_target(target), constraints, top,

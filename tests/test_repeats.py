@@ -1,4 +1,4 @@
-"""Which throughput figures are measured again, and which of several is kept (search.repeats),
+"""Which throughput figures are measured again, and which of several is kept (search.core.repeats),
 and how their intervals reach the front, the tables and the model card."""
 import csv
 import io
@@ -6,8 +6,8 @@ import io
 import pytest
 
 from experiments.table import Column, csv_text, fixed, markdown, separations
-from search.front import FRONT_COLUMNS, Point, front_csv, front_table
-from search.repeats import WIDE_RELATIVE_CI, best_supported, disagree, interval, is_wide, overlap
+from search.study.front import FRONT_COLUMNS, Point, front_csv, front_table
+from search.core.repeats import WIDE_RELATIVE_CI, best_supported, disagree, interval, is_wide, overlap
 
 
 def figure(median: float, low: float, high: float, **measurement) -> dict:
@@ -88,7 +88,7 @@ def test_groups_compare_with_their_own_first_row():
 def test_status_says_how_wide_the_studys_figures_are_and_how_many_were_measured_twice():
     import optuna
 
-    from search.report import measurement_line
+    from search.cli.views import measurement_line
 
     def trial(throughput, low, high, times):
         return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=[50.0, throughput], user_attrs=dict(

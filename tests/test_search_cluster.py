@@ -8,8 +8,8 @@ from ray.cluster_utils import Cluster
 
 import clusters
 
-from search.orchestrator import Search
-from search.settings import build_settings
+from search.engine.driver import Search
+from search.study.settings import build_settings
 
 
 @pytest.fixture()
@@ -27,7 +27,7 @@ def test_a_measurement_blocks_only_its_own_node(tmp_path, two_nodes):
         trials_per_device=1, cpus_per_trial=1, max_trials=3, scheduler="full", measure_seconds=1.0,
     )
     # Trainings busy-wait one second per epoch: long enough for a measurement to happen beside one.
-    assert Search(replace(settings, trainer="search.overhead:synthetic_train")).run() == 0
+    assert Search(replace(settings, trainer="search.bench.overhead:synthetic_train")).run() == 0
     study = optuna.load_study(study_name="c", storage=settings.storage)
     trials = [t for t in study.trials if t.user_attrs.get("measure_interval")]
     measures = [t.user_attrs["measure_interval"] for t in trials]
@@ -44,8 +44,8 @@ def test_a_measurement_blocks_only_its_own_node(tmp_path, two_nodes):
 def test_a_cuda_target_needs_a_bench_node_with_a_gpu():
     """A cluster with a GPU, but not on the measuring node, is refused at start (a cuda
     measurement there could never be placed). Ray's GPU counts are logical: no GPU needed."""
-    from search.executor import plan_resources
-    from search.target import parse_target
+    from search.engine.executor import plan_resources
+    from search.core.target import parse_target
 
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"bench": 1}))
     cluster.add_node(num_cpus=1, num_gpus=1)

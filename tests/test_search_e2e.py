@@ -11,11 +11,11 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
-from search.cli import main
-from search.executor import ray_system_config
-from search.objectives import OBJECTIVES
-from search.orchestrator import RUN_ID_ATTR, Search, SearchError, budget_used
-from search.settings import build_settings
+from search.cli.main import main
+from search.engine.executor import ray_system_config
+from search.core.objectives import OBJECTIVES
+from search.engine.driver import RUN_ID_ATTR, Search, SearchError, budget_used
+from search.study.settings import build_settings
 
 TrialState = optuna.trial.TrialState
 SPACE = str(Path(__file__).parent / "tiny32.yaml")
@@ -70,7 +70,7 @@ def three_trials(tmp_path_factory):
     """One search that trains three architectures under a constraint, read by the tests of what
     every search leaves behind (its records, the order of its jobs, infeasible trials, status
     and front): one search instead of one each."""
-    from search.constraints import Constraints
+    from search.core.constraints import Constraints
 
     workdir = tmp_path_factory.mktemp("three")
     settings = make_settings(workdir, max_trials=3, constraints=Constraints(max_params=MAX_PARAMS))
@@ -319,7 +319,7 @@ def test_a_second_driver_is_refused_and_ctrl_c_after_a_rung_resumes_from_the_che
 def test_a_crashing_search_fails_its_mlflow_run(tmp_path):
     from dataclasses import replace
 
-    settings = replace(make_settings(tmp_path, max_trials=5), trainer="search.train:no_such_trainer")
+    settings = replace(make_settings(tmp_path, max_trials=5), trainer="search.training.proxy:no_such_trainer")
     with pytest.raises(SearchError, match="3 trials failed in a row"):
         Search(settings).run()
     study = load(settings)
@@ -332,12 +332,12 @@ def test_a_crashing_search_fails_its_mlflow_run(tmp_path):
 
 
 def test_the_cli_turns_a_failed_search_into_one_line(monkeypatch, capsys):
-    import search.cli
+    import search.cli.main
 
     def crash(args):
         raise SearchError("3 trials failed in a row; last error: boom")
 
-    monkeypatch.setattr(search.cli, "_run", crash)
+    monkeypatch.setattr(search.cli.main, "_run", crash)
     assert main(["run"]) == 1
     assert capsys.readouterr().err == "search: error: 3 trials failed in a row; last error: boom\n"
 

@@ -18,12 +18,12 @@ from mlflow.tracking import MlflowClient
 
 import clusters
 
-from search import outbox
-from search.faults import NON_FINITE, OUT_OF_MEMORY, WORKER_LOST, RetryPolicy, failure_reason
-from search.lease import LEASE_ATTR, Lease, LeaseHeld
-from search.orchestrator import RUN_ID_ATTR, Search, budget_used
-from search.reaper import descendants, process_start, still_running
-from search.settings import build_settings
+from search.engine import outbox
+from search.core.faults import NON_FINITE, OUT_OF_MEMORY, WORKER_LOST, RetryPolicy, failure_reason
+from search.engine.lease import LEASE_ATTR, Lease, LeaseHeld
+from search.engine.driver import RUN_ID_ATTR, Search, budget_used
+from search.engine.reaper import descendants, process_start, still_running
+from search.study.settings import build_settings
 
 TESTS = Path(__file__).parent
 SPACE = str(TESTS / "faults_space.yaml")
@@ -37,7 +37,7 @@ ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 def test_only_lost_workers_are_retried_and_only_as_often_as_allowed():
     policy = RetryPolicy(max_retries=2)
     assert failure_reason("WorkerCrashedError: ...", lost=True) == WORKER_LOST
-    assert failure_reason("RayTaskError(NonFiniteLoss): search.faults.NonFiniteLoss: ...") == NON_FINITE
+    assert failure_reason("RayTaskError(NonFiniteLoss): search.core.faults.NonFiniteLoss: ...") == NON_FINITE
     assert failure_reason("RayTaskError(OutOfMemoryError): torch.OutOfMemoryError: CUDA out of memory.") == OUT_OF_MEMORY
     assert failure_reason("RayTaskError(FileNotFoundError): no such file") == "error"
     assert [policy.retry(WORKER_LOST, n) for n in range(3)] == [True, True, False]
@@ -57,7 +57,7 @@ def test_a_live_driver_keeps_its_lease_and_a_dead_or_silent_one_loses_it(tmp_pat
     """Two drivers on one study: the second is refused while the first lives (beats, or its
     process on this machine exists); a driver on another machine that stopped beating is
     taken over after the ttl; one on this machine whose process is gone, at once."""
-    from search.lease import _boot_id
+    from search.engine.lease import _boot_id
 
     here = dict(host=socket.gethostname(), boot=_boot_id())
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -248,9 +248,9 @@ def measured(tmp_path_factory):
     """Params, FLOPs and throughput of the fault points, measured here once
     with a short protocol and copied into each test's work directory: the tests are about
     faults, and the search takes cached figures as it would on a resume."""
-    from search.cache import CACHE_FILE, ThroughputCache
-    from search.measuring import count_architecture, measure_architecture
-    from search.target import parse_target
+    from search.engine.cache import CACHE_FILE, ThroughputCache
+    from search.engine.measuring import count_architecture, measure_architecture
+    from search.core.target import parse_target
     from space import arch_id, get_space
 
     path = tmp_path_factory.mktemp("measured") / CACHE_FILE
@@ -386,7 +386,7 @@ def test_an_mlflow_outage_loses_no_record(tmp_path, cluster, measured, monkeypat
     search itself if the server is up before the search ends, else from the kept file by
     ``sync-mlflow`` (which of the two depends on how long the server takes to start; under load
     the restarted server may also miss a request once more before it answers them all)."""
-    from search.cli import main
+    from search.cli.main import main
 
     monkeypatch.setattr(outbox, "RETRY_SECONDS", 0.5)
     monkeypatch.setattr(outbox, "FLUSH_SECONDS", 1.0)

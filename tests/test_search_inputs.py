@@ -4,10 +4,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.budget import parse_budget
-from search.storage import check_storage_url, open_storage
-from search.target import Target, parse_target
-from search.preflight import check_tracking_uri
+from search.core.budget import parse_budget
+from search.study.storage import check_storage_url, open_storage
+from search.core.target import Target, parse_target
+from search.study.preflight import check_tracking_uri
 
 
 @pytest.mark.parametrize("text,seconds,kind", [
@@ -90,11 +90,11 @@ def test_bad_tracking_uris(uri):
         check_tracking_uri(uri)
 
 
-# ---------------------------------------------------------------------- endpoints and folders (search.preflight)
+# ---------------------------------------------------------------------- endpoints and folders (search.study.preflight)
 def test_a_database_url_without_its_driver_names_the_extra_to_install(monkeypatch):
     import importlib.util
 
-    from search import preflight
+    from search.study import preflight
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name in ("psycopg2", "pymysql") else real(name))
@@ -117,7 +117,7 @@ def test_a_database_url_without_its_driver_names_the_extra_to_install(monkeypatc
 def test_unreachable_endpoints_are_refused_in_seconds(check, value, expected):
     import time
 
-    from search import preflight
+    from search.study import preflight
 
     function = {"storage": preflight.check_storage_endpoint, "tracking": preflight.check_tracking_endpoint,
                 "ray": preflight.check_ray_address}[check]
@@ -133,7 +133,7 @@ def test_a_tracking_server_that_answers_passes(tmp_path):
     import http.server
     import threading
 
-    from search.preflight import check_tracking_endpoint
+    from search.study.preflight import check_tracking_endpoint
 
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -146,7 +146,7 @@ def test_a_tracking_server_that_answers_passes(tmp_path):
 
 
 def test_unwritable_folders_are_refused(tmp_path):
-    from search.preflight import check_storage_endpoint, check_tracking_endpoint, check_writable_folder
+    from search.study.preflight import check_storage_endpoint, check_tracking_endpoint, check_writable_folder
 
     with pytest.raises(ValueError, match="not writable"):
         check_writable_folder(Path("/proc"), "--workdir")
@@ -159,7 +159,7 @@ def test_unwritable_folders_are_refused(tmp_path):
 
 
 def test_reading_a_study_from_a_missing_storage_creates_nothing(tmp_path):
-    from search.studies import open_study
+    from search.study.studies import open_study
 
     for url in (f"sqlite:///{tmp_path}/optuna.db", f"journal:{tmp_path}/journal.log"):
         with pytest.raises(ValueError, match="does not exist"):
@@ -167,7 +167,7 @@ def test_reading_a_study_from_a_missing_storage_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_option_values_that_start_with_a_dash_reach_their_checks():
+def test_option_values_that_start_with_a_dash_reach_their_checks(capsys):
     from litv2.argparsing import StrictParser
 
     parser = StrictParser(prog="p")
@@ -176,17 +176,22 @@ def test_option_values_that_start_with_a_dash_reach_their_checks():
     parser.add_argument("--seed", type=int)
     assert parser.parse_args(["--budget", "-1gpu-h", "--seed", "-1"]).budget == "-1gpu-h"
     assert parser.parse_args(["--budget", "-1gpu-h", "--seed", "-1"]).seed == -1
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
         parser.parse_args(["--budget", "--flag"])  # an option is never taken as a value
-    with pytest.raises(SystemExit):
+    assert exited.value.code == 2  # bad input
+    assert capsys.readouterr() == ("", "p: error: argument --budget: expected one argument (see --help)\n")
+    with pytest.raises(SystemExit) as exited:
         parser.parse_args(["--bud", "1cpu-h"])  # no prefix matching
+    assert exited.value.code == 2
+    assert capsys.readouterr() == ("", "p: error: unrecognized arguments: --bud 1cpu-h (see --help)\n")
 
 
 def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capsys):
     import logging
     import sys
 
-    from search.logs import route_library_logs
+    from search.cli.logs import route_library_logs
 
     # Stand-ins for the libraries' own terminal handlers, writing to this test's stderr (the
     # real ones keep whatever stream was current when an earlier test imported the library),
@@ -221,7 +226,7 @@ def test_library_info_lines_go_to_the_work_directory_log(tmp_path, capsys):
 
 
 def test_generated_study_names_are_valid_whatever_the_space_file_is_called():
-    from search.settings import check_study_name, default_study_name
+    from search.study.settings import check_study_name, default_study_name
 
     for stem in ("my space", "..", "tiny", "ünïcode/space"):
         assert check_study_name(default_study_name(stem))

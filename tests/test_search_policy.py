@@ -12,14 +12,14 @@ import optuna
 import pytest
 
 from litv2 import LITConfig
-from search.budget import PRIOR_COUNT_SECONDS, PRIOR_MEASURE_SECONDS, CostModel
-from search.constraints import Constraints
-from search.executor import InProcessExecutor, Node, Placement
-from search.measuring import measuring_fingerprint
-from search.orchestrator import Search, budget_used
-from search.replay import ProgressRecorder
-from search.scheduler import MOASHA, Decision, RungResult, promotion_order
-from search.settings import build_settings
+from search.core.budget import PRIOR_COUNT_SECONDS, PRIOR_MEASURE_SECONDS, CostModel
+from search.core.constraints import Constraints
+from search.engine.executor import InProcessExecutor, Node, Placement
+from search.engine.measuring import measuring_fingerprint
+from search.engine.driver import Search, budget_used
+from search.bench.replay import ProgressRecorder
+from search.core.scheduler import MOASHA, Decision, promotion_order
+from search.study.settings import build_settings
 
 TrialState = optuna.trial.TrialState
 
@@ -28,18 +28,19 @@ TrialState = optuna.trial.TrialState
 def test_moasha_rungs_and_a_dominated_trial_stops():
     scheduler = MOASHA(epochs=9, min_epochs=1, eta=3)
     assert scheduler.rungs == (1, 3, 9)
-    recorded = [RungResult(0, 50.0, 100.0), RungResult(1, 60.0, 120.0), RungResult(2, 40.0, 90.0)]
-    # Trial 1 dominates both others: with 3 results and eta 3 only it goes on.
-    assert scheduler.decide(recorded[1], 1, recorded) == Decision.CONTINUE
-    assert scheduler.decide(recorded[0], 1, recorded) == Decision.STOP
-    assert scheduler.decide(recorded[2], 1, recorded) == Decision.STOP
-    assert scheduler.decide(recorded[2], 9, recorded) == Decision.COMPLETE
+    # Trial 1 dominates both others at rung 1: with 3 results and eta 3 only it goes on.
+    for key, accuracy, throughput in (("a", 50.0, 100.0), ("b", 60.0, 120.0), ("c", 40.0, 90.0)):
+        scheduler.report(key, ord(key), [accuracy], throughput)
+    assert scheduler.recorded(1) == 3 and scheduler.recorded(3) == 0
+    assert [scheduler.decide(key, 1) for key in "bac"] == [Decision.CONTINUE, Decision.STOP, Decision.STOP]
+    scheduler.report("c", 99, [40.0] * 9, 90.0)  # the same key again (a re-run) replaces its result
+    assert scheduler.recorded(1) == 3 and scheduler.decide("c", 9) == Decision.COMPLETE
 
 
 def test_moasha_is_asynchronous_the_first_result_continues():
     scheduler = MOASHA(epochs=9, min_epochs=1, eta=3)
-    only = RungResult(7, 10.0, 5.0)
-    assert scheduler.decide(only, 1, [only]) == Decision.CONTINUE
+    scheduler.report(("arch", 0), 7, [10.0], 5.0)
+    assert scheduler.decide(("arch", 0), 1) == Decision.CONTINUE
 
 
 def test_promotion_prefers_non_dominated_then_hypervolume_contribution():
@@ -317,7 +318,7 @@ def test_a_sampler_stuck_on_known_architectures_is_handed_unseen_ones(tmp_path, 
     what it likes) still gets the whole finite space evaluated instead of an 'exhausted' search."""
     from space import get_space
 
-    import search.orchestrator as orchestrator
+    import search.engine.driver as orchestrator
 
     space = get_space("tiny")
     stuck = space.grid_params()[0]

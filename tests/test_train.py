@@ -7,8 +7,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from litv2 import LITConfig, build_model
-from search.data import load_dataset
-from search.train import TrainResult, evaluate, resolve_precision, train_proxy
+from search.training.data import load_dataset
+from search.training.proxy import TrainResult, evaluate, resolve_precision, train_proxy
 
 TINY = LITConfig(
     embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=(0, 0, 2, 1),
@@ -127,8 +127,8 @@ def test_a_rung_needs_a_checkpoint_and_a_span_of_the_schedule(digits, tmp_path):
 def test_uint8_sets_are_resized_and_normalised_per_batch_on_the_device():
     from torch.utils.data import TensorDataset
 
-    from search.data import ToFloatResized
-    from search.train import _Batches
+    from search.training.data import ToFloatResized
+    from search.training.proxy import _Batches
 
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
     transform = ToFloatResized(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ATTENTION_KINDS
 from .hilo import HiLo, check_heads
 from .rel_pos import RelativePositionBias
 from .windows import check_window, pad_to_multiple, window_partition, window_reverse
@@ -216,4 +217,4 @@ def build_attention(
         if block_index % 2 == 0:
             return WindowAttention(dim, num_heads, window_size=window_size, **common)
         return SpatialReductionAttention(dim, num_heads, sr_ratio=sr_ratio, **common)
-    raise ValueError(f"attention kind {kind!r} is unknown; expected one of hilo, msa, sra, wmsa, tmsa")
+    raise ValueError(f"attention kind {kind!r} is unknown; expected one of {', '.join(ATTENTION_KINDS)}")

@@ -1,0 +1,177 @@
+"""Replaying a search on a recorded table: the real driver, samplers and schedulers, no training.
+
+:class:`ReplayingExecutor` is the :class:`~search.engine.executor.InProcessExecutor` with jobs
+answered from a :class:`~search.bench.table.BenchTable`: a count returns the recorded params and
+FLOPs, a measurement the recorded throughput, a training the recorded accuracies up to the
+epoch it reaches; each job ends on the simulated clock after the seconds the recording
+took (a rung of ``k`` epochs: ``k`` recorded epoch-seconds). Everything else - asking the
+sampler, deduplication, the cost model, the budget ledger, successive halving - is
+:class:`~search.engine.driver.Search` itself, so a replay measures the strategy the search
+really runs.
+
+The simulated cluster is one CPU node of ``workers`` cores, planned as the Ray executor
+plans a CPU budget: a training holds one core, a measurement holds the whole node (and is
+charged for every core), a count one core.
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..engine.executor import InProcessExecutor, Node
+from ..engine.jobs import Job
+from .table import BenchTable, Row
+
+SCRATCH = "/dev/shm"
+
+
+class TableJobs:
+    """Count, measure and train runners answering from ``table``, and each job's recorded seconds."""
+
+    def __init__(self, table: BenchTable) -> None:
+        from litv2 import LITConfig
+        from space import arch_id, get_space
+
+        space = get_space(table.meta["space"])
+        every = {arch_id(config) for config in space.enumerate()}
+        if every - {row.arch_id for row in table.rows}:
+            raise ValueError(
+                f"the table ({table.meta['study']}) records {len(every & set(table.by_arch()))} of the {len(every)} "
+                f"architectures of space {table.meta['space']!r}: a replay needs every one; grow it with "
+                f"'python -m search resume --study {table.meta['study']} --budget ...' and 'python -m search bench-table'")
+        self.table = table
+        self.rows = table.by_arch()
+        # A training job carries the proxy's config: map each proxy back to its row.
+        self.by_proxy = {arch_id(space.proxy_of(LITConfig.from_json(row.config))): row for row in table.rows}
+        self._arch_id, self._config = arch_id, LITConfig.from_json
+        self.measurement = dict(device_name=table.meta["machine"]["device"],
+                                versions=dict(table.meta["measurement_versions"]))
+
+    def runners(self) -> dict[str, Callable[[Job], dict[str, Any]]]:
+        return {"count": self.count, "measure": self.measure, "train": self.train}
+
+    def _row(self, config_json: str, rows: dict[str, Row]) -> Row:
+        return rows[self._arch_id(self._config(config_json))]
+
+    def count(self, job) -> dict[str, Any]:
+        row = self._row(job.config_json, self.rows)
+        return dict(params=row.params, flops=row.flops)
+
+    def measure(self, job) -> dict[str, Any]:
+        row = self._row(job.config_json, self.rows)
+        return dict(throughput=row.throughput, throughput_spread=row.throughput_spread, measurement=self.measurement)
+
+    def train(self, job) -> dict[str, Any]:
+        row = self._row(job.proxy_json, self.by_proxy)
+        accuracies = list(row.epoch_accuracies[:job.to_epoch])
+        return dict(accuracy=accuracies[-1], epoch_accuracies=accuracies, train_seconds=self.seconds(job, {}))
+
+    def seconds(self, job, result: dict[str, Any]) -> float:
+        """Wall seconds the recording spent on what ``job`` asks."""
+        if job.kind == "train":
+            return self._row(job.proxy_json, self.by_proxy).epoch_seconds * (job.to_epoch - job.from_epoch)
+        row = self._row(job.config_json, self.rows)
+        return row.count_seconds if job.kind == "count" else row.measure_seconds
+
+
+class ReplayingExecutor(InProcessExecutor):
+    """An in-process executor on one simulated node of ``workers`` cores whose jobs are table look-ups."""
+
+    def __init__(self, jobs: TableJobs, workers: int) -> None:
+        self.jobs = jobs
+        super().__init__([Node("replay", workers, bench=True)], self.jobs.runners(), self.jobs.seconds,
+                         devices=dict(count=1.0, measure=float(workers), train=1.0))
+        self.measures_anew = False  # the table holds one figure per architecture: a repeat would only cost
+
+    def fingerprint(self, target_key: str) -> dict[str, str]:
+        """Where the table's throughputs were measured (the throughput cache keys on it)."""
+        return {"device_name": self.jobs.measurement["device_name"], **self.jobs.measurement["versions"]}
+
+
+class ProgressRecorder:
+    """The search's tracker during a replay: instead of MLflow runs it keeps, in memory, the
+    (budget used, hypervolume) the driver reports after each completed trial."""
+
+    def __init__(self) -> None:
+        self.progress: list[tuple[float, float]] = []
+
+    def start(self, study_name: str, params: dict[str, Any], run_id: str | None = None) -> str:
+        return run_id or "replay"
+
+    def log_progress(self, step: int, metrics: dict[str, float]) -> None:
+        self.progress.append((float(metrics["budget_used"]), float(metrics["hypervolume"])))
+
+    # A replay keeps no per-trial runs, fronts or plots: thousands of simulated trials would
+    # cost more to log than to replay.
+    def log_trial(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log_front(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def finish(self, status: str = "FINISHED") -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A sampler (:data:`search.core.samplers.SAMPLERS`) with a scheduler (:data:`search.core.scheduler.SCHEDULERS`)."""
+
+    sampler: str
+    scheduler: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.sampler}+{self.scheduler}"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Hypervolume against budget spent (device-seconds) of one replayed search: a step
+    function through ``points``, ending at what the search spent in all."""
+
+    strategy: str
+    seed: int
+    budget: float
+    points: tuple[tuple[float, float], ...]
+    spent: float
+    trained: int
+
+    def hypervolume_at(self, spent: float) -> float:
+        """The front's hypervolume once ``spent`` device-seconds were used."""
+        reached = [hv for used, hv in self.points if used <= spent]
+        return max(reached, default=0.0)
+
+    def budget_to_reach(self, hypervolume: float) -> float | None:
+        """The least budget after which the hypervolume is at least ``hypervolume`` (None: never)."""
+        return next((used for used, hv in self.points if hv >= hypervolume), None)
+
+
+def replay(jobs: TableJobs, strategy: Strategy, seed: int, workers: int, budget: str,
+           min_epochs: int = 1, eta: int = 3) -> Curve:
+    """Run the real search for ``strategy`` on ``jobs``' table, in a throw-away work directory."""
+    from ..engine.driver import Search, budget_used
+    from ..study.settings import build_settings
+
+    # Its study, caches and journal are scratch: on a RAM disk their fsyncs cost nothing.
+    scratch = SCRATCH if Path(SCRATCH).is_dir() else None
+    table = jobs.table
+    with tempfile.TemporaryDirectory(prefix="replay-", dir=scratch) as folder:
+        settings = build_settings(
+            study=f"{strategy.sampler}-{strategy.scheduler}-{seed}", space=table.meta["space"], budget=budget,
+            storage=f"journal:{Path(folder) / 'optuna.journal'}",
+            dataset=table.meta["dataset"], target=table.meta["target"], tracking_uri=None,
+            workdir=folder, sampler=strategy.sampler, epochs=table.epochs, seed=seed, address=None, data_root=None,
+            trials_per_device=1, cpus_per_trial=1, scheduler=strategy.scheduler, min_epochs=min_epochs, eta=eta,
+        )
+        recorder = ProgressRecorder()
+        search = Search(settings, out=io.StringIO(), executor=lambda _: ReplayingExecutor(jobs, workers),
+                        tracker=recorder)
+        search.run()
+        spent = budget_used(search.study)
+        final = recorder.progress[-1][1] if recorder.progress else 0.0
+        return Curve(strategy.name, seed, search.budget.seconds, (*recorder.progress, (spent, final)), spent,
+                     search.context.tally.trained)

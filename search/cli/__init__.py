@@ -1,0 +1,2 @@
+"""``python -m search``: the command line, its read-only views of a study, and log routing.
+Nothing below imports this layer."""

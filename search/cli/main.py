@@ -1,0 +1,304 @@
+"""``python -m search run|resume|status|front|pick|train``: the command line of the orchestrator.
+
+Every argument, and then every endpoint and folder a command uses (:mod:`search.study.preflight`),
+is checked before anything is created and before the deep-learning stack is imported, so a
+typo answers in well under two seconds with one line and exit status 2, and leaves nothing
+behind; ``status`` and ``front`` read the Optuna storage without importing torch or Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from litv2.argparsing import StrictParser
+from space.registry import SPACE_NAMES
+
+from .bench import BENCH_HANDLERS, add_bench_commands
+from ..core.budget import parse_budget
+from ..core.datasets import dataset_choices
+from ..core.errors import EXIT_USAGE, usage_error
+from ..core.samplers import DEFAULT_SAMPLER, sampler_choices
+from ..study.settings import check_study_name
+from ..core.faults import DEFAULT_MAX_RETRIES
+from ..study.storage import default_storage_url
+from ..core.target import parse_target
+
+if TYPE_CHECKING:
+    from ..study.settings import SearchSettings
+    from ..core.target import Target
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", help="study name: 1-100 letters, digits, '.', '_' or '-', starting with a letter "
+                        "or digit (run: default SPACE-DATE-TIME)")
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///WORKDIR/optuna.db)")
+    parser.add_argument("--workdir", default=".", help="folder for the default storage, MLflow store and caches")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = StrictParser(prog="python -m search", description="Hardware-aware LITv2 architecture search")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=StrictParser)
+    run = commands.add_parser("run", help="start a search within a device budget")
+    _common(run)
+    run.add_argument("--budget", default="0.05cpu-h", help="device budget, e.g. 64gpu-h, 2cpu-h, 90gpu-min")
+    run.add_argument("--space", default="tiny",
+                     help=f"named space ({', '.join(SPACE_NAMES)}) or a YAML/JSON file")
+    run.add_argument("--dataset", default="cluttered-digits",
+                     help=dataset_choices())
+    run.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
+    run.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS], e.g. cpu:bs1:224 "
+                          "(1 thread), cpu:bs8:224:t4 or cuda:bs64:224:fp16 (default: the local device)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    run.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: a local Ray instance)")
+    run.add_argument("--sampler", default=DEFAULT_SAMPLER, help=sampler_choices())
+    run.add_argument("--epochs", type=int, default=2, help="proxy training epochs")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--trials-per-device", type=int, default=1, help="GPU budgets: trials sharing one GPU")
+    run.add_argument("--cpus-per-trial", type=int, default=1, help="CPU budgets: cores per training trial")
+    run.add_argument("--max-trials", type=int, help="stop after this many trained architectures (default: budget only)")
+    run.add_argument("--scheduler", help="mo-asha (successive halving) or full (default: mo-asha when "
+                     "--epochs allows two rungs)")
+    run.add_argument("--min-epochs", type=int, default=1, help="mo-asha: epochs of the first rung")
+    run.add_argument("--eta", type=int, default=3, help="mo-asha: reduction factor between rungs")
+    run.add_argument("--seeds", type=int, default=1, help="fixed-point spaces: trainings per point, one per seed")
+    _constraint_options(run)
+    run.add_argument("--checkpoint-dir", help="rung checkpoints, readable by every node (default WORKDIR/checkpoints)")
+    run.add_argument("--keep-checkpoints", action="store_true", help="keep rung checkpoints of finished trials")
+    run.add_argument("--measure-seconds", type=float,
+                     help="time cap of one throughput measurement (default 6; a capped figure is flagged)")
+    run.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, help="times a trial's job is submitted again after its "
+                     "worker or node was lost (a rung restarts from its last checkpoint)")
+    resume = commands.add_parser("resume", help="continue an interrupted or finished study")
+    _common(resume)
+    resume.add_argument("--budget", help="extra budget to add, e.g. 1gpu-h")
+    resume.add_argument("--tracking-uri", help="MLflow tracking URI (default: the stored one, or WORKDIR/mlflow.db)")
+    sync_mlflow = commands.add_parser("sync-mlflow", help="send the MLflow records a search kept while MLflow "
+                                      "was unreachable")
+    _common(sync_mlflow)
+    sync_mlflow.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, or WORKDIR/mlflow.db)")
+    status = commands.add_parser("status", help="trials, budget and current front of a study")
+    _common(status)
+    front = commands.add_parser("front", help="the Pareto front of a study")
+    _common(front)
+    front.add_argument("--csv", help="write the front as CSV")
+    front.add_argument("--plot", help="write the front as a PNG plot")
+    pick = commands.add_parser("pick", help="the most accurate model of a study's front that meets a target")
+    _common(pick)
+    pick.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS] (default: the "
+                      "study's); candidates not yet measured there are measured")
+    _constraint_options(pick)
+    pick.add_argument("--top", type=int, default=3, help="re-measure the K most accurate feasible candidates")
+    pick.add_argument("--export", help="write the picked model to this new folder (timm local-dir, ONNX, model card)")
+    pick.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, or WORKDIR/mlflow.db)")
+    train = commands.add_parser("train", help="train an architecture at full size with the paper's recipe")
+    train.add_argument("--model", help="an export folder (search pick --export) or a registered name (litv2_s, ...)")
+    train.add_argument("--dataset", help=dataset_choices())
+    train.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
+    train.add_argument("--epochs", type=int, help="epochs of the schedule (default 300)")
+    train.add_argument("--batch-size", type=int, help="images per process and step (default 128)")
+    train.add_argument("--img-size", type=int, help="training resolution (default: the export's, or 224)")
+    train.add_argument("--warmup-epochs", type=int, help="linear warm-up (default: 20 of 300 epochs, in proportion)")
+    train.add_argument("--ema-decay", type=float, help="keep an EMA of the weights with this decay (default: off)")
+    train.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
+    train.add_argument("--workers", type=int, default=4, help="data loading processes per training process")
+    train.add_argument("--resume", help="continue exactly from a checkpoint (OUTPUT/last.pt)")
+    train.add_argument("--stop-after-epoch", type=int, help="end after this epoch of the schedule (continue with "
+                       "--resume), e.g. to fit a job's time limit")
+    train.add_argument("--output", help="new folder for checkpoints and the trained model (default ./train-NAME-TIME)")
+    train.add_argument("--workdir", default=".", help="folder of the default MLflow store")
+    train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    add_bench_commands(commands)
+    return parser
+
+
+def _constraint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-throughput", help="constraint: img/s on the target, at least")
+    parser.add_argument("--max-latency-ms", help="constraint: milliseconds per batch on the target, at most")
+    parser.add_argument("--max-params", help="constraint: parameters, at most (e.g. 30M)")
+    parser.add_argument("--max-flops", help="constraint: FLOPs at the target resolution, at most (e.g. 4G)")
+
+
+def _storage(args: argparse.Namespace) -> str:
+    return args.storage or default_storage_url(Path(args.workdir))
+
+
+def _constraints(args: argparse.Namespace):
+    from ..core.constraints import Constraints, parse_count, parse_positive
+
+    return Constraints(
+        min_throughput=parse_positive(args.min_throughput, "--min-throughput") if args.min_throughput else None,
+        max_latency_ms=parse_positive(args.max_latency_ms, "--max-latency-ms") if args.max_latency_ms else None,
+        max_params=parse_count(args.max_params, "--max-params") if args.max_params else None,
+        max_flops=parse_count(args.max_flops, "--max-flops") if args.max_flops else None,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..study.settings import build_settings, default_study_name
+
+    study = args.study if args.study is not None else default_study_name(Path(args.space).stem)
+    settings = build_settings(
+        study=study, space=args.space,
+        budget=args.budget, dataset=args.dataset, target=args.target, storage=args.storage,
+        tracking_uri=args.tracking_uri, workdir=args.workdir, sampler=args.sampler, epochs=args.epochs,
+        seed=args.seed, address=args.address, data_root=args.data_root, trials_per_device=args.trials_per_device,
+        cpus_per_trial=args.cpus_per_trial, max_trials=args.max_trials, scheduler=args.scheduler,
+        min_epochs=args.min_epochs, eta=args.eta, seeds=args.seeds, constraints=_constraints(args),
+        checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
+        measure_seconds=args.measure_seconds, max_retries=args.max_retries,
+    )
+    return _search(settings, resume=False)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from ..study.studies import load_settings
+
+    extra = parse_budget(args.budget) if args.budget else None
+    settings = load_settings(_study(args), _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
+    if extra is not None:
+        settings = settings.with_budget(str(parse_budget(settings.budget).plus(extra)))
+    return _search(settings, resume=True)
+
+
+def _search(settings: "SearchSettings", resume: bool) -> int:
+    """Check every endpoint, folder and the data, then (only then) import the stack and search."""
+    from ..study.preflight import preflight_search
+
+    for line in preflight_search(settings):
+        print(line, flush=True)
+    from .logs import route_library_logs
+    from ..engine.driver import Search
+
+    route_library_logs(Path(settings.workdir))
+    return Search(settings).run(resume=resume)
+
+
+def _study(args: argparse.Namespace) -> str:
+    if args.study is None:
+        raise ValueError(f"{args.command} needs --study NAME")
+    return check_study_name(args.study)
+
+
+def _sync_mlflow(args: argparse.Namespace) -> int:
+    from ..study.studies import load_settings
+    from ..engine.tracking import send_kept
+
+    settings = load_settings(_study(args), _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
+    print(send_kept(settings.tracking_uri, Path(settings.workdir), args.study))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .views import status_text
+
+    print(status_text(_study(args), _storage(args)))
+    return 0
+
+
+def _front(args: argparse.Namespace) -> int:
+    from .views import write_front
+
+    study = _study(args)
+    csv_path = _new_file(args.csv, "--csv", (".csv",))
+    plot_path = _new_file(args.plot, "--plot", PLOT_SUFFIXES)
+    print(write_front(study, _storage(args), csv_path, plot_path))
+    return 0
+
+
+def _new_file(path: str | None, flag: str, suffixes: tuple[str, ...]) -> str | None:
+    """An output file's name and folder, checked before anything is written."""
+    if path is None:
+        return None
+    file = Path(path)
+    if file.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path!r} is invalid: expected a {'/'.join(suffixes)} file")
+    if not file.resolve().parent.is_dir():
+        raise ValueError(f"{flag} {path!r} is invalid: its folder {str(file.parent)!r} does not exist")
+    if file.is_dir():
+        raise ValueError(f"{flag} {path!r} is a folder: expected a file name")
+    return path
+
+
+def _pick(args: argparse.Namespace) -> int:
+    from ..study.studies import RUN_ID_ATTR, open_study, settings_of
+
+    name = _study(args)
+    constraints = _constraints(args)
+    target = parse_target(args.target) if args.target else None
+    if args.top < 1:
+        raise ValueError(f"--top {args.top} is invalid: expected a positive integer")
+    folder = None
+    if args.export:
+        from ..deploy.export import check_new_folder, require_export_extra
+
+        require_export_extra()
+        folder = check_new_folder(args.export, "--export")
+    study = open_study(_storage(args), name)
+    settings = settings_of(study).relocated(args.workdir, args.storage, args.tracking_uri)
+    target = target or parse_target(settings.target)
+    _check_device(target)
+    from ..engine.cache import CACHE_FILE, ThroughputCache
+    from ..deploy.package import Deployment, export_deployment, log_deployment
+    from ..deploy.pick import NoFeasibleModel, pick_model, pick_summary, pick_table
+
+    try:
+        pick = pick_model(study, settings, target, constraints, args.top,
+                          ThroughputCache(Path(settings.workdir) / CACHE_FILE))
+    except NoFeasibleModel as failure:
+        print(failure.table)  # how close every candidate came; the error line follows on stderr
+        raise
+    print(pick_table(pick))
+    print(pick_summary(pick))
+    if folder is not None:
+        deployment = Deployment(pick, settings, args.command_line, study.user_attrs.get(RUN_ID_ATTR),
+                                settings.tracking_uri)
+        export_deployment(deployment, folder)
+        print(f"exported to {folder}: timm folder, {folder.name}/model.onnx (onnxruntime matches PyTorch to "
+              f"{deployment.onnx_difference:.1e}), {folder.name}/MODEL_CARD.md")
+        if deployment.run_id:
+            uri = log_deployment(deployment, folder)
+            print(f"logged to MLflow run {deployment.run_id} (deploy/{pick.chosen.arch_id}/) and as model {uri}")
+    return 0
+
+
+def _check_device(target: "Target") -> None:
+    import torch
+
+    if target.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"target {target} needs a CUDA GPU, and this machine has none: pick on the deployment "
+                         "machine, or name a cpu target")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..core.datasets import check_dataset
+    from ..study.preflight import check_writable_folder
+
+    check_writable_folder(Path(args.workdir), "--workdir")
+    for line in check_dataset(args.dataset, args.data_root) if args.dataset else ():
+        print(line, flush=True)
+    from ..deploy.fulltrain import TrainRequest, train_model
+
+    return train_model(TrainRequest(
+        model=args.model, dataset=args.dataset, data_root=args.data_root, epochs=args.epochs,
+        batch_size=args.batch_size, img_size=args.img_size, warmup_epochs=args.warmup_epochs,
+        ema_decay=args.ema_decay, seed=args.seed, workers=args.workers, resume=args.resume,
+        stop_after_epoch=args.stop_after_epoch, output=args.output, workdir=args.workdir,
+        tracking_uri=args.tracking_uri,
+    ))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.command_line = "python -m search " + shlex.join(sys.argv[1:] if argv is None else argv)
+    handler = {"run": _run, "resume": _resume, "status": _status, "front": _front, "pick": _pick,
+               "train": _train, "sync-mlflow": _sync_mlflow, **BENCH_HANDLERS}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, RuntimeError) as error:  # RuntimeError: SearchError, the services behind a search
+        print(f"search: error: {error}", file=sys.stderr)
+        return EXIT_USAGE if usage_error(error) else 1

@@ -1,0 +1,94 @@
+"""Read-only views of a study for ``search status`` and ``search front``."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import optuna
+
+from ..core.budget import parse_budget
+from ..core.record import TrialRecord
+from ..study.front import evaluated_points, front_csv, front_table, hypervolume, pareto_front, plot_front
+from ..study.studies import budget_used, open_study, settings_of
+from ..core.scheduler import make_scheduler, rung_counts
+from ..study.settings import SearchSettings
+
+TrialState = optuna.trial.TrialState
+COST_KINDS = (("train", "training"), ("measure", "measuring"), ("count", "counting"), ("lost", "lost to crashes"))
+
+
+def _load(study_name: str, storage_url: str) -> tuple[optuna.Study, SearchSettings]:
+    study = open_study(storage_url, study_name)
+    return study, settings_of(study)
+
+
+def status_text(study_name: str, storage_url: str) -> str:
+    """Trials by outcome, per-rung progress, the budget split and the current front."""
+    study, settings = _load(study_name, storage_url)
+    trials = study.get_trials(deepcopy=False)
+    records = {t.number: TrialRecord.of(t) for t in trials}
+    duplicates = [t for t in trials if records[t.number].duplicate_of is not None]
+    own = [t for t in trials if records[t.number].duplicate_of is None]
+    rerun = {records[t.number].rerun_of for t in own if records[t.number].rerun_of is not None}
+    status = Counter(records[t.number].status for t in own if t.state != TrialState.RUNNING)
+    interrupted = [t for t in own if records[t.number].interrupted]
+    failed = [t for t in own if t.state == TrialState.FAIL and not records[t.number].interrupted]
+    running = sum(t.state == TrialState.RUNNING for t in own)
+    waiting = sum(t.state == TrialState.WAITING for t in own)
+    budget = parse_budget(settings.budget)
+    used = budget_used(study)
+    split = Counter()
+    for trial in trials:
+        split.update(records[trial.number].costs)
+    front = pareto_front(study)
+    lines = [
+        f"study {study_name}: space {settings.space}, data {settings.dataset}, target {settings.target}, "
+        f"scheduler {settings.scheduler}",
+        f"trials: {status['complete']} complete, {status['stopped']} stopped early, {status['infeasible']} infeasible, "
+        f"{len(failed)} failed, {len(duplicates)} duplicates answered from the study, "
+        f"{len(interrupted)} interrupted (of which {len(rerun)} re-run), {running} running, {waiting} queued",
+        f"budget: used {used:.0f} of {budget.seconds:.0f} {budget.kind}-s ({100 * used / budget.seconds:.1f}%), "
+        f"left {max(0.0, budget.seconds - used):.0f}; "
+        + ", ".join(f"{label} {split.get(key, 0.0):.0f}" for key, label in COST_KINDS),
+    ]
+    scheduler = make_scheduler(settings.scheduler, settings.epochs, settings.min_epochs, settings.eta, False)
+    trained = [records[t.number] for t in own if records[t.number].epochs_done]
+    stopped_at = [records[t.number].stopped_at for t in own if records[t.number].stopped_at is not None]
+    lines.append("rungs (epoch: reached / continued / stopped): " + "; ".join(
+        f"{rung}: {got} / {past} / {stopped}"
+        for rung, got, past, stopped in rung_counts(scheduler.rungs, [r.epochs_done for r in trained],
+                                                    stopped_at)))
+    violations = Counter(name for t in own for name in records[t.number].infeasible)
+    if settings.constraints:
+        lines.append("constraints " + ", ".join(f"{k}={v:g}" for k, v in settings.constraints.items())
+                     + ": violated by " + (", ".join(f"{n} ({k})" for k, n in violations.items()) or "none"))
+    lines.append(measurement_line(own))
+    lines += [f"front (full fidelity only): {len(front)} architectures, hypervolume {hypervolume(front):.1f}",
+              front_table(front)]
+    return "\n".join(lines)
+
+
+def measurement_line(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """How far the study's throughput figures can be trusted: how many there are, how wide
+    their intervals run, how many were measured twice, and how contended the node was."""
+    measured = [r for r in map(TrialRecord.of, trials) if r.throughput_low is not None and r.throughput]
+    if not measured:
+        return "throughput figures: none with an interval yet"
+    widths = sorted((r.throughput_high - r.throughput_low) / r.throughput for r in measured)
+    twice = sum(r.measured_times > 1 for r in measured)
+    return (f"throughput figures: {len(measured)} trials, 95% intervals {widths[0]:.1%} to {widths[-1]:.1%} of the "
+            f"median (median {widths[len(widths) // 2]:.1%}), {twice} measured twice for a wide interval")
+
+
+def write_front(study_name: str, storage_url: str, csv_path: str | None, plot_path: str | None) -> str:
+    study, settings = _load(study_name, storage_url)
+    points = evaluated_points(study)
+    front = pareto_front(study)
+    if csv_path:
+        Path(csv_path).write_text(front_csv(front))
+    if plot_path:
+        from litv2 import LITV2_S
+        from space import arch_id
+
+        plot_front(points, front, Path(plot_path), f"study {study_name}", settings.target, {arch_id(LITV2_S): "LITv2-S"})
+    return front_table(front)

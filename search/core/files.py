@@ -1,0 +1,35 @@
+"""Files replaced whole: written under a temporary name beside the target, then renamed.
+
+A rename within one folder is atomic, so a reader (another process, a resumed run, a crash
+after the write) sees the old file or the new one, never half of either.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(partial)`` on a hidden sibling of ``path``, then rename it to ``path``.
+
+    ``write`` gets a path rather than bytes so that writers that insist on a file name
+    (``torch.save``, ``savefig``) can use it too; the temporary name keeps ``path``'s suffix
+    because some of them pick the format from it. If ``write`` fails (Ctrl-C included) the
+    temporary file is removed and ``path`` keeps its old contents. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial{path.suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of ``text`` (UTF-8)."""
+    return atomic_write(path, lambda partial: partial.write_text(text, encoding="utf-8"))

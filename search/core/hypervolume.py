@@ -1,0 +1,45 @@
+"""The hypervolume of two maximised objectives, the search's one measure of a front.
+
+Points are ``(accuracy, throughput)`` pairs, both maximised, and the reference point is
+(0, 0): accuracy and throughput are non-negative, so the hypervolume only grows as the search
+improves. In two objectives the dominated region is a staircase, measured exactly by one sweep.
+:func:`hypervolume` is the front's area (the progress metric the driver logs and ``search status``
+prints); :func:`hypervolume_contributions` is each point's exclusive share of it (what successive
+halving ranks a front by, :mod:`search.core.scheduler`). Optuna has no public hypervolume
+function (its own is private); the tests check these against it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def hypervolume(points: Sequence[tuple[float, float]]) -> float:
+    """Area that ``points`` dominate above the reference point (0, 0); dominated points and
+    duplicates add nothing. A point below the reference (a negative objective) is a ValueError."""
+    if any(not (x >= 0 and y >= 0) for x, y in points):
+        raise ValueError(f"hypervolume: every point must dominate the reference point (0, 0), got {list(points)}")
+    area = covered = 0.0
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):  # best first objective first
+        if y > covered:
+            area += x * (y - covered)  # the strip this point adds above those already swept
+            covered = y
+    return area
+
+
+def hypervolume_contributions(points: Sequence[tuple[float, float]]) -> list[float]:
+    """Each point's exclusive share of a mutually non-dominated set's hypervolume.
+
+    The reference point is (0, 0), the study's own hypervolume reference (accuracy and
+    throughput are non-negative). In two objectives a contribution is a product of two gaps,
+    so scaling either objective scales every contribution alike and the ranking does not
+    depend on units. Exact ties share a contribution of zero, so neither is preferred by it.
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    low_x = low_y = 0.0
+    out = [0.0] * len(points)
+    for position, i in enumerate(order):
+        x, y = points[i]
+        left_x = points[order[position - 1]][0] if position > 0 else low_x
+        right_y = points[order[position + 1]][1] if position + 1 < len(order) else low_y
+        out[i] = max(x - left_x, 0.0) * max(y - right_y, 0.0)
+    return out

@@ -1,0 +1,124 @@
+"""Pareto fronts of (proxy accuracy, measured throughput): rows, hypervolume, CSV and plot.
+
+The front is Optuna's own ``Study.best_trials`` (feasible COMPLETE trials only, so trials
+stopped early by successive halving, infeasible ones and duplicates answered from the
+study never appear), and the hypervolume is :func:`search.core.hypervolume.hypervolume`, against
+the reference point (0 % accuracy, 0 img/s): it only grows as the search improves, which makes
+it a readable progress metric per trial. Objectives come from :data:`search.core.objectives.OBJECTIVES`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+
+from ..core import hypervolume as _hypervolume
+from ..core.objectives import OBJECTIVES
+from ..core.record import TrialRecord
+
+FRONT_COLUMNS = ("trial", "arch_id", "accuracy", "throughput", "throughput_low", "throughput_high", "measured_times",
+                 "params", "flops", "summary")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated architecture; ``throughput_low`` and ``throughput_high`` bound the 95 %
+    interval of its measured median, ``measured_times`` is how many measurements it was kept
+    from (:mod:`search.core.repeats`)."""
+
+    trial: int
+    arch_id: str
+    accuracy: float
+    throughput: float
+    throughput_low: float
+    throughput_high: float
+    measured_times: int
+    params: int
+    flops: int
+    summary: str
+
+
+def _point(trial: optuna.trial.FrozenTrial) -> Point:
+    record = TrialRecord.of(trial)
+    throughput = trial.values[1]
+    low = record.throughput_low if record.throughput_low is not None else throughput
+    high = record.throughput_high if record.throughput_high is not None else throughput
+    return Point(trial.number, record.arch_id if record.arch_id is not None else "", trial.values[0], throughput,
+                 float(low), float(high), int(record.measured_times),
+                 int(record.params if record.params is not None else 0),
+                 int(record.flops if record.flops is not None else 0), record.summary)
+
+
+def evaluated_points(study: optuna.Study) -> list[Point]:
+    """Every architecture trained to full fidelity (duplicates are never COMPLETE)."""
+    return [_point(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def pareto_front(study: optuna.Study) -> list[Point]:
+    """The study's feasible Pareto set, by throughput."""
+    return sorted((_point(t) for t in study.best_trials), key=lambda p: (p.throughput, p.accuracy))
+
+
+def hypervolume(front: list[Point]) -> float:
+    """Area the front dominates above the reference point (0, 0), in %-img/s."""
+    return _hypervolume.hypervolume([(p.accuracy, p.throughput) for p in front])
+
+
+def front_csv(front: list[Point]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FRONT_COLUMNS)
+    writer.writeheader()
+    for point in front:
+        writer.writerow(asdict(point))
+    return buffer.getvalue()
+
+
+def front_table(front: list[Point]) -> str:
+    lines = ["| trial | arch id | proxy top-1 % | img/s [95% interval] | params | GFLOPs | architecture |",
+             "|---|---|---|---|---|---|---|"]
+    for p in sorted(front, key=lambda p: -p.accuracy):
+        lines.append(f"| {p.trial} | {p.arch_id} | {p.accuracy:.2f} | {p.throughput:.1f} "
+                     f"[{p.throughput_low:.1f}, {p.throughput_high:.1f}] | {p.params / 1e6:.2f}M "
+                     f"| {p.flops / 1e9:.3f} | {p.summary} |")
+    return "\n".join(lines)
+
+
+def plot_front(points: list[Point], front: list[Point], path: Path, title: str, target: str,
+               marked: dict[str, str] | None = None) -> None:
+    """Scatter every architecture with its throughput interval as an error bar, draw the front
+    as a staircase, label front points by trial and marked ids by name (e.g. LITv2-S)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def bars(chosen: list[Point]) -> list[list[float]]:
+        return [[p.throughput - p.throughput_low for p in chosen], [p.throughput_high - p.throughput for p in chosen]]
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.errorbar([p.throughput for p in points], [p.accuracy for p in points], xerr=bars(points), fmt="o", ms=4,
+                color="0.6", ecolor="0.75", elinewidth=1, capsize=2, label="evaluated (95% interval of img/s)")
+    ordered = sorted(front, key=lambda p: p.throughput)
+    ax.step([p.throughput for p in ordered], [p.accuracy for p in ordered], where="post", color="C3", lw=1.2)
+    ax.errorbar([p.throughput for p in ordered], [p.accuracy for p in ordered], xerr=bars(ordered), fmt="o", ms=6,
+                color="C3", ecolor="C3", elinewidth=1.2, capsize=3, label="Pareto front")
+    for p in ordered:
+        ax.annotate(f"#{p.trial}", (p.throughput, p.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                    color="C3")
+    for arch_id, label in (marked or {}).items():
+        for p in points:
+            if p.arch_id == arch_id:
+                ax.scatter([p.throughput], [p.accuracy], marker="*", s=160, color="C0", zorder=5, label=label)
+                ax.annotate(label, (p.throughput, p.accuracy), textcoords="offset points", xytext=(6, 6))
+    accuracy, throughput = OBJECTIVES
+    ax.set_xlabel(f"{throughput.label} on {target} ({throughput.unit})")
+    ax.set_ylabel(f"{accuracy.label} ({accuracy.unit})")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
