@@ -80,7 +80,7 @@ def run_command(args: argparse.Namespace) -> Outcome:
         print(line, flush=True)
     from .runner import run_recipe
 
-    route_library_logs(Path(settings.workdir))
+    route_library_logs(settings.run.workdir)
     return run_recipe(recipe, options)
 
 

@@ -3,9 +3,12 @@ deep-learning stack, so the command line refuses bad input before importing it."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from search.core.datasets import DEFAULT_DATASET
-from search.study.settings import SearchSettings, build_settings, default_study_name
+from search.core.budget import parse_budget
+from search.core.target import parse_target
+from search.study.settings import RunConfig, SearchConfig, SearchSettings, default_study_name
 
 from .recipes import Recipe
 
@@ -33,11 +36,12 @@ class RunOptions:
 
 def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:
     """The study's settings, every option validated (a one-line ValueError naming the bad one)."""
-    return build_settings(
-        study=default_study_name(recipe.name) if options.study is None else options.study, space=str(recipe.path),
-        budget=options.budget, dataset=options.dataset or recipe.dataset or DEFAULT_DATASET, target=options.target,
-        storage=options.storage, tracking_uri=options.tracking_uri, workdir=options.workdir, sampler="random",
-        epochs=recipe.epochs if options.epochs is None else options.epochs, seed=options.seed, address=options.address,
-        data_root=options.data_root, trials_per_device=1, cpus_per_trial=1, seeds=recipe.seeds if options.seeds is None else options.seeds,
-        measure_seconds=options.measure_seconds,
-    )
+    return SearchSettings(
+        SearchConfig(
+            study=default_study_name(recipe.name) if options.study is None else options.study, space=str(recipe.path),
+            budget=parse_budget(options.budget), target=parse_target(options.target) if options.target else None,
+            dataset=options.dataset or recipe.dataset or DEFAULT_DATASET, sampler="random",
+            epochs=recipe.epochs if options.epochs is None else options.epochs, seed=options.seed,
+            seeds=recipe.seeds if options.seeds is None else options.seeds, measure_seconds=options.measure_seconds),
+        RunConfig(Path(options.workdir), storage=options.storage, tracking_uri=options.tracking_uri,
+                  address=options.address, data_root=options.data_root))

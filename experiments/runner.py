@@ -25,9 +25,9 @@ from search.engine.driver import Search
 from search.core.record import TrialRecord
 from search.core.repeats import interval
 from search.study.studies import RUN_ID_ATTR, SETTINGS_ATTR, open_study
-from search.study.settings import SearchSettings, build_settings, stored
+from search.study.settings import SearchSettings
 from search.study.storage import default_storage_url, open_storage
-from search.core.target import Target, parse_target
+from search.core.target import Target
 from search.engine.tracking import ARTIFACTS_DIR, StudyTracker
 from space import arch_id
 
@@ -58,12 +58,12 @@ def run_recipe(recipe: Recipe, options: RunOptions, out: TextIO | None = None,
     if recipe.attention is not None:
         return _run_attention(recipe, settings, options, out)
     code = Search(settings, out=out, executor=executor).run()
-    study = open_study(settings.storage, settings.study)
+    study = open_study(settings.run.storage, settings.search.study)
     rows, files = _publish_trained(recipe, settings, study, _out_dir(options.out, settings), out)
     if code:
-        _say(out, f"the experiment was interrupted: continue it with 'python -m search resume --study {settings.study}'"
-                  f" and print its table with 'python -m experiments show --study {settings.study}'")
-    return Outcome(code, settings.study, rows, files)
+        _say(out, f"the experiment was interrupted: continue it with 'python -m search resume --study {settings.search.study}'"
+                  f" and print its table with 'python -m experiments show --study {settings.search.study}'")
+    return Outcome(code, settings.search.study, rows, files)
 
 
 def show(study_name: str, workdir: str = ".", storage: str | None = None, out_dir: str | None = None,
@@ -74,8 +74,9 @@ def show(study_name: str, workdir: str = ".", storage: str | None = None, out_di
     study = open_study(storage_url, study_name)
     if SETTINGS_ATTR not in study.user_attrs:
         raise ValueError(f"study {study_name!r} is not an experiment (it has no settings)")
-    settings = SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR]).relocated(workdir, storage, None)
-    recipe = load_recipe(settings.space)
+    settings = SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
+    settings = settings.with_run(settings.run.moved_to(workdir, storage, None))
+    recipe = load_recipe(settings.search.space)
     where = _out_dir(out_dir, settings)
     if recipe.attention is not None:
         rows = study.user_attrs[ATTENTION_ROWS_ATTR]
@@ -91,7 +92,7 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
     """One row per recipe row: full-size figures from the work directory's caches (params, FLOPs
     and the extra resolutions counted or measured here when missing), proxy top-1 over the
     seeds that completed."""
-    target = parse_target(settings.target)
+    target = settings.search.target
     trials: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False):
         if TrialRecord.of(trial).duplicate_of is None and trial.params:
@@ -112,16 +113,16 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
                    peak_memory_mb=measured.peak_memory_mb)
         for height, width in recipe.resolutions:
             row.update(_dense_figures(config, arch, height, width, target, cache, say))
-        missing = settings.seeds - len(accuracies)
+        missing = settings.search.seeds - len(accuracies)
         if missing:
             why = {r.not_trained for r in records if r.not_trained}
-            row["note"] = f"{missing} of {settings.seeds} seeds not trained" + (" (budget)" if why else "")
+            row["note"] = f"{missing} of {settings.search.seeds} seeds not trained" + (" (budget)" if why else "")
         rows.append(row)
     return rows
 
 
 def trained_columns(recipe: Recipe, settings: SearchSettings) -> list[Column]:
-    target = parse_target(settings.target)
+    target = settings.search.target
     columns = [Column("params", "params", exact), Column("flops", f"GFLOPs@{target.img_size}", giga),
                Column("throughput", f"img/s {target.key}", fixed(1), spread="throughput_spread",
                       interval=("throughput_low", "throughput_high")),
@@ -131,7 +132,7 @@ def trained_columns(recipe: Recipe, settings: SearchSettings) -> list[Column]:
         columns += [Column(f"flops_{key}", f"GFLOPs@{width}x{height}", giga),
                     Column(f"throughput_{key}", f"img/s@{width}x{height}", fixed(2), spread=f"throughput_{key}_spread",
                            interval=(f"throughput_{key}_low", f"throughput_{key}_high"))]
-    columns.append(Column("top1", f"proxy top-1 % ({settings.dataset}, {settings.epochs} ep)", fixed(2),
+    columns.append(Column("top1", f"proxy top-1 % ({settings.search.dataset}, {settings.search.epochs} ep)", fixed(2),
                           spread="top1_std", change="points", count="seeds"))
     return columns
 
@@ -178,10 +179,10 @@ def _dense_figures(config, arch: str, height: int, width: int, target: Target, c
 
 def _publish_trained(recipe: Recipe, settings: SearchSettings, study: optuna.Study, where: Path,
                      out: TextIO) -> tuple[list[Row], list[Path]]:
-    cache = ThroughputCache(Path(settings.workdir) / CACHE_FILE)
+    cache = ThroughputCache(settings.run.workdir / CACHE_FILE)
     rows = trained_rows(recipe, settings, study, cache, lambda line: _say(out, line))
     columns = trained_columns(recipe, settings)
-    lines = [f"{recipe.name} ({settings.study}): {recipe.description}", markdown(rows, columns)]
+    lines = [f"{recipe.name} ({settings.search.study}): {recipe.description}", markdown(rows, columns)]
     pairs = separated_pairs(rows)
     if any(row["seeds"] > 1 for row in rows):
         lines.append("rows whose top-1 differ by more than twice the larger std: "
@@ -194,7 +195,7 @@ def _publish_trained(recipe: Recipe, settings: SearchSettings, study: optuna.Stu
 
 
 def _plot_trained(path: Path, recipe: Recipe, settings: SearchSettings, rows: list[Row]) -> None:
-    target = parse_target(settings.target)
+    target = settings.search.target
     xs = [row["x"] for row in rows]
     speed = [Series(target.key, xs, [r.get("throughput") for r in rows], [r.get("throughput_spread") for r in rows])]
     flops = [Series(f"{target.img_size} px", xs, [r.get("flops") for r in rows])]
@@ -204,8 +205,8 @@ def _plot_trained(path: Path, recipe: Recipe, settings: SearchSettings, rows: li
                             [r.get(f"throughput_{key}_spread") for r in rows]))
         flops.append(Series(f"{width}x{height}", xs, [r.get(f"flops_{key}") for r in rows]))
     accuracy = [Series("mean +- std over seeds", xs, [r.get("top1") for r in rows], [r.get("top1_std") for r in rows])]
-    plot_panels(path, f"{recipe.name} ({settings.study})", recipe.sweep, {
-        f"proxy top-1 % ({settings.dataset})": accuracy, "img/s (median +- spread)": speed, "FLOPs": flops,
+    plot_panels(path, f"{recipe.name} ({settings.search.study})", recipe.sweep, {
+        f"proxy top-1 % ({settings.search.dataset})": accuracy, "img/s (median +- spread)": speed, "FLOPs": flops,
     }, log_y=("img/s (median +- spread)", "FLOPs") if recipe.resolutions else ())
 
 
@@ -215,20 +216,20 @@ def _run_attention(recipe: Recipe, settings: SearchSettings, options: RunOptions
 
     from .attention import attention_rows, available_memory
 
-    target = parse_target(settings.target)
+    target = settings.search.target
     limit = int(parse_count(options.max_memory, "--max-memory")) if options.max_memory else available_memory(
         target.device)
-    storage = open_storage(settings.storage)
-    if settings.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        raise ValueError(f"study {settings.study!r} already exists; pick another --study")
-    _say(out, f"study {settings.study}: {recipe.name} on {target.key}, memory limit {limit / 2**20:,.0f} MB; "
-              f"storage {settings.storage}")
+    storage = open_storage(settings.run.storage)
+    if settings.search.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        raise ValueError(f"study {settings.search.study!r} already exists; pick another --study")
+    _say(out, f"study {settings.search.study}: {recipe.name} on {target.key}, memory limit {limit / 2**20:,.0f} MB; "
+              f"storage {settings.run.storage}")
     rows = attention_rows(recipe, target, limit, lambda line: _say(out, line))
-    study = optuna.create_study(study_name=settings.study, storage=storage)
+    study = optuna.create_study(study_name=settings.search.study, storage=storage)
     study.set_user_attr(SETTINGS_ATTR, settings.to_json())
     study.set_user_attr(ATTENTION_ROWS_ATTR, rows)
-    tracker = StudyTracker(settings.tracking_uri, Path(settings.workdir) / ARTIFACTS_DIR)
-    run_id = tracker.start(settings.study, {**stored(settings), "max_memory_bytes": limit})
+    tracker = StudyTracker(settings.run.tracking_uri, settings.run.workdir / ARTIFACTS_DIR)
+    run_id = tracker.start(settings.search.study, {**settings.as_params(), "max_memory_bytes": limit})
     study.set_user_attr(RUN_ID_ATTR, run_id)
     for number, label in enumerate(recipe.labels):
         mine = [row for row in rows if row["label"] == label]
@@ -240,7 +241,7 @@ def _run_attention(recipe: Recipe, settings: SearchSettings, options: RunOptions
         files = _publish_attention(recipe, settings, rows, study, _out_dir(options.out, settings), out)
     finally:
         tracker.finish()
-    return Outcome(0, settings.study, rows, files)
+    return Outcome(0, settings.search.study, rows, files)
 
 
 ATTENTION_COLUMNS = [Column("params", "params", exact), Column("flops", "GFLOPs/map", giga),
@@ -253,7 +254,7 @@ def _publish_attention(recipe: Recipe, settings: SearchSettings, rows: list[Row]
                        out: TextIO) -> list[Path]:
     from .attention import speedup_lines
 
-    lines = [f"{recipe.name} ({settings.study}) on {settings.target}: {recipe.description}",
+    lines = [f"{recipe.name} ({settings.search.study}) on {settings.search.target}: {recipe.description}",
              markdown(rows, ATTENTION_COLUMNS, label="attention, token map"),
              "throughput against the first row, per side:", *speedup_lines(rows)]
     return _publish(recipe, settings, study, rows, ATTENTION_COLUMNS, lines,
@@ -269,7 +270,7 @@ def _plot_attention(path: Path, recipe: Recipe, settings: SearchSettings, rows: 
                                                           [r.get("throughput_spread") for r in mine]))
         panels["GFLOPs per map"].append(Series(label, sides, [r["flops"] / 1e9 for r in mine]))
         panels["peak MB"].append(Series(label, sides, [r.get("peak_memory_mb") for r in mine]))
-    plot_panels(path, f"{recipe.name} on {settings.target} ({settings.study})", "token-map side", panels,
+    plot_panels(path, f"{recipe.name} on {settings.search.target} ({settings.search.study})", "token-map side", panels,
                 log_y=("maps/s (median +- spread)", "GFLOPs per map"), log_x=True)
 
 
@@ -287,13 +288,13 @@ def _publish(recipe: Recipe, settings: SearchSettings, study: optuna.Study, rows
         paths.append(write_atomic(where / f"{recipe.name}.png", plot))
     run_id = study.user_attrs.get(RUN_ID_ATTR)
     if run_id:
-        StudyTracker(settings.tracking_uri, Path(settings.workdir) / ARTIFACTS_DIR).log_artifacts(paths, run_id)
+        StudyTracker(settings.run.tracking_uri, settings.run.workdir / ARTIFACTS_DIR).log_artifacts(paths, run_id)
     _say(out, f"\nwrote {', '.join(str(p) for p in paths)}" + (f"; logged to MLflow run {run_id}" if run_id else ""))
     return paths
 
 
 def _out_dir(out: str | None, settings: SearchSettings) -> Path:
-    return Path(out) if out else Path(settings.workdir) / "results" / settings.study
+    return Path(out) if out else settings.run.workdir / "results" / settings.search.study
 
 
 def _say(out: TextIO, line: str) -> None:

@@ -173,9 +173,11 @@ def test_bench_bad_input_is_one_line_and_exit_2(tmp_path, capsys, command, argv,
 def test_export_reads_a_recording_study_into_rows(table):
     """Rows come from what the driver stores on a completed full-fidelity trial."""
     import optuna
-    from types import SimpleNamespace
 
     from search.bench.table import export_table
+    from search.core.budget import parse_budget
+    from search.core.target import parse_target
+    from search.study.settings import SearchConfig
 
     row = _row(table)
     study = optuna.create_study(directions=["maximize", "maximize"])
@@ -190,9 +192,9 @@ def test_export_reads_a_recording_study_into_rows(table):
     stopped = study.ask()  # a trial that never reached the last epoch is not a row
     stopped.set_user_attr("epoch_accuracies", [10.0])
     study.tell(stopped, state=optuna.trial.TrialState.PRUNED)
-    settings = SimpleNamespace(space="bench", dataset="digits", target="cpu:bs1:224:fp32:t1", epochs=EPOCHS, seed=0,
-                               sampler="random", scheduler="full")
-    exported = export_table(study, settings, {"device_name": "cpu-x", "torch": "9"})
+    config = SearchConfig(study="rec", space="bench", budget=parse_budget("1cpu-h"), target=parse_target("cpu:bs1:224"),
+                          dataset="digits", sampler="random", scheduler="full", epochs=EPOCHS)
+    exported = export_table(study, config, {"device_name": "cpu-x", "torch": "9"})
     [got] = exported.rows
     assert got.epoch_accuracies == row.epoch_accuracies and got.throughput == row.throughput
     assert (got.count_seconds, got.measure_seconds, got.epoch_seconds) == (1.25, 4.0, 18.0 / EPOCHS)
@@ -203,7 +205,7 @@ def test_export_reads_a_recording_study_into_rows(table):
         other.set_user_attr(key, value)
     study.tell(other, [row.epoch_accuracies[-1], row.throughput])
     with pytest.raises(ValueError, match=f"architecture {'b' * 12} \\(trial 2\\) took its throughput from a measurement of another"):
-        export_table(study, settings, {"device_name": "cpu-x", "torch": "9"})
+        export_table(study, config, {"device_name": "cpu-x", "torch": "9"})
 
 
 def test_bench_table_exports_the_recording_study_of_a_work_directory(table, tmp_path, capsys):
@@ -214,15 +216,15 @@ def test_bench_table_exports_the_recording_study_of_a_work_directory(table, tmp_
     from search.engine.cache import CACHE_FILE, ThroughputCache
     from search.cli.main import main
     from search.engine.measuring import measuring_fingerprint
-    from search.study.settings import build_settings
+    from flat_settings import flat_settings
     from search.study.studies import SETTINGS_ATTR
 
     target = "cpu:bs1:224:fp32:t1"
-    settings = build_settings(study="rec", space="bench", budget="1cpu-h", dataset="digits", target=target,
+    settings = flat_settings(study="rec", space="bench", budget="1cpu-h", dataset="digits", target=target,
                               storage=None, tracking_uri=None, workdir=str(tmp_path), sampler="random",
                               epochs=EPOCHS, seed=0, address=None, data_root=None, trials_per_device=1,
                               cpus_per_trial=1, max_trials=None)
-    study = optuna.create_study(study_name="rec", storage=settings.storage, directions=["maximize", "maximize"])
+    study = optuna.create_study(study_name="rec", storage=settings.run.storage, directions=["maximize", "maximize"])
     study.set_user_attr(SETTINGS_ATTR, settings.to_json())
     here = measuring_fingerprint(target)
     cache = ThroughputCache(tmp_path / CACHE_FILE)

@@ -173,14 +173,14 @@ def test_status_and_front_read_the_storage_without_the_deep_learning_stack(tmp_p
     import optuna
 
     from search.core.objectives import create_objective_study
-    from search.study.settings import build_settings
+    from flat_settings import flat_settings
     from search.study.storage import open_storage
     from search.study.studies import SETTINGS_ATTR
 
-    settings = build_settings(study="small", space="tiny", budget="1cpu-h", dataset="digits", target="cpu:bs1:224",
+    settings = flat_settings(study="small", space="tiny", budget="1cpu-h", dataset="digits", target="cpu:bs1:224",
                               storage=None, tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=1,
                               seed=0, address=None, data_root=None, trials_per_device=1, cpus_per_trial=1)
-    study = create_objective_study("small", open_storage(settings.storage), optuna.samplers.RandomSampler())
+    study = create_objective_study("small", open_storage(settings.run.storage), optuna.samplers.RandomSampler())
     study.set_user_attr(SETTINGS_ATTR, settings.to_json())
     trial = study.ask()
     trial.set_user_attr("arch_id", "abc")

@@ -22,7 +22,7 @@ from search.engine.measuring import measuring_fingerprint
 from search.core.objectives import create_objective_study
 from search.engine.driver import RUN_ID_ATTR, SETTINGS_ATTR
 from search.deploy.pick import NoFeasibleModel, pick_model
-from search.study.settings import build_settings
+from flat_settings import flat_settings
 from search.study.storage import open_storage
 from search.core.target import parse_target
 from search.engine.tracking import StudyTracker
@@ -58,13 +58,13 @@ def measured(throughput: float, target: str = TARGET, device_name: str | None = 
 
 
 def build_study(workdir: Path, name: str = "s", tracked: bool = False, cached: bool = False) -> optuna.Study:
-    settings = build_settings(study=name, space="tiny", budget="0.05cpu-h", dataset="digits", target=TARGET,
+    settings = flat_settings(study=name, space="tiny", budget="0.05cpu-h", dataset="digits", target=TARGET,
                               storage=None, tracking_uri=None, workdir=str(workdir), sampler="random", epochs=2,
                               seed=0, address=None, data_root=None, trials_per_device=1, cpus_per_trial=1)
-    study = create_objective_study(name, open_storage(settings.storage), optuna.samplers.RandomSampler(seed=0))
+    study = create_objective_study(name, open_storage(settings.run.storage), optuna.samplers.RandomSampler(seed=0))
     study.set_user_attr(SETTINGS_ATTR, settings.to_json())
     if tracked:  # the MLflow parent run a search leaves
-        tracker = StudyTracker(settings.tracking_uri, workdir / "mlartifacts")
+        tracker = StudyTracker(settings.run.tracking_uri, workdir / "mlartifacts")
         study.set_user_attr(RUN_ID_ATTR, tracker.start(name, {"space": "tiny"}))
         tracker.finish()
     for arch, (config, accuracy, throughput, params, flops, state) in FRONT.items():

@@ -1,5 +1,4 @@
 """A two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``): placement across nodes."""
-from dataclasses import replace
 
 import optuna
 import pytest
@@ -9,7 +8,7 @@ from ray.cluster_utils import Cluster
 import clusters
 
 from search.engine.driver import Search
-from search.study.settings import build_settings
+from flat_settings import flat_settings
 
 
 @pytest.fixture()
@@ -21,14 +20,15 @@ def two_nodes():
 @pytest.mark.slow
 def test_a_measurement_blocks_only_its_own_node(tmp_path, two_nodes):
     _, head_id, worker_id, _ = two_nodes
-    settings = build_settings(
+    settings = flat_settings(
         study="c", space="tiny", budget="100000cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
         tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=8, seed=0, address=None, data_root=None,
         trials_per_device=1, cpus_per_trial=1, max_trials=3, scheduler="full", measure_seconds=1.0,
+        trainer="search.bench.overhead:synthetic_train",
     )
     # Trainings busy-wait one second per epoch: long enough for a measurement to happen beside one.
-    assert Search(replace(settings, trainer="search.bench.overhead:synthetic_train")).run() == 0
-    study = optuna.load_study(study_name="c", storage=settings.storage)
+    assert Search(settings).run() == 0
+    study = optuna.load_study(study_name="c", storage=settings.run.storage)
     trials = [t for t in study.trials if t.user_attrs.get("measure_interval")]
     measures = [t.user_attrs["measure_interval"] for t in trials]
     trains = [i for t in trials for i in t.user_attrs["train_intervals"]]

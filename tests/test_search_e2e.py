@@ -15,7 +15,7 @@ from search.cli.main import main
 from search.engine.executor import ray_system_config
 from search.core.objectives import OBJECTIVES
 from search.engine.driver import RUN_ID_ATTR, Search, SearchError, budget_used
-from search.study.settings import build_settings
+from flat_settings import flat_settings
 
 TrialState = optuna.trial.TrialState
 SPACE = str(Path(__file__).parent / "tiny32.yaml")
@@ -37,15 +37,15 @@ def make_settings(workdir: Path, **changes):
                    data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=2,
                    measure_seconds=1.0)  # short measurements: these tests check the flow, not the figures
     options.update(changes)
-    return build_settings(**options)
+    return flat_settings(**options)
 
 
 def load(settings):
-    return optuna.load_study(study_name=settings.study, storage=settings.storage)
+    return optuna.load_study(study_name=settings.search.study, storage=settings.run.storage)
 
 
 def child_runs(settings, parent_id):
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.run.tracking_uri)
     experiment = client.get_experiment_by_name("litv2-search")
     return client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
 
@@ -92,7 +92,7 @@ def test_a_search_keeps_its_trials_runs_and_artifacts(three_trials):
         assert trial.user_attrs["params"] > 0 and trial.user_attrs["flops"] > 0
         assert trial.user_attrs["device_seconds"] > 0
     parent_id = study.user_attrs[RUN_ID_ATTR]
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.run.tracking_uri)
     parent = client.get_run(parent_id)
     assert parent.data.params["space"] == SPACE and parent.data.params["budget"] == "900cpu-s"
     assert "version.torch" in parent.data.params and parent.info.status == "FINISHED"
@@ -133,7 +133,7 @@ def test_jobs_run_in_warm_workers(three_trials):
 
 def test_status_and_front_commands(three_trials, tmp_path, capsys):
     settings, _, _ = three_trials
-    workdir = settings.workdir
+    workdir = settings.run.workdir
     assert main(["status", "--study", "s", "--workdir", workdir]) == 0
     status = capsys.readouterr().out
     assert "3 complete" in status and "budget: used" in status and "| trial | arch id |" in status
@@ -283,7 +283,9 @@ def _read_until(process, needle, seconds=240):
 def test_a_second_driver_is_refused_and_ctrl_c_after_a_rung_resumes_from_the_checkpoint(tmp_path, capsys):
     import signal
 
-    process = _start_search(tmp_path, "--epochs", "2", "--scheduler", "mo-asha", "--eta", "2", "--max-trials", "1")
+    # Rungs 1 and 6: the second rung (five epochs) outlasts the checks below on a loaded node,
+    # where a one-epoch rung had ended, and the search with it, before the Ctrl-C came.
+    process = _start_search(tmp_path, "--epochs", "6", "--scheduler", "mo-asha", "--eta", "6", "--max-trials", "1")
     try:
         seen = _read_until(process, "[trial 0] training")
         assert "[trial 0] training" in seen, seen
@@ -292,7 +294,7 @@ def test_a_second_driver_is_refused_and_ctrl_c_after_a_rung_resumes_from_the_che
         err = capsys.readouterr().err.strip()
         assert "being run by another driver" in err and "\n" not in err
         assert not [t for t in load(make_settings(tmp_path)).trials if "rerun_of" in t.user_attrs]  # nothing touched
-        seen += _read_until(process, "epochs 1->2")
+        seen += _read_until(process, "epochs 1->6")
     finally:
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=120)
@@ -309,21 +311,21 @@ def test_a_second_driver_is_refused_and_ctrl_c_after_a_rung_resumes_from_the_che
     assert f"re-runs interrupted trial {interrupted[0].number}" in capsys.readouterr().out
     study = load(settings)
     rerun = next(t for t in study.trials if t.user_attrs.get("rerun_of") == interrupted[0].number)
-    assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["epochs_done"] == 2
-    assert len(rerun.user_attrs["train_intervals"]) == 1  # only epoch 1 -> 2 trained again
+    assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["epochs_done"] == 6
+    assert len(rerun.user_attrs["train_intervals"]) == 1  # only epochs 1 -> 6 trained again
     assert rerun.user_attrs["epoch_accuracies"][0] == interrupted[0].user_attrs["epoch_accuracies"][0]
     assert not list((tmp_path / "checkpoints").rglob("*.pt"))  # dropped once the trial ended
-    assert MlflowClient(settings.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FINISHED"
+    assert MlflowClient(settings.run.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FINISHED"
 
 
 def test_a_crashing_search_fails_its_mlflow_run(tmp_path):
     from dataclasses import replace
 
-    settings = replace(make_settings(tmp_path, max_trials=5), trainer="search.training.proxy:no_such_trainer")
+    settings = make_settings(tmp_path, max_trials=5, trainer="search.training.proxy:no_such_trainer")
     with pytest.raises(SearchError, match="3 trials failed in a row"):
         Search(settings).run()
     study = load(settings)
-    assert MlflowClient(settings.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FAILED"
+    assert MlflowClient(settings.run.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FAILED"
     own = [t for t in study.trials if "duplicate_of" not in t.user_attrs]  # duplicates are answered, PRUNED
     assert all(t.state == TrialState.FAIL for t in own)
     failed = [t for t in own if "no_such_trainer" in t.user_attrs.get("error", "")]
@@ -353,7 +355,7 @@ def test_mo_asha_search_stops_trials_and_fronts_only_top_rung_trials(tmp_path):
     for _ in range(3):
         if any("stopped_at" in t.user_attrs for t in load(settings).trials):
             break
-        assert Search(replace(settings, max_trials=3)).run(resume=True) == 0
+        assert Search(replace(settings, search=replace(settings.search, max_trials=3))).run(resume=True) == 0
     study = load(settings)
     stopped = [t for t in study.trials if "stopped_at" in t.user_attrs]
     assert stopped and all(t.user_attrs["stopped_at"] == 1 and t.state == TrialState.PRUNED for t in stopped)

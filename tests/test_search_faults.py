@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -23,7 +22,7 @@ from search.core.faults import NON_FINITE, OUT_OF_MEMORY, WORKER_LOST, RetryPoli
 from search.engine.lease import LEASE_ATTR, Lease, LeaseHeld
 from search.engine.driver import RUN_ID_ATTR, Search, budget_used
 from search.engine.reaper import descendants, process_start, still_running
-from search.study.settings import build_settings
+from flat_settings import flat_settings
 
 TESTS = Path(__file__).parent
 SPACE = str(TESTS / "faults_space.yaml")
@@ -215,7 +214,7 @@ def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path)
     assert "the budget is spent" in resumed.stdout
     study = load(settings)
     assert study.user_attrs[RUN_ID_ATTR] == parent_id
-    assert MlflowClient(settings.tracking_uri).get_run(parent_id).info.status == "FINISHED"
+    assert MlflowClient(settings.run.tracking_uri).get_run(parent_id).info.status == "FINISHED"
     assert {n: study.trials[n].values for n in finished_before} == finished_before  # finished trials kept
     for number in running:  # the dead driver's trials: charged up to its last heartbeat, re-run once
         assert study.trials[number].user_attrs["interrupted"] and study.trials[number].state == TrialState.FAIL
@@ -225,7 +224,7 @@ def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path)
     assert budget_used(study) <= budget * 1.05
     queued = queued_reruns(study)
     assert not queued or f"{len(queued)} re-runs of interrupted trials stay queued" in resumed.stdout
-    assert_every_trial_accounted_for(study, settings.tracking_uri)
+    assert_every_trial_accounted_for(study, settings.run.tracking_uri)
 
 
 # ---------------------------------------------------------------------- a two-node cluster
@@ -271,11 +270,11 @@ def make_settings(workdir: Path, trainer: str, measured: Path | None = None, **c
                    tracking_uri=None, workdir=str(workdir), sampler="random", epochs=1, seed=0, address=None,
                    data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=2)
     options.update(changes)
-    return replace(build_settings(**options), trainer=f"fault_trainers:{trainer}")
+    return flat_settings(**options, trainer=f"fault_trainers:{trainer}")
 
 
 def load(settings):
-    return optuna.load_study(study_name=settings.study, storage=settings.storage)
+    return optuna.load_study(study_name=settings.search.study, storage=settings.run.storage)
 
 
 def child_runs(tracking_uri, parent_id):
@@ -336,8 +335,8 @@ def test_a_diverging_or_out_of_memory_trial_fails_with_its_reason_and_the_search
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     assert "FAILED during train: non-finite loss" in out.getvalue()
     assert "every point was run" in out.getvalue()
-    assert_every_trial_accounted_for(study, settings.tracking_uri)
-    tags = {c.data.tags["trial"]: c.data.tags for c in child_runs(settings.tracking_uri, study.user_attrs[RUN_ID_ATTR])}
+    assert_every_trial_accounted_for(study, settings.run.tracking_uri)
+    tags = {c.data.tags["trial"]: c.data.tags for c in child_runs(settings.run.tracking_uri, study.user_attrs[RUN_ID_ATTR])}
     assert tags[str(failed[NON_FINITE].number)]["failure"] == NON_FINITE
 
 
@@ -441,7 +440,7 @@ def test_a_lost_worker_node_is_retried_elsewhere_from_the_last_rung(tmp_path, cl
     cluster has one node left.)"""
     ray_cluster, head_id, worker_id, worker = cluster
     settings = make_settings(tmp_path, "logged_train", epochs=2, scheduler="mo-asha", eta=2, max_trials=1)
-    rungs = settings.checkpoints / "f"
+    rungs = settings.run.checkpoints / "f"
 
     def kill_the_worker_node_once_training():
         deadline = time.monotonic() + 120
@@ -460,4 +459,4 @@ def test_a_lost_worker_node_is_retried_elsewhere_from_the_last_rung(tmp_path, cl
     assert f"[trial 0] {WORKER_LOST} during train" in out.getvalue() and "retry 1 of 2 from epoch 1" in out.getvalue()
     assert "1 architectures trained: 1 complete" in out.getvalue()  # the retried rung is not a second one
     assert trial.user_attrs["costs"]["train"] > sum(i[1] - i[0] for i in trial.user_attrs["train_intervals"])  # lost work charged
-    assert_every_trial_accounted_for(study, settings.tracking_uri)
+    assert_every_trial_accounted_for(study, settings.run.tracking_uri)

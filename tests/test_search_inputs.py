@@ -7,7 +7,7 @@ import pytest
 from search.core.budget import parse_budget
 from search.study.storage import check_storage_url, open_storage
 from search.core.target import Target, parse_target
-from search.study.preflight import check_tracking_uri
+from search.study.storage import check_tracking_uri
 
 
 @pytest.mark.parametrize("text,seconds,kind", [

@@ -19,7 +19,7 @@ from search.engine.measuring import measuring_fingerprint
 from search.engine.driver import Search, budget_used
 from search.bench.replay import ProgressRecorder
 from search.core.scheduler import MOASHA, Decision, promotion_order
-from search.study.settings import build_settings
+from flat_settings import flat_settings
 
 TrialState = optuna.trial.TrialState
 
@@ -124,7 +124,7 @@ def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, measures_anew
                    tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=9, seed=0, address=None,
                    data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=None)
     options.update(changes)
-    settings = build_settings(**options)
+    settings = flat_settings(**options)
 
     def executor(search):
         built = InProcessExecutor([Node("local", slots, bench=True)], jobs.runners(),
@@ -134,7 +134,7 @@ def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, measures_anew
 
     # The policies are the subject here, not the records: MLflow's runs are the end-to-end tests' job.
     assert Search(settings, executor=executor, tracker=ProgressRecorder()).run() == 0
-    return optuna.load_study(study_name=settings.study, storage=settings.storage)
+    return optuna.load_study(study_name=settings.search.study, storage=settings.run.storage)
 
 
 def test_mo_asha_stops_trials_at_each_rung_and_keeps_them_off_the_front(tmp_path):

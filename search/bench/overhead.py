@@ -13,7 +13,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import optuna
 
@@ -42,19 +42,19 @@ def synthetic_train(config, data, *, epochs: int, seed: int, device: str, start_
 
 def _search_overhead(trial_seconds: int, trials: int, space: str) -> list[optuna.trial.FrozenTrial]:
     from ..engine.driver import Search
-    from ..study.settings import build_settings
+    from ..core.budget import parse_budget
+    from ..core.target import parse_target
+    from ..study.settings import RunConfig, SearchConfig, SearchSettings
 
     with tempfile.TemporaryDirectory() as workdir:
         cores = os.cpu_count() or 1
-        settings = build_settings(
-            study="overhead", space=space, budget="1000000cpu-s", dataset="digits", target="cpu:bs1:64",
-            storage=None, tracking_uri=None, workdir=workdir, sampler="random", epochs=trial_seconds, seed=0,
-            address=None, data_root=None, trials_per_device=1, cpus_per_trial=cores, max_trials=trials,
-            scheduler="full",
-        )
-        settings = replace(settings, trainer="search.bench.overhead:synthetic_train")
+        settings = SearchSettings(
+            SearchConfig(study="overhead", space=space, budget=parse_budget("1000000cpu-s"),
+                         target=parse_target("cpu:bs1:64"), dataset="digits", sampler="random", epochs=trial_seconds,
+                         max_trials=trials, scheduler="full", trainer="search.bench.overhead:synthetic_train"),
+            RunConfig(Path(workdir), cpus_per_trial=cores))
         Search(settings).run()
-        study = optuna.load_study(study_name="overhead", storage=settings.storage)
+        study = optuna.load_study(study_name="overhead", storage=settings.run.storage)
         return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if TrialRecord.of(t).trial_wall_seconds is not None]
 

@@ -154,19 +154,20 @@ def replay(jobs: TableJobs, strategy: Strategy, seed: int, workers: int, budget:
            min_epochs: int = 1, eta: int = 3) -> Curve:
     """Run the real search for ``strategy`` on ``jobs``' table, in a throw-away work directory."""
     from ..engine.driver import Search, budget_used
-    from ..study.settings import build_settings
+    from ..core.budget import parse_budget
+    from ..core.target import parse_target
+    from ..study.settings import RunConfig, SearchConfig, SearchSettings
 
     # Its study, caches and journal are scratch: on a RAM disk their fsyncs cost nothing.
     scratch = SCRATCH if Path(SCRATCH).is_dir() else None
     table = jobs.table
     with tempfile.TemporaryDirectory(prefix="replay-", dir=scratch) as folder:
-        settings = build_settings(
-            study=f"{strategy.sampler}-{strategy.scheduler}-{seed}", space=table.meta["space"], budget=budget,
-            storage=f"journal:{Path(folder) / 'optuna.journal'}",
-            dataset=table.meta["dataset"], target=table.meta["target"], tracking_uri=None,
-            workdir=folder, sampler=strategy.sampler, epochs=table.epochs, seed=seed, address=None, data_root=None,
-            trials_per_device=1, cpus_per_trial=1, scheduler=strategy.scheduler, min_epochs=min_epochs, eta=eta,
-        )
+        settings = SearchSettings(
+            SearchConfig(study=f"{strategy.sampler}-{strategy.scheduler}-{seed}", space=table.meta["space"],
+                         budget=parse_budget(budget), target=parse_target(table.meta["target"]),
+                         dataset=table.meta["dataset"], sampler=strategy.sampler, scheduler=strategy.scheduler,
+                         epochs=table.epochs, min_epochs=min_epochs, eta=eta, seed=seed),
+            RunConfig(Path(folder), storage=f"journal:{Path(folder) / 'optuna.journal'}"))
         recorder = ProgressRecorder()
         search = Search(settings, out=io.StringIO(), executor=lambda _: ReplayingExecutor(jobs, workers),
                         tracker=recorder)

@@ -27,6 +27,7 @@ import optuna
 from ..core.files import atomic_write
 from ..core.record import TrialRecord
 from ..core.versions import installed_versions
+from ..study.settings import SearchConfig
 
 TABLE_VERSION = 1
 VERSIONED_PACKAGES = ("torch", "timm", "optuna", "litv2-search")
@@ -88,11 +89,11 @@ class BenchTable:
             raise ValueError(f"table {str(path)!r} is not a benchmark table ({type(error).__name__}: {error})") from None
 
 
-def export_table(study: optuna.Study, settings, fingerprint: dict[str, str]) -> BenchTable:
+def export_table(study: optuna.Study, config: SearchConfig, fingerprint: dict[str, str]) -> BenchTable:
     """The table of a recording study: one row per architecture trained to its last epoch.
 
-    ``settings``: the study's :class:`~search.study.settings.SearchSettings`; ``fingerprint``: the
-    device and library versions the throughputs were measured under.
+    ``config``: what the study searched; ``fingerprint``: the device and library versions the
+    throughputs were measured under.
     """
     # A re-run of an interrupted trial takes its throughput from the cache: its measurement's
     # seconds are those of the trial that measured the architecture.
@@ -102,7 +103,7 @@ def export_table(study: optuna.Study, settings, fingerprint: dict[str, str]) -> 
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         record = TrialRecord.of(trial)
         accuracies = record.epoch_accuracies
-        if len(accuracies) != settings.epochs:
+        if len(accuracies) != config.epochs:
             continue  # a training reused from another recipe would not be this table's
         start, end = record.train_intervals[-1][:2]
         if record.arch_id not in measured:
@@ -119,11 +120,11 @@ def export_table(study: optuna.Study, settings, fingerprint: dict[str, str]) -> 
         ))
     if not rows:
         raise ValueError(f"study {study.study_name!r} has no architecture trained to its last epoch "
-                         f"({settings.epochs}); nothing to export")
+                         f"({config.epochs}); nothing to export")
     rows.sort(key=lambda row: row.arch_id)
     meta = dict(
-        space=settings.space, dataset=settings.dataset, target=settings.target, epochs=settings.epochs,
-        seed=settings.seed, study=study.study_name, sampler=settings.sampler, scheduler=settings.scheduler,
+        space=config.space, dataset=config.dataset, target=config.target.key, epochs=config.epochs,
+        seed=config.seed, study=study.study_name, sampler=config.sampler, scheduler=config.scheduler,
         exported=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         machine=dict(device=fingerprint.get("device_name", ""), cpu=_cpu_model(), cores=os.cpu_count(),
                      python=platform.python_version(), system=platform.platform()),
@@ -180,13 +181,13 @@ def export_study(study_name: str, storage_url: str, workdir: Path, out: Path) ->
     if SETTINGS_ATTR not in study.user_attrs:
         raise ValueError(f"study {study_name!r} was not made by 'python -m search run': it has no search settings")
     settings = SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
-    fingerprint = measuring_fingerprint(settings.target)
+    fingerprint = measuring_fingerprint(settings.search.target.key)
     cache = ThroughputCache(Path(workdir) / CACHE_FILE)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         arch = TrialRecord.of(trial).arch_id
-        if cache.get(arch, settings.target, fingerprint) is None:
+        if cache.get(arch, settings.search.target.key, fingerprint) is None:
             raise ValueError(f"architecture {arch} has no measurement in {workdir} under this "
                              f"machine's fingerprint ({fingerprint.get('device_name')}); export on the recording machine")
-    table = export_table(study, settings, fingerprint)
+    table = export_table(study, settings.search, fingerprint)
     table.save(out)
     return table

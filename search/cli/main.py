@@ -139,29 +139,29 @@ def _constraints(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..study.settings import build_settings, default_study_name
+    from ..study.settings import RunConfig, SearchConfig, SearchSettings, default_study_name
 
     study = args.study if args.study is not None else default_study_name(Path(args.space).stem)
-    settings = build_settings(
-        study=study, space=args.space,
-        budget=args.budget, dataset=args.dataset, target=args.target, storage=args.storage,
-        tracking_uri=args.tracking_uri, workdir=args.workdir, sampler=args.sampler, epochs=args.epochs,
-        seed=args.seed, address=args.address, data_root=args.data_root, trials_per_device=args.trials_per_device,
-        cpus_per_trial=args.cpus_per_trial, max_trials=args.max_trials, scheduler=args.scheduler,
-        min_epochs=args.min_epochs, eta=args.eta, seeds=args.seeds, constraints=_constraints(args),
-        checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
-        measure_seconds=args.measure_seconds, max_retries=args.max_retries,
-    )
-    return _search(settings, resume=False)
+    what = SearchConfig(
+        study=study, space=args.space, budget=parse_budget(args.budget),
+        target=parse_target(args.target) if args.target else None, dataset=args.dataset, sampler=args.sampler,
+        scheduler=args.scheduler, epochs=args.epochs, min_epochs=args.min_epochs, eta=args.eta, seed=args.seed,
+        seeds=args.seeds, max_trials=args.max_trials, constraints=_constraints(args),
+        measure_seconds=args.measure_seconds)
+    where = RunConfig(
+        Path(args.workdir), storage=args.storage, tracking_uri=args.tracking_uri, address=args.address,
+        data_root=args.data_root, trials_per_device=args.trials_per_device, cpus_per_trial=args.cpus_per_trial,
+        checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints, max_retries=args.max_retries)
+    return _search(SearchSettings(what, where), resume=False)
 
 
 def _resume(args: argparse.Namespace) -> int:
     from ..study.studies import load_settings
 
     extra = parse_budget(args.budget) if args.budget else None
-    settings = load_settings(_study(args), _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
+    settings = _moved(load_settings(_study(args), _storage(args)), args)
     if extra is not None:
-        settings = settings.with_budget(str(parse_budget(settings.budget).plus(extra)))
+        settings = settings.with_budget(settings.search.budget.plus(extra))
     return _search(settings, resume=True)
 
 
@@ -174,8 +174,13 @@ def _search(settings: "SearchSettings", resume: bool) -> int:
     from .logs import route_library_logs
     from ..engine.driver import Search
 
-    route_library_logs(Path(settings.workdir))
+    route_library_logs(settings.run.workdir)
     return Search(settings).run(resume=resume)
+
+
+def _moved(settings: "SearchSettings", args: argparse.Namespace) -> "SearchSettings":
+    """A stored study's settings, run from this command's work directory and stores."""
+    return settings.with_run(settings.run.moved_to(args.workdir, args.storage, args.tracking_uri))
 
 
 def _study(args: argparse.Namespace) -> str:
@@ -188,8 +193,8 @@ def _sync_mlflow(args: argparse.Namespace) -> int:
     from ..study.studies import load_settings
     from ..engine.tracking import send_kept
 
-    settings = load_settings(_study(args), _storage(args)).relocated(args.workdir, args.storage, args.tracking_uri)
-    print(send_kept(settings.tracking_uri, Path(settings.workdir), args.study))
+    settings = _moved(load_settings(_study(args), _storage(args)), args)
+    print(send_kept(settings.run.tracking_uri, settings.run.workdir, args.study))
     return 0
 
 
@@ -239,8 +244,8 @@ def _pick(args: argparse.Namespace) -> int:
         require_export_extra()
         folder = check_new_folder(args.export, "--export")
     study = open_study(_storage(args), name)
-    settings = settings_of(study).relocated(args.workdir, args.storage, args.tracking_uri)
-    target = target or parse_target(settings.target)
+    settings = _moved(settings_of(study), args)
+    target = target or settings.search.target
     _check_device(target)
     from ..engine.cache import CACHE_FILE, ThroughputCache
     from ..deploy.package import Deployment, export_deployment, log_deployment
@@ -248,7 +253,7 @@ def _pick(args: argparse.Namespace) -> int:
 
     try:
         pick = pick_model(study, settings, target, constraints, args.top,
-                          ThroughputCache(Path(settings.workdir) / CACHE_FILE))
+                          ThroughputCache(settings.run.workdir / CACHE_FILE))
     except NoFeasibleModel as failure:
         print(failure.table)  # how close every candidate came; the error line follows on stderr
         raise
@@ -256,7 +261,7 @@ def _pick(args: argparse.Namespace) -> int:
     print(pick_summary(pick))
     if folder is not None:
         deployment = Deployment(pick, settings, args.command_line, study.user_attrs.get(RUN_ID_ATTR),
-                                settings.tracking_uri)
+                                settings.run.tracking_uri)
         export_deployment(deployment, folder)
         print(f"exported to {folder}: timm folder, {folder.name}/model.onnx (onnxruntime matches PyTorch to "
               f"{deployment.onnx_difference:.1e}), {folder.name}/MODEL_CARD.md")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import optuna
 
-from ..core.budget import parse_budget
 from ..core.record import TrialRecord
 from ..study.front import evaluated_points, front_csv, front_table, hypervolume, pareto_front, plot_front
 from ..study.studies import budget_used, open_study, settings_of
@@ -35,15 +34,15 @@ def status_text(study_name: str, storage_url: str) -> str:
     failed = [t for t in own if t.state == TrialState.FAIL and not records[t.number].interrupted]
     running = sum(t.state == TrialState.RUNNING for t in own)
     waiting = sum(t.state == TrialState.WAITING for t in own)
-    budget = parse_budget(settings.budget)
+    budget = settings.search.budget
     used = budget_used(study)
     split = Counter()
     for trial in trials:
         split.update(records[trial.number].costs)
     front = pareto_front(study)
     lines = [
-        f"study {study_name}: space {settings.space}, data {settings.dataset}, target {settings.target}, "
-        f"scheduler {settings.scheduler}",
+        f"study {study_name}: space {settings.search.space}, data {settings.search.dataset}, target {settings.search.target}, "
+        f"scheduler {settings.search.scheduler}",
         f"trials: {status['complete']} complete, {status['stopped']} stopped early, {status['infeasible']} infeasible, "
         f"{len(failed)} failed, {len(duplicates)} duplicates answered from the study, "
         f"{len(interrupted)} interrupted (of which {len(rerun)} re-run), {running} running, {waiting} queued",
@@ -51,7 +50,7 @@ def status_text(study_name: str, storage_url: str) -> str:
         f"left {max(0.0, budget.seconds - used):.0f}; "
         + ", ".join(f"{label} {split.get(key, 0.0):.0f}" for key, label in COST_KINDS),
     ]
-    scheduler = make_scheduler(settings.scheduler, settings.epochs, settings.min_epochs, settings.eta, False)
+    scheduler = make_scheduler(settings.search.scheduler, settings.search.epochs, settings.search.min_epochs, settings.search.eta, False)
     trained = [records[t.number] for t in own if records[t.number].epochs_done]
     stopped_at = [records[t.number].stopped_at for t in own if records[t.number].stopped_at is not None]
     lines.append("rungs (epoch: reached / continued / stopped): " + "; ".join(
@@ -59,8 +58,8 @@ def status_text(study_name: str, storage_url: str) -> str:
         for rung, got, past, stopped in rung_counts(scheduler.rungs, [r.epochs_done for r in trained],
                                                     stopped_at)))
     violations = Counter(name for t in own for name in records[t.number].infeasible)
-    if settings.constraints:
-        lines.append("constraints " + ", ".join(f"{k}={v:g}" for k, v in settings.constraints.items())
+    if settings.search.constraints.active:
+        lines.append("constraints " + ", ".join(f"{k}={v:g}" for k, v in settings.search.constraints.to_dict().items())
                      + ": violated by " + (", ".join(f"{n} ({k})" for k, n in violations.items()) or "none"))
     lines.append(measurement_line(own))
     lines += [f"front (full fidelity only): {len(front)} architectures, hypervolume {hypervolume(front):.1f}",
@@ -90,5 +89,5 @@ def write_front(study_name: str, storage_url: str, csv_path: str | None, plot_pa
         from litv2 import LITV2_S
         from space import arch_id
 
-        plot_front(points, front, Path(plot_path), f"study {study_name}", settings.target, {arch_id(LITV2_S): "LITv2-S"})
+        plot_front(points, front, Path(plot_path), f"study {study_name}", settings.search.target.key, {arch_id(LITV2_S): "LITv2-S"})
     return front_table(front)

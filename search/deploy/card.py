@@ -103,8 +103,8 @@ def render_card(deployment: Deployment) -> str:
         "",
         "## Accuracy (proxy)",
         "",
-        f"Proxy top-1 {c.accuracy:.2f} % on `{settings.dataset}` after {c.epochs} of {settings.epochs} epochs "
-        f"(full fidelity), trained as the search trains its proxies ({_proxy_text(settings.space)}), seed "
+        f"Proxy top-1 {c.accuracy:.2f} % on `{settings.search.dataset}` after {c.epochs} of {settings.search.epochs} epochs "
+        f"(full fidelity), trained as the search trains its proxies ({_proxy_text(settings.search.space)}), seed "
         f"{c.seed}. This ranks architectures; it is not the accuracy of this "
         f"network. The weights here are a seeded initialisation (seed {deployment.seed}): train them with "
         f"`python -m search train --model DIR --dataset ...`.",
@@ -119,7 +119,7 @@ def render_card(deployment: Deployment) -> str:
         "",
         "## Provenance",
         "",
-        f"- study `{pick.study}` in `{settings.storage}`, space `{settings.space}`, searched on `{settings.target}`",
+        f"- study `{pick.study}` in `{settings.run.storage}`, space `{settings.search.space}`, searched on `{settings.search.target}`",
         f"- MLflow parent run `{deployment.run_id}` at `{deployment.tracking_uri}`",
         f"- command: `{deployment.command}`",
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in deployment.versions.items()),

@@ -46,5 +46,5 @@ class Deployment:
                     throughput=c.throughput, throughput_spread=c.measured.get("throughput_spread", 0.0),
                     throughput_interval=list(interval(c.measured)),
                     params=c.params, flops=c.flops, proxy_top1=c.accuracy, proxy_epochs=c.epochs,
-                    dataset=self.settings.dataset, mlflow_run_id=self.run_id, tracking_uri=self.tracking_uri,
+                    dataset=self.settings.search.dataset, mlflow_run_id=self.run_id, tracking_uri=self.tracking_uri,
                     seed=self.seed, command=self.command)

@@ -180,8 +180,7 @@ def _positive(value: int | None, flag: str) -> None:
 def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | None]:
     """Validate every option (one-line ValueErrors) and read the checkpoint to resume, if any."""
     from ..core.datasets import dataset_choices, parse_dataset_spec
-    from ..study.settings import default_tracking_uri
-    from ..study.preflight import check_tracking_uri
+    from ..study.storage import check_tracking_uri, default_tracking_uri
 
     for flag, value in (("--epochs", request.epochs), ("--batch-size", request.batch_size),
                         ("--img-size", request.img_size), ("--workers", request.workers + 1),

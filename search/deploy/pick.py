@@ -31,7 +31,7 @@ from ..core.constraints import Constraints, latency_ms, violated
 from ..core.record import TrialRecord
 from ..core.repeats import best_supported, disagree, interval
 from ..study.settings import SearchSettings
-from ..core.target import Target, parse_target
+from ..core.target import Target
 
 Measure = Callable[[str, str], dict[str, Any]]
 Count = Callable[[str, int], dict[str, Any]]
@@ -142,7 +142,7 @@ def pick_model(study: optuna.Study, settings: SearchSettings, target: Target, co
     if not candidates:
         raise ValueError(f"study {study.study_name!r} has no full-fidelity feasible trial to pick from (its front is "
                          f"empty): resume the search with more budget, or lower --epochs in a new one")
-    searched = parse_target(settings.target)
+    searched = settings.search.target
     for candidate in candidates:
         _attach_figures(candidate, target, searched, fingerprint, cache, count)
     unmeasured = [c for c in candidates if c.cached is None]

@@ -76,12 +76,12 @@ class SearchContext:
         print(line, file=self.out, flush=True)
 
     def checkpoint(self, candidate: Candidate) -> Path:
-        return self.settings.checkpoints / self.settings.study / f"{candidate.arch}-s{candidate.seed}.pt"
+        return self.settings.run.checkpoints / self.settings.search.study / f"{candidate.arch}-s{candidate.seed}.pt"
 
     def recipe(self, candidate: Candidate) -> str:
         """What a proxy training's result depends on besides the architecture."""
-        return (f"{self.settings.dataset}|{self.space.proxy.img_size}|{self.scheduler.max_epochs}|"
-                f"{candidate.seed}|{self.settings.data_root or ''}|{self.settings.trainer}")
+        return (f"{self.settings.search.dataset}|{self.space.proxy.img_size}|{self.scheduler.max_epochs}|"
+                f"{candidate.seed}|{self.settings.run.data_root or ''}|{self.settings.search.trainer}")
 
     def dequeue(self, candidate: Candidate) -> None:
         for queue in self.queues.values():

@@ -61,7 +61,7 @@ class Dispatcher:
             estimate, devices = context.costs.measure(context.devices[MEASURE]), context.devices[MEASURE]
             grant = context.ledger.grant(estimate)
             job = MeasureJob(candidate.number, candidate.config.to_json(), context.target.key,
-                             context.settings.measure_seconds, allowed_seconds=grant / devices if devices else None)
+                             context.settings.search.measure_seconds, allowed_seconds=grant / devices if devices else None)
             if not self._submit(candidate, job, estimate, grant):
                 break
         for candidate in sorted(context.queues[TRAIN], key=lambda c: (-c.epochs_done, c.number)):
@@ -156,9 +156,9 @@ class Dispatcher:
         settings, executor = context.settings, context.executor
         return TrainJob(
             trial=candidate.number, proxy_json=context.space.proxy_of(candidate.config).to_json(),
-            dataset=settings.dataset, data_root=settings.data_root, data_seed=settings.seed,
+            dataset=settings.search.dataset, data_root=settings.run.data_root, data_seed=settings.search.seed,
             img_size=context.space.proxy.img_size, from_epoch=candidate.epochs_done, to_epoch=to_epoch,
             max_epochs=context.scheduler.max_epochs, seed=candidate.seed, use_gpu=context.budget.kind == "gpu",
             threads=executor.train_threads, checkpoint=str(context.checkpoint(candidate)),
-            trainer=settings.trainer, data_workers=executor.data_workers,
+            trainer=settings.search.trainer, data_workers=executor.data_workers,
         )

@@ -20,15 +20,14 @@ from typing import Any, Callable, TextIO
 
 import optuna
 
-from ..core.budget import CostModel, Ledger, parse_budget
+from ..core.budget import CostModel, Ledger
 from ..core.faults import RetryPolicy
 from ..core.objectives import create_objective_study
 from ..core.record import TrialRecord, write
 from ..core.samplers import make_sampler
 from ..core.scheduler import make_scheduler
-from ..core.target import parse_target
 from ..core.versions import installed_versions
-from ..study.settings import SearchSettings, stored
+from ..study.settings import SearchSettings
 from ..study.storage import open_storage
 from ..study.studies import RUN_ID_ATTR, SETTINGS_ATTR, budget_used
 from .cache import CACHE_FILE, ThroughputCache
@@ -65,9 +64,9 @@ class Search:
 
         self.settings = settings
         self.out = out or sys.stdout
-        self.space = get_space(settings.space)
-        self.budget = parse_budget(settings.budget)
-        self.target = parse_target(settings.target)
+        self.space = get_space(settings.search.space)
+        self.budget = settings.search.budget
+        self.target = settings.search.target
         self._make_executor = executor or _ray_executor
         self.lease_ttl = lease_ttl
         self._tracker = tracker
@@ -76,12 +75,12 @@ class Search:
     def run(self, resume: bool = False) -> int:
         study = self._open(resume)
         with Lease(study, ttl=self.lease_ttl) as lease:
-            recovered = requeue_interrupted(study, lease.previous, self.settings.seed) if resume else []
+            recovered = requeue_interrupted(study, lease.previous, self.settings.search.seed) if resume else []
             if not resume:
                 study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
             self._prepare(study)
             for number in recovered:
-                self.endings.interrupted(as_candidate(study.trials[number], self.space, self.settings.seed))
+                self.endings.interrupted(as_candidate(study.trials[number], self.space, self.settings.search.seed))
             status = "FAILED"
             try:
                 while self._step():
@@ -132,7 +131,7 @@ class Search:
         if self.space.fixed_points and not self._waiting():
             return False
         untrained = sum(1 for c in context.active.values() if c.untrained)
-        if self.settings.max_trials is not None and context.tally.trained + untrained >= self.settings.max_trials:
+        if self.settings.search.max_trials is not None and context.tally.trained + untrained >= self.settings.search.max_trials:
             return False
         if untrained >= max(1, context.executor.placement.capacity):
             return False  # every slot already has a trial on its way
@@ -164,7 +163,7 @@ class Search:
         config = self.space.sample(trial)
         arch, text = arch_id(config), summary(config)
         queued = TrialRecord.of(trial)  # what a queued trial came with: its seed, what it re-runs
-        seed = self.settings.seed if queued.seed is None else queued.seed
+        seed = self.settings.search.seed if queued.seed is None else queued.seed
         write(trial, arch_id=arch, summary=text, config=config.to_json(), seed=seed)
         if self.duplicates.answer(trial, arch, seed):
             return None
@@ -190,24 +189,24 @@ class Search:
     # ================================================================== setup
     def _open(self, resume: bool) -> optuna.Study:
         """The study (created only after the cluster was found able to serve it)."""
-        sampler = make_sampler(self.settings.sampler, self.settings.seed)
+        sampler = make_sampler(self.settings.search.sampler, self.settings.search.seed)
         # A cluster that cannot serve the search must leave nothing behind, not even a storage.
         self.executor = None if resume else self._make_executor(self)
-        storage = open_storage(self.settings.storage)
+        storage = open_storage(self.settings.run.storage)
         names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
         if resume:
-            if self.settings.study not in names:
-                raise ValueError(f"study {self.settings.study!r} does not exist in {self.settings.storage}")
-            self.study = optuna.load_study(study_name=self.settings.study, storage=storage, sampler=sampler)
+            if self.settings.search.study not in names:
+                raise ValueError(f"study {self.settings.search.study!r} does not exist in {self.settings.run.storage}")
+            self.study = optuna.load_study(study_name=self.settings.search.study, storage=storage, sampler=sampler)
             return self.study  # the executor is made once the lease is held
-        if self.settings.study in names:
-            raise ValueError(f"study {self.settings.study!r} already exists; continue it with "
-                             f"'python -m search resume --study {self.settings.study}' or pick another --study")
-        self.study = create_objective_study(self.settings.study, storage, sampler)
+        if self.settings.search.study in names:
+            raise ValueError(f"study {self.settings.search.study!r} already exists; continue it with "
+                             f"'python -m search resume --study {self.settings.search.study}' or pick another --study")
+        self.study = create_objective_study(self.settings.search.study, storage, sampler)
         if self.space.fixed_points:
             # Ablation tables: every (point, seed) exactly once, seed by seed in the table's order,
             # so a budget that runs short leaves seeds missing, not whole rows.
-            for seed in range(self.settings.seed, self.settings.seed + self.settings.seeds):
+            for seed in range(self.settings.search.seed, self.settings.search.seed + self.settings.search.seeds):
                 for params in self.space.grid_params():
                     self.study.enqueue_trial(params, user_attrs=TrialRecord(seed=seed).to_user_attrs())
         return self.study
@@ -216,21 +215,21 @@ class Search:
         """The executor, caches, MLflow run, cost model and ledger; then the parts that use them."""
         from space import arch_id
 
-        settings, workdir = self.settings, Path(self.settings.workdir)
+        settings, workdir = self.settings, Path(self.settings.run.workdir)
         executor = self.executor or self._make_executor(self)
-        tracker = self._tracker or StudyTracker(settings.tracking_uri, workdir / ARTIFACTS_DIR, self._say)
-        run_id = tracker.start(settings.study, self._parent_params(), study.user_attrs.get(RUN_ID_ATTR))
+        tracker = self._tracker or StudyTracker(settings.run.tracking_uri, workdir / ARTIFACTS_DIR, self._say)
+        run_id = tracker.start(settings.search.study, self._parent_params(), study.user_attrs.get(RUN_ID_ATTR))
         study.set_user_attr(RUN_ID_ATTR, run_id)
         proxy = self.space.proxy
         costs = CostModel(self.budget.kind, _train_images(settings),
                           proxy.width_mult ** 2 * (proxy.img_size / self.target.img_size) ** 2)
         learn_costs(study, costs)
-        scheduler = make_scheduler(settings.scheduler, settings.epochs, settings.min_epochs, settings.eta,
+        scheduler = make_scheduler(settings.search.scheduler, settings.search.epochs, settings.search.min_epochs, settings.search.eta,
                                    self.space.fixed_points)
         report_rungs(study, scheduler)
         self.context = SearchContext(
             settings=settings, study=study, space=self.space, target=self.target, budget=self.budget,
-            scheduler=scheduler, constraints=settings.constraint_set, retry=RetryPolicy(settings.max_retries),
+            scheduler=scheduler, constraints=settings.search.constraints, retry=RetryPolicy(settings.run.max_retries),
             executor=executor, devices={**executor.devices, "lost": 0.0},
             # Asked where measurements run (device model, library versions): the cache keys on it.
             fingerprint=executor.fingerprint(self.target.key), cache=ThroughputCache(workdir / CACHE_FILE),
@@ -239,10 +238,10 @@ class Search:
         self.dispatcher = Dispatcher(self.context, self.endings)
         self.reactions = Reactions(self.context, self.dispatcher, self.endings)
         self.duplicates = Duplicates(self.context, arch_id)
-        self._say(f"study {settings.study}: space {settings.space}, budget {self.budget} "
+        self._say(f"study {settings.search.study}: space {settings.search.space}, budget {self.budget} "
                   f"({self.budget.seconds:.0f} {self.budget.kind}-s), used {self.context.ledger.spent:.0f}, "
-                  f"target {self.target}, data {settings.dataset}, scheduler {scheduler.name} "
-                  f"(rungs {', '.join(map(str, scheduler.rungs))}); storage {settings.storage}; MLflow run {run_id}")
+                  f"target {self.target}, data {settings.search.dataset}, scheduler {scheduler.name} "
+                  f"(rungs {', '.join(map(str, scheduler.rungs))}); storage {settings.run.storage}; MLflow run {run_id}")
 
     # ================================================================== endings
     def _interrupt(self) -> None:
@@ -265,8 +264,8 @@ class Search:
             reason = "the space is exhausted"
         elif self.space.fixed_points and not self._waiting():
             reason = "every point was run"
-        elif settings.max_trials is not None and tally.trained >= settings.max_trials:
-            reason = f"--max-trials {settings.max_trials} reached"
+        elif settings.search.max_trials is not None and tally.trained >= settings.search.max_trials:
+            reason = f"--max-trials {settings.search.max_trials} reached"
         else:
             reason = "the budget is spent"
         line = (f"done ({reason}): used {used:.0f} of {self.budget.seconds:.0f} {self.budget.kind}-s "
@@ -284,7 +283,7 @@ class Search:
 
     def _parent_params(self) -> dict[str, Any]:
         versions = installed_versions(("torch", "timm", "optuna", "ray", "mlflow", "litv2-search"))
-        return {**stored(self.settings), **{f"version.{package}": v for package, v in versions.items()}}
+        return {**self.settings.as_params(), **{f"version.{package}": v for package, v in versions.items()}}
 
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -293,7 +292,7 @@ class Search:
 def _train_images(settings: SearchSettings) -> int:
     from ..training.data import train_size
 
-    return train_size(settings.dataset, settings.data_root)
+    return train_size(settings.search.dataset, settings.run.data_root)
 
 
 def _ray_executor(search: Search) -> Executor:
@@ -303,8 +302,8 @@ def _ray_executor(search: Search) -> Executor:
     from .executor import BENCH_RESOURCE, RayExecutor, plan_resources, ray_system_config
 
     if not ray.is_initialized():
-        if search.settings.address:
-            ray.init(address=search.settings.address, log_to_driver=False)
+        if search.settings.run.address:
+            ray.init(address=search.settings.run.address, log_to_driver=False)
         else:
             from .reaper import children_of, guard
 
@@ -313,7 +312,7 @@ def _ray_executor(search: Search) -> Executor:
             ray.init(address="local", resources={BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
                      _system_config=ray_system_config())
             guard(children_of(os.getpid()) - before)  # this Ray dies with this driver, even a SIGKILLed one
-    on_disk_images = search.settings.dataset.startswith("imagefolder:")
-    resources = plan_resources(search.budget.kind, search.target, search.settings.trials_per_device,
-                               search.settings.cpus_per_trial, data_workers=IMAGEFOLDER_GPU_WORKERS if on_disk_images else 0)
+    on_disk_images = search.settings.search.dataset.startswith("imagefolder:")
+    resources = plan_resources(search.budget.kind, search.target, search.settings.run.trials_per_device,
+                               search.settings.run.cpus_per_trial, data_workers=IMAGEFOLDER_GPU_WORKERS if on_disk_images else 0)
     return RayExecutor(resources)

@@ -83,7 +83,7 @@ class Duplicates:
         unseen = [params for params, arch in self._grid if arch not in seen]
         if not unseen:
             return
-        params = random.Random(context.settings.seed * 1_000_003 + number).choice(unseen)
+        params = random.Random(context.settings.search.seed * 1_000_003 + number).choice(unseen)
         context.study.enqueue_trial(params, user_attrs=TrialRecord(drawn_unseen=True).to_user_attrs())
         context.say(f"[trial {number}] {UNSEEN_AFTER_DUPLICATES} known architectures proposed in a row: "
                     f"the next trial is an unseen one, drawn at random")

@@ -63,7 +63,7 @@ class Endings:
         context = self.context
         context.tally.completed += 1
         context.cache.put_training(candidate.arch, context.recipe(candidate), dict(
-            epoch_accuracies=candidate.accuracies, study=context.settings.study, trial=candidate.number))
+            epoch_accuracies=candidate.accuracies, study=context.settings.search.study, trial=candidate.number))
         figures = self.figures(candidate)
         values = [candidate.accuracies[-1], candidate.measured["throughput"]]
         self.close(candidate, TrialState.COMPLETE, figures, values=values, status="complete")
@@ -110,7 +110,7 @@ class Endings:
         write(trial, **attrs)
         context.study.tell(trial, values, state=state)
         context.active.pop(candidate.number, None)
-        if not context.settings.keep_checkpoints:
+        if not context.settings.run.keep_checkpoints:
             context.checkpoint(candidate).unlink(missing_ok=True)
         self._log(candidate, attrs, values)
 
@@ -153,7 +153,7 @@ class Endings:
             hypervolume=hypervolume(front), front_size=len(front), budget_used=budget_used(context.study)))
         marked = {arch_id(LITV2_S): "LITv2-S"}
         context.tracker.log_front(front_csv(front), lambda path: plot_front(
-            points, front, path, f"study {context.settings.study}", context.target.key, marked))
+            points, front, path, f"study {context.settings.search.study}", context.target.key, marked))
 
 
 def _figure_text(figures: dict[str, Any]) -> str:

@@ -367,8 +367,12 @@ class RayExecutor:
     def cancel_all(self) -> list[tuple[Job, float]]:
         now = time.time()
         cancelled = []
+        # A task whose reply is on its way is not force-cancelled: Ray 2.60 aborted the driver
+        # ("Tried to complete task that was not pending") when the kill and the reply crossed.
+        finished = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)[0] if self._refs else []
         for ref, (job, node, started) in self._refs.items():
-            self.ray.cancel(ref, force=True)
+            if ref not in finished:
+                self.ray.cancel(ref, force=True)
             self.placement.end(job.kind, node)
             cancelled.append((job, now - started))
         self._refs.clear()

@@ -33,18 +33,7 @@ DB_DRIVERS = {
     "mysql": ("pymysql", "mysql"), "mysql+pymysql": ("pymysql", "mysql"),
 }
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "http": 80, "https": 443}
-TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+psycopg2://",
-                    "mysql+pymysql://", "databricks")
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-
-
-def check_tracking_uri(uri: str) -> None:
-    """Raise a one-line ValueError for a URI that cannot be a tracking store (syntax only)."""
-    if not uri.startswith(TRACKING_SCHEMES):
-        raise ValueError(f"tracking URI {uri!r} is invalid: expected sqlite:///FILE.db, http(s)://HOST:PORT, "
-                         "postgresql://... or mysql+pymysql://...")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).parent.is_dir():
-        raise ValueError(f"tracking URI {uri!r} is invalid: its folder does not exist")
 
 
 def check_database_driver(url: str, what: str) -> None:
@@ -153,9 +142,9 @@ def preflight_search(settings: "SearchSettings") -> list[str]:
     warning lines (image files that will be skipped)."""
     from ..core.datasets import check_dataset
 
-    check_writable_folder(Path(settings.workdir), "--workdir")
-    check_storage_endpoint(settings.storage)
-    check_tracking_endpoint(settings.tracking_uri)
-    check_ray_address(settings.address)
-    check_cpus_per_trial(settings.cpus_per_trial, settings.address)
-    return check_dataset(settings.dataset, settings.data_root)
+    check_writable_folder(settings.run.workdir, "--workdir")
+    check_storage_endpoint(settings.run.storage)
+    check_tracking_endpoint(settings.run.tracking_uri)
+    check_ray_address(settings.run.address)
+    check_cpus_per_trial(settings.run.cpus_per_trial, settings.run.address)
+    return check_dataset(settings.search.dataset, settings.run.data_root)

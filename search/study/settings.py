@@ -1,35 +1,41 @@
-"""The settings of one search, validated up front and stored on the Optuna study.
+"""The settings of one search, in two parts: what to search, and where it runs.
 
-Every user string (budget, target, data set, storage, tracking URI, space, sampler,
-scheduler, constraints) is checked before anything is created, so a typo costs a one-line
-error and leaves no study or run behind. The stored copy is what ``search resume`` and
-``search status`` read back; where the study lives (work directory, storage, tracking store,
-checkpoints) is always what the resuming command is given, never the stored paths, so a
-copied or moved work directory is resumed where it is now.
+As Ray Tune separates ``TuneConfig`` from ``RunConfig``: :class:`SearchConfig` is the
+experiment - space, budget, target, data set, sampler, scheduler, constraints, seeds - and is
+stored with the study, so ``resume``, ``status`` and ``pick`` read it back; :class:`RunConfig`
+is the machinery - work directory, Optuna storage, MLflow tracking store, checkpoints, cluster
+address, slots - and is what each command is given, so a copied or moved work directory is
+resumed where it is now. Both validate themselves when made: every user string is parsed
+once, here at the edge (budgets become :class:`~search.core.budget.Budget`, targets
+:class:`~litv2.target.Target`), and a typo costs a one-line ValueError before anything is
+created.
 """
 from __future__ import annotations
 
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.budget import parse_budget
-from ..core.constraints import Constraints
-from ..core.faults import DEFAULT_MAX_RETRIES
-from ..core.samplers import SAMPLERS
-from ..core.scheduler import SCHEDULERS, default_scheduler, make_scheduler
-from .storage import check_storage_url, default_storage_url
-from ..core.target import default_target, parse_target
-from .preflight import check_tracking_uri
+from litv2.target import Target
 
+from ..core.budget import Budget, parse_budget
+from ..core.constraints import Constraints
+from ..core.datasets import DEFAULT_DATASET, parse_dataset_spec
+from ..core.faults import DEFAULT_MAX_RETRIES
+from ..core.samplers import DEFAULT_SAMPLER, SAMPLERS
+from ..core.scheduler import SCHEDULERS, default_scheduler, make_scheduler
+from ..core.target import default_target, parse_target
+from .storage import check_storage_url, check_tracking_uri, default_storage_url, default_tracking_uri
 
 # Study names: a file-name-safe set (they name checkpoint folders and MLflow runs), not starting with a dot.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 STUDY_NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 MAX_SEED = 2**32 - 1  # numpy's and the samplers' seed range
+PROXY_TRAINER = "search.training.proxy:train_proxy"
+LEGACY_TRAINERS = {"search.train:train_proxy": PROXY_TRAINER}  # where it was before search/ had sub-packages
 
 
 def check_study_name(name: str) -> str:
@@ -45,153 +51,176 @@ def default_study_name(prefix: str) -> str:
     return f"{cleaned}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_seed(seed: int) -> int:
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"--seed {seed} is invalid: expected an integer from 0 to {MAX_SEED}")
-    return seed
+def _positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value} is invalid: expected a positive integer")
 
 
-def default_tracking_uri(workdir: Path) -> str:
-    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to search (stored with the study). ``target`` None takes the budget's default
+    device; ``scheduler`` None takes MO-ASHA where ``epochs`` leaves room for two rungs."""
+
+    study: str
+    space: str
+    budget: Budget
+    target: Target | None = None
+    dataset: str = DEFAULT_DATASET
+    sampler: str = DEFAULT_SAMPLER
+    scheduler: str | None = None
+    epochs: int = 2
+    min_epochs: int = 1
+    eta: int = 3
+    seed: int = 0
+    seeds: int = 1
+    max_trials: int | None = None
+    constraints: Constraints = field(default_factory=Constraints)
+    measure_seconds: float | None = None  # time cap of one measurement (litv2.measure's max_seconds)
+    trainer: str = PROXY_TRAINER  # "module:function" that trains a proxy (the overhead benchmark swaps it)
+
+    def __post_init__(self) -> None:
+        from space import get_space
+
+        check_study_name(self.study)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed {self.seed} is invalid: expected an integer from 0 to {MAX_SEED}")
+        parse_dataset_spec(self.dataset)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is unknown; expected one of {', '.join(SAMPLERS)}")
+        _positive(epochs=self.epochs, max_trials=self.max_trials, seeds=self.seeds, min_epochs=self.min_epochs,
+                  eta=self.eta)
+        if self.measure_seconds is not None and not self.measure_seconds > 0:
+            raise ValueError(f"--measure-seconds {self.measure_seconds} is invalid: expected a positive number "
+                             "of seconds")
+        space = get_space(self.space)
+        if self.seeds > 1 and not space.fixed_points:
+            raise ValueError(f"--seeds {self.seeds} is for fixed-point spaces (ablation tables); space "
+                             f"{self.space!r} is searched")
+        scheduler = self.scheduler
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            raise ValueError(f"--scheduler {scheduler!r} is unknown; expected one of {', '.join(SCHEDULERS)}")
+        if space.fixed_points:
+            if scheduler == "mo-asha":
+                raise ValueError(f"--scheduler mo-asha is for searched spaces; space {self.space!r} is a fixed-point "
+                                 "table, whose rows all train to the last epoch")
+            scheduler = "full"
+        scheduler = scheduler or default_scheduler(self.epochs, self.min_epochs, self.eta)
+        make_scheduler(scheduler, self.epochs, self.min_epochs, self.eta, space.fixed_points)  # checks the ladder
+        object.__setattr__(self, "scheduler", scheduler)
+        if self.target is None:
+            object.__setattr__(self, "target", default_target(self.budget.kind))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), budget=self.budget.text, target=self.target.key,
+                    constraints=self.constraints.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        """Stored settings, checked when they were made: not again (their space file may have
+        moved since, and ``status`` answers without loading any space)."""
+        trainer = data.get("trainer", PROXY_TRAINER)
+        return _as_stored(cls, dict(data, budget=parse_budget(data["budget"]), target=parse_target(data["target"]),
+                                    constraints=Constraints.from_dict(data.get("constraints") or {}),
+                                    trainer=LEGACY_TRAINERS.get(trainer, trainer)))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a search runs (each command's own). ``storage`` and ``tracking_uri`` None are the
+    work directory's sqlite files; ``checkpoint_dir`` None is ``WORKDIR/checkpoints``."""
+
+    workdir: Path
+    storage: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = None  # a Ray cluster's; None starts a local Ray
+    data_root: str | None = None
+    trials_per_device: int = 1
+    cpus_per_trial: int = 1
+    checkpoint_dir: Path | None = None
+    keep_checkpoints: bool = False
+    max_retries: int = DEFAULT_MAX_RETRIES  # resubmissions of a job whose worker or node was lost
+    # Whether storage / tracking URI are the work directory's: those follow the work directory
+    # on resume, explicit ones are kept unless the resuming command names others.
+    default_storage: bool = field(default=True, init=False)
+    default_tracking: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        folder = Path(self.workdir)
+        if not folder.is_dir():
+            raise ValueError(f"workdir {str(self.workdir)!r} does not exist or is not a folder")
+        _positive(trials_per_device=self.trials_per_device, cpus_per_trial=self.cpus_per_trial)
+        if self.max_retries < 0:
+            raise ValueError(f"--max-retries {self.max_retries} is invalid: expected 0 or more")
+        object.__setattr__(self, "workdir", folder.resolve())
+        object.__setattr__(self, "default_storage", self.storage is None)
+        object.__setattr__(self, "default_tracking", self.tracking_uri is None)
+        object.__setattr__(self, "storage", self.storage or default_storage_url(folder))
+        object.__setattr__(self, "tracking_uri", self.tracking_uri or default_tracking_uri(folder))
+        check_storage_url(self.storage)
+        check_tracking_uri(self.tracking_uri)
+        if self.checkpoint_dir is not None:
+            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or self.workdir / "checkpoints"
+
+    def moved_to(self, workdir: str | Path, storage: str | None, tracking_uri: str | None) -> "RunConfig":
+        """This run's settings for a command in ``workdir`` (``resume``, ``pick``, ...): the storage
+        is the one the study was opened from (``storage``, or the work directory's default); the
+        tracking store is ``tracking_uri`` if given, else the work directory's default if the
+        study used the default, else the stored explicit one."""
+        tracking = tracking_uri or (None if self.default_tracking else self.tracking_uri)
+        return replace(self, workdir=Path(workdir), storage=storage, tracking_uri=tracking)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), workdir=str(self.workdir),
+                    checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Stored settings, as recorded: their work directory may be gone (a moved study), so
+        they are not checked again until :meth:`moved_to` places them."""
+        checkpoints = data.get("checkpoint_dir")
+        return _as_stored(cls, dict(data, workdir=Path(data["workdir"]),
+                                    checkpoint_dir=None if checkpoints is None else Path(checkpoints)))
+
+
+def _as_stored(cls: type, data: dict[str, Any]) -> Any:
+    """An instance of the dataclass ``cls`` from stored fields, without its checks; a field
+    it does not have is ignored, a missing one takes its default."""
+    made = object.__new__(cls)
+    for name, spec in cls.__dataclass_fields__.items():
+        default = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+        object.__setattr__(made, name, data.get(name, default))
+    return made
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    study: str
-    space: str
-    budget: str
-    dataset: str
-    target: str
-    storage: str
-    tracking_uri: str
-    workdir: str
-    sampler: str = "tpe"
-    epochs: int = 2
-    seed: int = 0
-    address: str | None = None
-    data_root: str | None = None
-    trials_per_device: int = 1
-    cpus_per_trial: int = 1
-    max_trials: int | None = None
-    scheduler: str = "full"
-    min_epochs: int = 1
-    eta: int = 3
-    seeds: int = 1
-    constraints: dict[str, float] = field(default_factory=dict)
-    checkpoint_dir: str | None = None  # None: WORKDIR/checkpoints
-    keep_checkpoints: bool = False
-    # Time cap of one throughput measurement (litv2.measure's max_seconds); None: the protocol's 6 s.
-    measure_seconds: float | None = None
-    max_retries: int = DEFAULT_MAX_RETRIES  # resubmissions of a trial's job whose worker or node was lost
-    # Whether storage / tracking URI were the work directory's defaults: those follow the
-    # work directory on resume, explicit ones are kept unless the resume command overrides them.
-    default_storage: bool = True
-    default_tracking: bool = True
-    # "module:function" that trains a proxy; the overhead benchmark swaps in a fixed workload.
-    trainer: str = "search.training.proxy:train_proxy"
+    """A search: what to search, and where it runs."""
+
+    search: SearchConfig
+    run: RunConfig
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(dict(search=self.search.to_dict(), run=self.run.to_dict()), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "SearchSettings":
         data = json.loads(text)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        if "search" not in data:  # a study made before the settings were split: one flat record
+            data = dict(search=data, run=data)
+        return cls(SearchConfig.from_dict(data["search"]), RunConfig.from_dict(data["run"]))
 
-    def with_budget(self, budget: str) -> "SearchSettings":
-        return replace(self, budget=budget)
+    def with_budget(self, budget: Budget) -> "SearchSettings":
+        return replace(self, search=replace(self.search, budget=budget))
 
-    @property
-    def constraint_set(self) -> Constraints:
-        return Constraints.from_dict(self.constraints)
+    def with_run(self, run: RunConfig) -> "SearchSettings":
+        return replace(self, run=run)
 
-    @property
-    def checkpoints(self) -> Path:
-        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(self.workdir) / "checkpoints"
-
-    def relocated(self, workdir: str, storage: str | None, tracking_uri: str | None) -> "SearchSettings":
-        """These settings in work directory ``workdir`` (``search resume``): the storage is the
-        one the study was opened from (``storage``, or the work directory's default); the
-        tracking store is ``tracking_uri`` if given, else the work directory's default if the
-        study used the default, else the stored explicit one."""
-        folder = _check_workdir(workdir)
-        if storage:
-            check_storage_url(storage)
-        if tracking_uri:
-            check_tracking_uri(tracking_uri)
-        new_storage = storage or default_storage_url(folder)  # where the resuming command found the study
-        new_tracking = tracking_uri or (default_tracking_uri(folder) if self.default_tracking else self.tracking_uri)
-        return replace(self, workdir=str(folder.resolve()), storage=new_storage, tracking_uri=new_tracking,
-                       default_storage=not storage,
-                       default_tracking=self.default_tracking and not tracking_uri)
-
-
-def _check_workdir(workdir: str) -> Path:
-    folder = Path(workdir)
-    if not folder.is_dir():
-        raise ValueError(f"workdir {workdir!r} does not exist or is not a folder")
-    return folder
-
-
-def build_settings(
-    *, study: str, space: str, budget: str, dataset: str, target: str | None, storage: str | None,
-    tracking_uri: str | None, workdir: str, sampler: str, epochs: int, seed: int, address: str | None,
-    data_root: str | None, trials_per_device: int, cpus_per_trial: int, max_trials: int | None = None,
-    scheduler: str | None = None, min_epochs: int = 1, eta: int = 3, seeds: int = 1,
-    constraints: Constraints | None = None, checkpoint_dir: str | None = None, keep_checkpoints: bool = False,
-    measure_seconds: float | None = None,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-) -> SearchSettings:
-    """Validate every option and fill in the defaults; raises ValueError naming the bad value."""
-    from space import get_space
-
-    from ..core.datasets import parse_dataset_spec
-
-    check_study_name(study)
-    check_seed(seed)
-    parsed_budget = parse_budget(budget)
-    parsed_target = parse_target(target) if target else default_target(parsed_budget.kind)
-    parse_dataset_spec(dataset)
-    study_space = get_space(space)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is unknown; expected one of {', '.join(SAMPLERS)}")
-    for name, value in (("epochs", epochs), ("trials-per-device", trials_per_device),
-                        ("cpus-per-trial", cpus_per_trial), ("max-trials", 1 if max_trials is None else max_trials),
-                        ("seeds", seeds), ("min-epochs", min_epochs), ("eta", eta)):
-        if value < 1:
-            raise ValueError(f"--{name} {value} is invalid: expected a positive integer")
-    if measure_seconds is not None and not measure_seconds > 0:
-        raise ValueError(f"--measure-seconds {measure_seconds} is invalid: expected a positive number of seconds")
-    if max_retries < 0:
-        raise ValueError(f"--max-retries {max_retries} is invalid: expected 0 or more")
-    if seeds > 1 and not study_space.fixed_points:
-        raise ValueError(f"--seeds {seeds} is for fixed-point spaces (ablation tables); space {space!r} is searched")
-    if scheduler is not None and scheduler not in SCHEDULERS:
-        raise ValueError(f"--scheduler {scheduler!r} is unknown; expected one of {', '.join(SCHEDULERS)}")
-    if study_space.fixed_points:
-        if scheduler == "mo-asha":
-            raise ValueError(f"--scheduler mo-asha is for searched spaces; space {space!r} is a fixed-point table, "
-                             "whose rows all train to the last epoch")
-        scheduler = "full"
-    scheduler = scheduler or default_scheduler(epochs, min_epochs, eta)
-    make_scheduler(scheduler, epochs, min_epochs, eta, study_space.fixed_points)  # validates the ladder
-    folder = _check_workdir(workdir)
-    resolved_storage = storage or default_storage_url(folder)
-    check_storage_url(resolved_storage)
-    resolved_tracking = tracking_uri or default_tracking_uri(folder)
-    check_tracking_uri(resolved_tracking)
-    return SearchSettings(
-        study=study, space=space, budget=parsed_budget.text, dataset=dataset, target=parsed_target.key,
-        storage=resolved_storage, tracking_uri=resolved_tracking, workdir=str(folder.resolve()), sampler=sampler,
-        epochs=epochs, seed=seed, address=address, data_root=data_root, trials_per_device=trials_per_device,
-        cpus_per_trial=cpus_per_trial, max_trials=max_trials, scheduler=scheduler, min_epochs=min_epochs, eta=eta,
-        seeds=seeds, constraints=(constraints or Constraints()).to_dict(), checkpoint_dir=checkpoint_dir,
-        keep_checkpoints=keep_checkpoints, measure_seconds=measure_seconds, max_retries=max_retries,
-        default_storage=storage is None, default_tracking=tracking_uri is None,
-    )
-
-
-def stored(settings: SearchSettings) -> dict[str, Any]:
-    """The settings as MLflow parameters (paths included, for the record)."""
-    return {k: v for k, v in asdict(settings).items() if v is not None and v != {}}
+    def as_params(self) -> dict[str, Any]:
+        """The settings as MLflow parameters (paths included, for the record)."""
+        flat = {**self.search.to_dict(), **self.run.to_dict()}
+        return {k: v for k, v in flat.items() if v is not None and v != {}}

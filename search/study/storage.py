@@ -1,4 +1,5 @@
-"""Optuna storages from a URL: RDB (sqlite, PostgreSQL, MySQL) or a journal file.
+"""Where a study and its runs are stored, from a URL: Optuna storages - RDB (sqlite,
+PostgreSQL, MySQL) or a journal file - and MLflow tracking stores.
 
 Only the driver writes to the storage (ask/tell), so a trial still RUNNING when a study is
 resumed was interrupted. A cluster's driver may live on any node, so give it a URL every
@@ -15,8 +16,26 @@ if TYPE_CHECKING:
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
 
+TRACKING_FILE = "mlflow.db"  # the work directory's default tracking store
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+psycopg2://",
+                    "mysql+pymysql://", "databricks")
+
+
 def default_storage_url(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'optuna.db').resolve()}"
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    return f"sqlite:///{(workdir / TRACKING_FILE).resolve()}"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raise a one-line ValueError for a URI that cannot be a tracking store (syntax only)."""
+    if not uri.startswith(TRACKING_SCHEMES):
+        raise ValueError(f"tracking URI {uri!r} is invalid: expected sqlite:///FILE.db, http(s)://HOST:PORT, "
+                         "postgresql://... or mysql+pymysql://...")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).parent.is_dir():
+        raise ValueError(f"tracking URI {uri!r} is invalid: its folder does not exist")
 
 
 def check_storage_url(url: str) -> None:
