@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import optuna
+
+from space.search_space import SearchSpace
 
 from ..core.budget import Budget, CostModel, Ledger
 from ..core.constraints import Constraints
@@ -52,7 +54,7 @@ class Tally:
 class SearchContext:
     settings: SearchSettings
     study: optuna.Study
-    space: Any  # space.SearchSpace
+    space: SearchSpace
     target: Target
     budget: Budget
     scheduler: Scheduler

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 
 from litv2 import LITConfig
+from space.search_space import SearchSpace
 
 from ..core.budget import CostModel
 from ..core.record import TrialRecord, write
@@ -55,7 +56,7 @@ def requeue_interrupted(study: optuna.Study, previous_lease: dict[str, Any] | No
     return recovered
 
 
-def as_candidate(trial: optuna.trial.FrozenTrial, space: Any, default_seed: int) -> Candidate:
+def as_candidate(trial: optuna.trial.FrozenTrial, space: SearchSpace, default_seed: int) -> Candidate:
     """A dead driver's trial as far as its record goes (for its MLflow child run)."""
     from space import arch_id, summary
 
