@@ -9,6 +9,13 @@ then trains rung by rung; after each rung the scheduler continues it, stops it (
 its partial fidelity and never reaches the front) or completes it. No job starts that the
 cost model says would overrun the budget, and everything that ran - interrupted work
 included - is charged to the trial it ran for.
+
+This module keeps the story (:meth:`Search.run` and :meth:`Search._step`: ask -> dispatch ->
+react) and the asking; the parts it tells it with share one
+:class:`~search.engine.context.SearchContext`: :mod:`~search.engine.dispatch` (which job
+starts, within the budget), :mod:`~search.engine.reactions` (what a finished job changes),
+:mod:`~search.engine.endings` (how a trial ends and is recorded),
+:mod:`~search.engine.duplicates` and :mod:`~search.engine.recovery` (resume).
 """
 from __future__ import annotations
 
