@@ -27,6 +27,7 @@ from search.core.repeats import interval
 from search.study.studies import RUN_ID_ATTR, SETTINGS_ATTR, open_study
 from search.study.settings import SearchSettings
 from search.study.storage import default_storage_url, open_storage
+from search.core.files import atomic_write
 from search.core.target import Target
 from search.engine.tracking import ARTIFACTS_DIR, StudyTracker
 from space import arch_id
@@ -34,7 +35,7 @@ from space import arch_id
 from .options import RunOptions, settings_for
 from .recipes import Recipe, load_recipe, row_label
 from .table import Column, Row, Series, csv_text, exact, fixed, giga, latex, markdown, plot_panels, separated_pairs, \
-    significant, write_atomic, write_text
+    significant, write_text
 
 ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
 TrialState = optuna.trial.TrialState
@@ -285,7 +286,7 @@ def _publish(recipe: Recipe, settings: SearchSettings, study: optuna.Study, rows
              write_text(where / f"{recipe.name}.csv", csv_text(rows, columns, extra=("side", "batch", "x", "arch_id"))),
              write_text(where / f"{recipe.name}.tex", latex(rows, columns))]
     if plot is not None:
-        paths.append(write_atomic(where / f"{recipe.name}.png", plot))
+        paths.append(atomic_write(where / f"{recipe.name}.png", plot))
     run_id = study.user_attrs.get(RUN_ID_ATTR)
     if run_id:
         StudyTracker(settings.run.tracking_uri, settings.run.workdir / ARTIFACTS_DIR).log_artifacts(paths, run_id)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from search.core.files import atomic_write as write_atomic  # noqa: F401 - experiments.runner writes plots with it
 from search.core.files import atomic_write_text
 
 Row = dict[str, Any]
