@@ -6,8 +6,10 @@ few are shown). An invalid space is reported on one line and exits with status 2
 """
 from __future__ import annotations
 
+import argparse
 import math
 import sys
+from pathlib import Path
 import warnings
 from typing import TYPE_CHECKING
 
@@ -35,20 +37,64 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
     validate = commands.add_parser("validate", help="check a space file; exit 2 if it is invalid")
     validate.add_argument("space", help="a .yaml/.yml/.json file (or a named space)")
+    lut = commands.add_parser("lut", help="a latency table of the space's parts (litv2.latency), and its accuracy")
+    lut_commands = lut.add_subparsers(dest="lut_command", required=True, parser_class=StrictParser)
+    for name, text in (("build", "measure every part of the space's architectures on a target (resumable)"),
+                       ("check", "predict and measure N random architectures: errors and a scatter plot")):
+        command = lut_commands.add_parser(name, help=text)
+        command.add_argument("--space", required=True, help="a named space or a .yaml/.yml/.json file")
+        command.add_argument("--target", default="cpu:bs1:224", help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS]")
+        command.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+        command.add_argument("--lut", type=Path, default=None, help="table file (default: the node's, in its cache)")
+    lut_commands.choices["build"].add_argument(
+        "--samples", type=int, default=200, help="random architectures of a space larger than this (default 200)")
+    lut_commands.choices["check"].add_argument("-n", type=int, default=30, help="architectures (default 30)")
+    lut_commands.choices["check"].add_argument("--plot", type=Path, default=None, help="scatter plot (PNG)")
     args = parser.parse_args(argv)
     try:
         if args.command == "show" and args.samples < 0:
             raise SpaceError(None, f"-n {args.samples} is invalid: expected 0 or more architectures")
-        if args.command == "show" and not 0 <= args.seed <= MAX_SEED:
+        if args.command in ("show", "lut") and not 0 <= args.seed <= MAX_SEED:
             raise SpaceError(None, f"--seed {args.seed} is invalid: expected an integer from 0 to {MAX_SEED}")
         space = get_space(args.space)
-    except SpaceError as err:
+        if args.command == "lut":
+            return _lut(args, space)
+    except (SpaceError, ValueError) as err:
         print(f"space: error: {err}", file=sys.stderr)
         return EXIT_INVALID
     if args.command == "validate":
         print(f"{args.space}: ok (space {space.name!r}, size {_size(space)})")
     else:
         show_space(space, args.samples, args.seed)
+    return 0
+
+
+def _lut(args: argparse.Namespace, space: "SearchSpace") -> int:
+    """``lut build`` / ``lut check``: every argument checked before anything is measured."""
+    from litv2.target import parse_target
+
+    target = parse_target(args.target)
+    count = args.samples if args.lut_command == "build" else args.n
+    if count < 1:
+        raise ValueError(f"{'--samples' if args.lut_command == 'build' else '-n'} {count} is invalid: expected a "
+                         "positive number of architectures")
+    if args.lut is not None and not args.lut.resolve().parent.is_dir():
+        raise ValueError(f"--lut {str(args.lut)!r} is invalid: its folder does not exist")
+    if args.lut_command == "check" and args.plot is not None and not args.plot.resolve().parent.is_dir():
+        raise ValueError(f"--plot {str(args.plot)!r} is invalid: its folder does not exist")
+    from . import lut
+
+    if args.lut_command == "build":
+        configs = space.enumerate() if space.size() <= count else examples(space, count, args.seed)
+        lut.build(space, target, args.lut, configs, examples(space, lut.OVERHEAD_NETWORKS, args.seed + 1))
+        return 0
+    from litv2.latency import default_table_path, load_table
+    from litv2.measure import device_fingerprint
+
+    fingerprint = device_fingerprint(target.device)
+    table = load_table(args.lut or default_table_path(target, fingerprint))
+    table.check(target, fingerprint)
+    lut.check(space, target, table, examples(space, count, args.seed), args.plot)
     return 0
 
 

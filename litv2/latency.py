@@ -1,0 +1,294 @@
+"""Predicted throughput of LIT-family networks from a table of their parts (as nn-Meter and
+Once-for-All predict latency from per-operator tables), measured once per target and node.
+
+A LIT network is a chain: the patch embedding (stem), the blocks of each stage, the token
+merging between stages, and the head (final norm, pooling, classifier). A part's cost
+depends only on what builds it and on the map it runs on, so a :class:`Part` is that: its
+kind and the canonical arguments of its constructor (an argument that the part ignores - a
+HiLo alpha of a stage whose attention is MSA, a window of SRA - is left out, so two
+architectures that build the same part share its entry). :func:`parts_of` lists a network's
+parts, :func:`build_table` measures each distinct one with the project's protocol and clock
+(:mod:`litv2.measure`, against the node's calibrated reference), plus the per-forward
+overhead the sum of parts misses (fitted on whole networks), and :func:`predict` adds them up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from .config import LITConfig, lofi_heads
+from .layers import AttentionBlock, FFNBlock, PatchEmbed, build_attention, build_ffn, build_merge
+from .measure import MeasureProtocol, device_fingerprint, measure_config, measure_throughput
+from .reference import cache_dir
+from .target import Target
+
+TABLE_VERSION = 1
+PART_KINDS = ("stem", "block", "merge", "head")
+NUM_CLASSES = 1000
+PART_PROTOCOL = MeasureProtocol(min_warmup_seconds=0.3, max_warmup_seconds=1.0, block_seconds=0.1, min_samples=6,
+                                max_seconds=1.5)
+"""A part is small and many are measured: short blocks and a short cap (the whole networks
+that fit the overhead get the default protocol)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a network: its kind and the canonical arguments that build it."""
+
+    kind: str
+    spec: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, kind: str, **spec: Any) -> "Part":
+        return cls(kind, tuple(sorted(spec.items())))
+
+    @property
+    def key(self) -> str:
+        return json.dumps({"kind": self.kind, **dict(self.spec)}, sort_keys=True)
+
+    @classmethod
+    def from_key(cls, key: str) -> "Part":
+        data = json.loads(key)
+        return cls.of(data.pop("kind"), **data)
+
+
+def _attention_spec(config: LITConfig, stage: int, block: int, size: tuple[int, int]) -> dict[str, Any]:
+    """What :func:`~litv2.layers.build_attention` uses of the stage's settings, for ``kind``."""
+    kind, heads = config.attn_kind[stage], config.num_heads[stage]
+    window, sr = config.window_size[stage], config.sr_ratio[stage]
+    spec: dict[str, Any] = dict(attn_kind=kind, heads=heads, qkv_bias=config.qkv_bias)
+    if kind == "hilo":
+        spec.update(window=window, lofi=lofi_heads(heads, config.alpha[stage], window),
+                    rel_pos_bias=config.rel_pos_bias, lofi_valid_average=config.lofi_valid_average)
+    elif kind == "msa":
+        spec.update(rel_pos_bias=config.rel_pos_bias, rel_pos_size=list(size) if config.rel_pos_bias else None)
+    elif kind == "sra":
+        spec.update(sr=sr)
+    elif kind == "wmsa":
+        spec.update(window=window, shifted=config.shift and block % 2 == 1, rel_pos_bias=config.rel_pos_bias)
+    else:  # tmsa: windows on even blocks, sub-sampled global attention on odd ones
+        spec.update(window=window) if block % 2 == 0 else spec.update(sr=sr, odd=True)
+    return spec
+
+
+def parts_of(config: LITConfig, img_size: int, batch_size: int = 1) -> list[Part]:
+    """The parts of ``config``'s full-size network at ``img_size``, in forward order (a part
+    that occurs several times is listed each time)."""
+    height = width = img_size // config.patch_size
+    parts = [Part.of("stem", embed_dim=config.embed_dim, patch=config.patch_size, img=img_size, batch=batch_size)]
+    for stage, depth in enumerate(config.depths):
+        dim = config.stage_dims[stage]
+        size = [height, width]
+        for block in range(depth):
+            spec: dict[str, Any] = dict(dim=dim, hidden=int(dim * config.mlp_ratio), ffn=config.ffn, size=size,
+                                        batch=batch_size)
+            if config.attention[stage]:
+                spec.update(_attention_spec(config, stage, block, (height, width)))
+            parts.append(Part.of("block", **spec))
+        if stage < config.num_stages - 1:
+            parts.append(Part.of("merge", merge=config.merge, dim=dim, out_dim=config.stage_dims[stage + 1], size=size,
+                                 batch=batch_size))
+            height, width = max(height // 2, 1), max(width // 2, 1)
+    parts.append(Part.of("head", dim=config.num_features, classes=NUM_CLASSES, size=[height, width], batch=batch_size))
+    return parts
+
+
+class _Timed(nn.Module):
+    """A part with its input, as :func:`~litv2.measure.measure_throughput` times a network:
+    the image it is called with is ignored (the part's own input is a buffer, moved with it)."""
+
+    def __init__(self, module: nn.Module, inputs: torch.Tensor, call: Callable[[nn.Module, torch.Tensor], Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.register_buffer("inputs", inputs)
+        self.call = call
+
+    def forward(self, _: torch.Tensor) -> Any:
+        return self.call(self.module, self.inputs)
+
+
+def build_part(part: Part) -> _Timed:
+    """The module of ``part`` with a random input of its shape, ready to time."""
+    spec = dict(part.spec)
+    batch = spec["batch"]
+    if part.kind == "stem":
+        module = PatchEmbed(3, spec["embed_dim"], spec["patch"])
+        return _Timed(module, torch.randn(batch, 3, spec["img"], spec["img"]), lambda m, x: m(x))
+    height, width = spec["size"]
+    tokens = torch.randn(batch, height * width, spec["dim"])
+    if part.kind == "merge":
+        return _Timed(build_merge(spec["merge"], spec["dim"], spec["out_dim"]), tokens, lambda m, x: m(x, height, width))
+    if part.kind == "head":
+        head = nn.ModuleDict(dict(norm=nn.LayerNorm(spec["dim"]), fc=nn.Linear(spec["dim"], spec["classes"])))
+        return _Timed(head, tokens, lambda m, x: m["fc"](m["norm"](x).mean(dim=1)))
+    mlp = build_ffn(spec["ffn"], spec["dim"], spec["hidden"])
+    if "attn_kind" not in spec:
+        block: nn.Module = FFNBlock(spec["dim"], mlp)
+    else:
+        kind, heads = spec["attn_kind"], spec["heads"]
+        lofi = spec.get("lofi", 0)
+        attention = build_attention(
+            kind, spec["dim"], heads, window_size=spec.get("window", 0) or 2,
+            alpha=min(1.0, (lofi + 1e-6) / heads), sr_ratio=spec.get("sr", 1),
+            rel_pos_bias=spec.get("rel_pos_bias", False), shift=spec.get("shifted", False),
+            block_index=1 if spec.get("shifted") or spec.get("odd") else 0,
+            max_size=tuple(spec.get("rel_pos_size") or (height, width)), qkv_bias=spec["qkv_bias"],
+            lofi_valid_average=spec.get("lofi_valid_average", False))
+        block = AttentionBlock(spec["dim"], attention, mlp)
+    return _Timed(block, tokens, lambda m, x: m(x, height, width))
+
+
+@dataclass
+class LatencyTable:
+    """Seconds per call of each part on one target and node fingerprint, and the overhead a
+    whole forward adds to their sum."""
+
+    target: str
+    fingerprint: dict[str, str]
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> seconds, low, high
+    overhead_seconds: float = 0.0
+    overhead_from: list[dict[str, Any]] = field(default_factory=list)  # the whole networks it was fitted on
+
+    def missing(self, parts: Iterable[Part]) -> list[Part]:
+        seen, out = set(self.parts), []
+        for part in parts:
+            if part.key not in seen:
+                seen.add(part.key)
+                out.append(part)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(dict(version=TABLE_VERSION, target=self.target, fingerprint=self.fingerprint,
+                               parts=self.parts, overhead_seconds=self.overhead_seconds,
+                               overhead_from=self.overhead_from), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LatencyTable":
+        data = json.loads(text)
+        if data.get("version") != TABLE_VERSION:
+            raise ValueError(f"latency table version {data.get('version')!r} is not {TABLE_VERSION}")
+        return cls(data["target"], data["fingerprint"], data["parts"], data["overhead_seconds"], data["overhead_from"])
+
+    def check(self, target: Target, fingerprint: dict[str, str]) -> None:
+        """A one-line ValueError unless the table was measured for ``target`` on a node of ``fingerprint``."""
+        if self.target != target.key:
+            raise ValueError(f"latency table is for target {self.target!r}, not {target.key!r}")
+        if self.fingerprint != fingerprint:
+            raise ValueError(f"latency table was measured on {self.fingerprint.get('device_name')!r} "
+                             f"({_versions(self.fingerprint)}); this node is {fingerprint.get('device_name')!r} "
+                             f"({_versions(fingerprint)}): build one here")
+
+
+def _versions(fingerprint: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(fingerprint.items()) if k != "device_name")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seconds: float  # per forward of a batch
+    batch_size: int
+    parts_seconds: float
+    overhead_seconds: float
+
+    @property
+    def img_s(self) -> float:
+        return self.batch_size / self.seconds
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000 * self.seconds
+
+
+def predict(config: LITConfig, target: Target, table: LatencyTable) -> Prediction:
+    """Sum of ``config``'s parts on ``target`` plus the table's overhead; a KeyError names a
+    part the table lacks (build it for that space)."""
+    parts = parts_of(config, target.img_size, target.batch_size)
+    absent = [p.key for p in parts if p.key not in table.parts]
+    if absent:
+        raise KeyError(f"{len(absent)} parts are not in the latency table, e.g. {absent[0]}")
+    total = sum(table.parts[p.key]["seconds"] for p in parts)
+    return Prediction(total + table.overhead_seconds, target.batch_size, total, table.overhead_seconds)
+
+
+def _seconds(figure) -> dict[str, float]:
+    batch = figure.batch_size
+    return dict(seconds=batch / figure.median, low=batch / figure.ci_high, high=batch / figure.ci_low)
+
+
+def measure_part(part: Part, target: Target, protocol: MeasureProtocol = PART_PROTOCOL) -> dict[str, float]:
+    """Seconds per call of ``part`` on ``target`` (median and its 95 % interval)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        timed = build_part(part).eval()
+    figure = measure_throughput(timed, target.batch_size, target.img_size, target.device, target.precision,
+                                threads=target.threads, protocol=protocol, reference=target.device == "cpu",
+                                in_chans=3)
+    return _seconds(figure)
+
+
+def build_table(configs: Iterable[LITConfig], target: Target, table: LatencyTable | None = None,
+                overhead_configs: Iterable[LITConfig] = (), progress: Callable[[int, int, str], None] | None = None,
+                save: Callable[[LatencyTable], None] | None = None) -> LatencyTable:
+    """Measure every part of ``configs`` that ``table`` lacks (a new table if None), then fit
+    the per-forward overhead on ``overhead_configs`` (measured whole: measured minus the sum
+    of their parts, the median). ``save`` is called after each part, so an interrupted build
+    resumes where it stopped."""
+    fingerprint = device_fingerprint(target.device)
+    table = table or LatencyTable(target.key, fingerprint)
+    table.check(target, fingerprint)
+    todo = table.missing(p for config in configs for p in parts_of(config, target.img_size, target.batch_size))
+    for done, part in enumerate(todo, 1):
+        table.parts[part.key] = measure_part(part, target)
+        if progress:
+            progress(done, len(todo), part.kind)
+        if save:
+            save(table)
+    fits = []
+    for config in overhead_configs:
+        started = time.perf_counter()
+        figure = measure_config(config, target)
+        whole = target.batch_size / figure.median
+        parts_sum = predict(config, target, LatencyTable(target.key, fingerprint, table.parts)).parts_seconds
+        fits.append(dict(config=config.to_json(), measured_seconds=whole, parts_seconds=parts_sum,
+                         wall_seconds=time.perf_counter() - started))
+    if fits:
+        table.overhead_seconds = statistics.median(f["measured_seconds"] - f["parts_seconds"] for f in fits)
+        table.overhead_from = fits
+        if save:
+            save(table)
+    return table
+
+
+def default_table_path(target: Target, fingerprint: dict[str, str]) -> Path:
+    """Where a node keeps its table for ``target``: beside its reference calibrations
+    (:func:`litv2.reference.cache_dir`), one file per target and fingerprint."""
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / "latency" / f"{target.key.replace(':', '_')}-{digest}.json"
+
+
+def save_table(table: LatencyTable, path: str | Path) -> None:
+    """Write ``table`` whole (a temporary name, then a rename: an interrupted build keeps the last)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(table.to_json())
+    os.replace(partial, path)
+
+
+def load_table(path: str | Path) -> LatencyTable:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"latency table {str(path)!r} does not exist")
+    try:
+        return LatencyTable.from_json(path.read_text())
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"latency table {str(path)!r} is not one ({type(error).__name__}: {error})") from None

@@ -1,0 +1,121 @@
+"""The latency table of LIT parts (litv2.latency) and its commands (python -m space lut)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from litv2 import LITV2_S, LITConfig
+from litv2.latency import (
+    LatencyTable, Part, build_part, build_table, load_table, parts_of, predict, save_table,
+)
+from litv2.measure import MeasureProtocol, device_fingerprint
+from litv2.target import parse_target
+
+TINY = LITConfig(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=(0, 0, 2, 1),
+                 attention=(False, False, True, True), alpha=(0.9, 0.9, 0.5, 0.9))
+
+
+def test_a_network_is_its_stem_blocks_merges_and_head_in_forward_order():
+    parts = parts_of(TINY, 64)
+    assert [p.kind for p in parts] == ["stem", "block", "merge", "block", "merge", "block", "block", "merge", "block",
+                                       "head"]
+    sizes = [dict(p.spec)["size"] for p in parts if p.kind == "block"]
+    assert sizes == [[16, 16], [8, 8], [4, 4], [4, 4], [2, 2]]  # 64 px / patch 4, halved by each merge
+    assert sum(p.kind == "block" for p in parts_of(LITV2_S, 224)) == sum(LITV2_S.depths)
+
+
+def test_two_architectures_that_build_the_same_part_share_its_entry():
+    # Stage 4's attention is MSA-like here (window 1): its alpha changes nothing that is built...
+    other_alpha = TINY.replace(alpha=(0.1, 0.1, 0.5, 0.3))
+    assert [p.key for p in parts_of(TINY, 64)] == [p.key for p in parts_of(other_alpha, 64)]
+    # ...while stage 3's alpha sets how many heads are Lo-Fi: a different part there, the rest shared.
+    mine, theirs = parts_of(TINY, 64), parts_of(TINY.replace(alpha=(0.9, 0.9, 0.75, 0.9)), 64)
+    differ = [i for i, (a, b) in enumerate(zip(mine, theirs)) if a.key != b.key]
+    assert [dict(mine[i].spec)["lofi"] for i in differ] == [2, 2] and [dict(theirs[i].spec)["lofi"] for i in differ] == [3, 3]
+    assert Part.from_key(mine[0].key) == mine[0]
+
+
+def test_every_part_builds_and_runs_on_its_input():
+    import torch
+
+    for part in {p.key: p for p in parts_of(TINY, 64)}.values():
+        timed = build_part(part).eval()
+        with torch.inference_mode():
+            out = timed(torch.empty(0))
+        if part.kind == "head":
+            assert out.shape == (1, 1000)
+
+
+def test_a_prediction_is_the_sum_of_its_parts_plus_the_overhead():
+    target = parse_target("cpu:bs2:64")
+    parts = parts_of(TINY, 64, batch_size=2)
+    table = LatencyTable(target.key, {"device_name": "x"},
+                         {p.key: dict(seconds=0.001 * (i + 1), low=0.0, high=1.0) for i, p in enumerate(parts)},
+                         overhead_seconds=0.0025)
+    expected = sum(table.parts[p.key]["seconds"] for p in parts) + 0.0025  # a part met twice counts twice
+    got = predict(TINY, target, table)
+    assert got.seconds == pytest.approx(expected) and got.img_s == pytest.approx(2 / expected)
+    assert got.latency_ms == pytest.approx(1000 * expected)
+    with pytest.raises(KeyError, match="not in the latency table"):
+        predict(TINY.replace(embed_dim=32), target, table)
+
+
+def test_a_table_is_built_once_per_part_saved_as_it_goes_and_resumed(tmp_path, monkeypatch):
+    import litv2.latency as latency
+
+    measured = []
+    monkeypatch.setattr(latency, "measure_part", lambda part, target: measured.append(part.key) or
+                        dict(seconds=0.001, low=0.0009, high=0.0011))
+    target, path = parse_target("cpu:bs1:64"), tmp_path / "lut.json"
+    saved = []
+    table = build_table([TINY, TINY.replace(alpha=(0.1, 0.1, 0.5, 0.3))], target,
+                        save=lambda t: (save_table(t, path), saved.append(len(t.parts))))
+    assert len(measured) == len(set(measured)) == len({p.key for p in parts_of(TINY, 64)})  # shared parts once
+    assert saved == list(range(1, len(measured) + 1))  # after every part
+    again = build_table([TINY, TINY.replace(depths=(1, 1, 3, 1))], target, load_table(path))
+    assert len(measured) == len(table.parts) and again.parts.keys() == table.parts.keys()  # nothing new to measure
+
+
+def test_a_table_of_another_target_or_node_is_refused_in_one_line(tmp_path):
+    target = parse_target("cpu:bs1:64")
+    here = device_fingerprint("cpu")
+    table = LatencyTable(target.key, {**here, "torch": "0.0"})
+    with pytest.raises(ValueError, match="was measured on .*this node is .*build one here"):
+        table.check(target, here)
+    with pytest.raises(ValueError, match="is for target 'cpu:bs1:64:fp32:t1', not 'cpu:bs1:224:fp32:t1'"):
+        LatencyTable(target.key, here).check(parse_target("cpu:bs1:224"), here)
+    path = tmp_path / "lut.json"
+    save_table(table, path)
+    run = subprocess.run([sys.executable, "-m", "space", "lut", "check", "--space", "tiny", "--target", "cpu:bs1:64",
+                          "--lut", str(path), "-n", "2"], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.startswith("space: error: latency table was measured on") and run.stderr.count("\n") == 1
+    path.write_text(json.dumps({"version": 99}))
+    with pytest.raises(ValueError, match="version 99 is not 1"):
+        load_table(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["build", "--space", "nope"], "unknown space 'nope'"),
+    (["build", "--space", "tiny", "--target", "gpu:bs1"], "target 'gpu:bs1'"),
+    (["build", "--space", "tiny", "--samples", "0"], "--samples 0 is invalid"),
+    (["check", "--space", "tiny", "-n", "0"], "-n 0 is invalid"),
+    (["check", "--space", "tiny", "--plot", "/no/such/folder/p.png"], "--plot '/no/such/folder/p.png' is invalid"),
+    (["check", "--space", "tiny", "--lut", "/no/such/folder/l.json"], "--lut '/no/such/folder/l.json' is invalid"),
+])
+def test_bad_lut_input_is_one_line_and_exit_2(argv, message):
+    run = subprocess.run([sys.executable, "-m", "space", "lut", *argv], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and run.stderr.count("\n") == 1 and run.stdout == ""
+
+
+def test_a_real_part_is_measured_with_the_protocol():
+    """One real measurement: seconds per call with its interval, on the node's reference clock."""
+    from litv2.latency import measure_part
+
+    part = parts_of(TINY, 64)[-1]  # the head: quick
+    figure = measure_part(part, parse_target("cpu:bs1:64"),
+                          MeasureProtocol(min_warmup_seconds=0.05, max_warmup_seconds=0.2, block_seconds=0.01,
+                                          max_seconds=0.3))
+    assert 0 < figure["low"] <= figure["seconds"] <= figure["high"] < 1.0
