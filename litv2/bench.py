@@ -23,7 +23,7 @@ from .target import PRECISIONS, parse_target
 
 EXIT_USAGE = 2
 DEVICES = ("cpu", "cuda")
-COMMANDS = ("measure", "repeatability", "calibrate")  # beside "table", the default
+COMMANDS = ("measure", "repeatability", "calibrate", "predict")  # beside "table", the default
 
 
 def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
@@ -74,12 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
              "at the end (default 0: an idle node)")
     commands.choices["calibrate"].add_argument("--again", action="store_true",
                                                help="measure again and replace the stored calibration")
+    predict = commands.add_parser("predict", help="throughput from the node's latency table of parts (litv2.latency)")
+    predict.add_argument("--config", action="append", default=None,
+                         help="model name or LITConfig JSON file (default litv2_s); repeat it for several")
+    predict.add_argument("--target", default="cpu:bs1:224", help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS]")
+    predict.add_argument("--lut", default=None, metavar="FILE", help="table file (default: the node's, in its cache)")
+    predict.add_argument("--build", action="store_true",
+                         help="first measure the parts the table lacks (and fit its overhead on these networks "
+                              "if it has none)")
+    predict.add_argument("--measure", action="store_true", help="also measure each network: the prediction's error")
     return parser
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument, before the benchmark imports torch or runs anything (a bad ``--json``
     folder used to be found after the whole table had run); one-line ValueErrors."""
+    if args.command == "predict":
+        parse_target(args.target)
+        for text in args.config or []:
+            config_from(text)
+        if args.lut is not None and not Path(args.lut).resolve().parent.is_dir():
+            raise ValueError(f"--lut {args.lut!r} is invalid: its folder {str(Path(args.lut).parent)!r} does not exist")
+        return
     if args.block_seconds <= 0:
         raise ValueError(f"--block-seconds {args.block_seconds} is invalid: expected a positive number of seconds")
     if args.json not in (None, "-") and not Path(args.json).resolve().parent.is_dir():
@@ -121,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import benchmarks  # torch and timm: only once the arguments are known to be good
 
         return {"table": benchmarks.table, "measure": benchmarks.measure, "repeatability": benchmarks.repeatability,
-                "calibrate": benchmarks.calibrate}[args.command](args)
+                "calibrate": benchmarks.calibrate, "predict": benchmarks.predict}[args.command](args)
     except ValueError as error:
         print(f"litv2.bench: error: {error}", file=sys.stderr)
         return EXIT_USAGE

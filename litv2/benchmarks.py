@@ -28,7 +28,8 @@ from .layers.attention import Attention, build_attention
 from .layers.windows import pad_to_multiple
 from .measure import (
     BlockTimer, MeasureProtocol, allocator_policy, autocast_dtype, backend_settings, block_timer, calibrate_reference,
-    device_name, library_versions, measure_config, median_ci, peak_memory, pin_allocator, resolve_device, warm_up,
+    device_fingerprint, device_name, library_versions, measure_config, median_ci, peak_memory, pin_allocator,
+    resolve_device, warm_up,
 )
 from .named import config_from
 from .target import parse_target
@@ -289,6 +290,33 @@ def measure(args: argparse.Namespace) -> int:
           f"allocator {first['allocator']}")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=2))
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Each ``--config``'s predicted throughput from the node's latency table (built first with
+    ``--build``; with ``--measure``, measured too, and the prediction's error)."""
+    from .latency import build_table, default_table_path, load_table, parts_of, predict as predicted, save_table
+
+    texts = args.config or ["litv2_s"]
+    configs, target = [config_from(text) for text in texts], parse_target(args.target)
+    fingerprint = device_fingerprint(target.device)
+    path = Path(args.lut) if args.lut else default_table_path(target, fingerprint)
+    if args.build:
+        table = load_table(path) if path.is_file() else None
+        overhead = configs if table is None or not table.overhead_from else []
+        build_table(configs, target, table, overhead, save=lambda t: save_table(t, path))
+    table = load_table(path)
+    table.check(target, fingerprint)
+    print(f"{'config':<16}{'parts':>6}{'predicted img/s':>16}{'ms':>9}" + (f"{'measured':>10}{'error':>8}" if args.measure else ""))
+    for text, config in zip(texts, configs):
+        guess = predicted(config, target, table)
+        line = f"{text:<16}{len(parts_of(config, target.img_size, target.batch_size)):>6}{guess.img_s:>16.2f}{guess.latency_ms:>9.2f}"
+        if args.measure:
+            measured = measure_config(config, target).median
+            line += f"{measured:>10.2f}{100 * (guess.img_s / measured - 1):>+7.1f}%"
+        print(line, flush=True)
+    print(f"table {path}: {len(table.parts)} parts, overhead x{table.overhead_factor:.3f} per forward")
     return 0
 
 

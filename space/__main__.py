@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 EXIT_INVALID = 2
 MAX_SEED = 2**32 - 1  # numpy's seed range (the random draws)
+ENUMERATE_UP_TO = 5000  # a finite space this small has its latency table built for every architecture
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
         command.add_argument("--lut", type=Path, default=None, help="table file (default: the node's, in its cache)")
     lut_commands.choices["build"].add_argument(
-        "--samples", type=int, default=200, help="random architectures of a space larger than this (default 200)")
+        "--samples", type=int, default=200,
+        help=f"random architectures of a space larger than this and than {ENUMERATE_UP_TO} (default 200)")
     lut_commands.choices["check"].add_argument("-n", type=int, default=30, help="architectures (default 30)")
     lut_commands.choices["check"].add_argument("--plot", type=Path, default=None, help="scatter plot (PNG)")
     args = parser.parse_args(argv)
@@ -85,7 +87,7 @@ def _lut(args: argparse.Namespace, space: "SearchSpace") -> int:
     from . import lut
 
     if args.lut_command == "build":
-        configs = space.enumerate() if space.size() <= count else examples(space, count, args.seed)
+        configs = space.enumerate() if space.size() <= max(count, ENUMERATE_UP_TO) else examples(space, count, args.seed)
         lut.build(space, target, args.lut, configs, examples(space, lut.OVERHEAD_NETWORKS, args.seed + 1))
         return 0
     from litv2.latency import default_table_path, load_table

@@ -44,7 +44,7 @@ def build(space: "SearchSpace", target: "Target", out: Path | None, configs: lis
     started = time.perf_counter()
     table = build_table(configs, target, table, overhead_configs, _progress, lambda t: save_table(t, path))
     print(f"{len(table.parts)} parts of {len(configs)} architectures of {space.name!r} on {target.key}; "
-          f"overhead {1000 * table.overhead_seconds:+.2f} ms per forward; {time.perf_counter() - started:.0f} s; "
+          f"overhead x{table.overhead_factor:.3f} per forward; {time.perf_counter() - started:.0f} s; "
           f"saved to {path}")
     return table
 

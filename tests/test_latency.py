@@ -47,13 +47,13 @@ def test_every_part_builds_and_runs_on_its_input():
             assert out.shape == (1, 1000)
 
 
-def test_a_prediction_is_the_sum_of_its_parts_plus_the_overhead():
+def test_a_prediction_is_the_sum_of_its_parts_times_the_overhead_factor():
     target = parse_target("cpu:bs2:64")
     parts = parts_of(TINY, 64, batch_size=2)
     table = LatencyTable(target.key, {"device_name": "x"},
                          {p.key: dict(seconds=0.001 * (i + 1), low=0.0, high=1.0) for i, p in enumerate(parts)},
-                         overhead_seconds=0.0025)
-    expected = sum(table.parts[p.key]["seconds"] for p in parts) + 0.0025  # a part met twice counts twice
+                         overhead_factor=1.1)
+    expected = sum(table.parts[p.key]["seconds"] for p in parts) * 1.1  # a part met twice counts twice
     got = predict(TINY, target, table)
     assert got.seconds == pytest.approx(expected) and got.img_s == pytest.approx(2 / expected)
     assert got.latency_ms == pytest.approx(1000 * expected)
@@ -119,3 +119,21 @@ def test_a_real_part_is_measured_with_the_protocol():
                           MeasureProtocol(min_warmup_seconds=0.05, max_warmup_seconds=0.2, block_seconds=0.01,
                                           max_seconds=0.3))
     assert 0 < figure["low"] <= figure["seconds"] <= figure["high"] < 1.0
+
+
+def test_the_overhead_factor_is_the_median_of_measured_over_parts(monkeypatch):
+    from types import SimpleNamespace
+
+    import litv2.latency as latency
+
+    monkeypatch.setattr(latency, "measure_part", lambda part, target: dict(seconds=0.001, low=0.001, high=0.001))
+    ratios = iter([1.2, 1.1, 1.5])  # what each whole network takes over the sum of its parts
+
+    def whole(config, target):
+        parts = len(parts_of(config, target.img_size, target.batch_size)) * 0.001
+        return SimpleNamespace(median=target.batch_size / (parts * next(ratios)))
+
+    monkeypatch.setattr(latency, "measure_config", whole)
+    configs = [TINY, TINY.replace(depths=(1, 1, 3, 1)), TINY.replace(depths=(1, 1, 4, 1))]
+    table = build_table(configs, parse_target("cpu:bs1:64"), overhead_configs=configs)
+    assert table.overhead_factor == pytest.approx(1.2) and len(table.overhead_from) == 3
