@@ -98,3 +98,10 @@ def test_status_says_how_wide_the_studys_figures_are_and_how_many_were_measured_
     assert measurement_line(trials) == ("throughput figures: 3 trials, 95% intervals 2.0% to 16.0% of the median "
                                         "(median 4.0%), 1 measured twice for a wide interval")
     assert measurement_line([]) == "throughput figures: none with an interval yet"
+    predicted = [optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=[50.0, 100.0], user_attrs=dict(
+        throughput=100.0, throughput_low=98.0, throughput_high=102.0, predicted_throughput=guess))
+        for guess in (104.0, 97.0, 110.0)]
+    ruled_out = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs=dict(
+        predicted_throughput=20.0, infeasible_predicted=True))
+    assert measurement_line(predicted + [ruled_out]).endswith(
+        "\npredicted throughput: median error 4.0% over 3 measured; 1 ruled out by prediction (not measured)")

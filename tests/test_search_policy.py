@@ -273,6 +273,55 @@ def test_a_measurement_is_stopped_at_what_the_budget_grants_it(tmp_path, capsys)
     assert "not trained, its measurement used up what the budget could grant it" in capsys.readouterr().out
 
 
+def _feasible_and_measured(tmp_path, monkeypatch, limit: float, prediction_error: float | None):
+    """A whole tiny-space search under ``--min-throughput limit``; with a predictor ``prediction_error``
+    off the fake measurement (None: none)."""
+    if prediction_error is not None:
+        monkeypatch.setattr(Search, "_predictor", lambda self, path, fingerprint: (
+            lambda config: _figures(config)[2] * (1 + prediction_error)))
+    jobs = FakeJobs(epoch_seconds=1.0)
+    study = run_in_process(tmp_path, jobs, epochs=1, scheduler="full", constraints=Constraints(min_throughput=limit))
+    feasible = {t.user_attrs["arch_id"] for t in study.trials if t.state == TrialState.COMPLETE}
+    return feasible, len(jobs.measured), study
+
+
+def test_a_prediction_rules_out_what_it_can_and_the_feasible_set_stays(tmp_path, monkeypatch, capsys):
+    from space import get_space
+
+    rates = sorted({_figures(config)[2] for config in get_space("tiny").enumerate()})
+    limit = rates[len(rates) // 2]  # between the slowest and the fastest architecture
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "predicted").mkdir()
+    feasible, measured, _ = _feasible_and_measured(tmp_path / "plain", monkeypatch, limit, None)
+    with_prediction, measured_predicted, study = _feasible_and_measured(tmp_path / "predicted", monkeypatch, limit, 0.05)
+    assert feasible and with_prediction == feasible  # the same architectures meet the constraint
+    assert measured_predicted < measured  # the clearly too slow ones were never measured
+    ruled_out = [t for t in study.trials if t.user_attrs.get("infeasible_predicted")]
+    assert ruled_out and all("throughput" not in t.user_attrs and t.user_attrs["predicted_throughput"] * 1.15 < limit
+                             for t in ruled_out)
+    measured_trials = [t for t in study.trials if "throughput" in t.user_attrs and not t.user_attrs["throughput_cached"]]
+    assert all(t.user_attrs["predicted_throughput"] == pytest.approx(1.05 * t.user_attrs["throughput"])
+               for t in measured_trials)
+    assert "infeasible (min_throughput" in capsys.readouterr().out
+
+
+def test_the_prediction_margin_is_learned_from_the_pairs_and_never_below_the_prior():
+    from search.core.prediction import MIN_PAIRS, PRIOR_MARGIN, PredictionMargin
+
+    margin = PredictionMargin()
+    for _ in range(MIN_PAIRS - 1):
+        margin.observe(130.0, 100.0)  # 30 % off
+    assert margin.margin == PRIOR_MARGIN  # too few pairs to trust
+    margin.observe(130.0, 100.0)
+    assert margin.margin == pytest.approx(0.30)
+    many = PredictionMargin()
+    for error in [0.01] * 18 + [0.5, 0.6]:
+        many.observe(100 * (1 + error), 100.0)
+    assert many.margin == PRIOR_MARGIN and many.median_error() == pytest.approx(0.01)  # 90 % within 1 %: the prior
+    limits = Constraints(min_throughput=100.0)
+    assert margin.rules_out(70.0, limits, 1) and not margin.rules_out(80.0, limits, 1)  # 70 x 1.3 < 100 <= 80 x 1.3
+
+
 def test_a_second_study_reuses_trainings_of_the_same_recipe(tmp_path, capsys):
     jobs = FakeJobs()
     run_in_process(tmp_path, jobs, space="table5", epochs=1, budget="1000000cpu-s")

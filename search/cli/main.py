@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     _constraint_options(run)
     run.add_argument("--checkpoint-dir", help="rung checkpoints, readable by every node (default WORKDIR/checkpoints)")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep rung checkpoints of finished trials")
+    run.add_argument("--latency-table", default=None,
+                     help="a latency table (python -m space lut build) to predict throughput from (default: the "
+                          "measuring node's own for the target, if it has one); a constraint a prediction settles "
+                          "is not measured")
     run.add_argument("--measure-seconds", type=float,
                      help="time cap of one throughput measurement (default 6; a capped figure is flagged)")
     run.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, help="times a trial's job is submitted again after its "
@@ -151,7 +155,8 @@ def _run(args: argparse.Namespace) -> int:
     where = RunConfig(
         Path(args.workdir), storage=args.storage, tracking_uri=args.tracking_uri, address=args.address,
         data_root=args.data_root, trials_per_device=args.trials_per_device, cpus_per_trial=args.cpus_per_trial,
-        checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints, max_retries=args.max_retries)
+        checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints, max_retries=args.max_retries,
+        latency_table=args.latency_table)
     return _search(SearchSettings(what, where), resume=False)
 
 

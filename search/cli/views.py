@@ -1,6 +1,7 @@
 """Read-only views of a study for ``search status`` and ``search front``."""
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -75,8 +76,21 @@ def measurement_line(trials: list[optuna.trial.FrozenTrial]) -> str:
         return "throughput figures: none with an interval yet"
     widths = sorted((r.throughput_high - r.throughput_low) / r.throughput for r in measured)
     twice = sum(r.measured_times > 1 for r in measured)
-    return (f"throughput figures: {len(measured)} trials, 95% intervals {widths[0]:.1%} to {widths[-1]:.1%} of the "
+    line = (f"throughput figures: {len(measured)} trials, 95% intervals {widths[0]:.1%} to {widths[-1]:.1%} of the "
             f"median (median {widths[len(widths) // 2]:.1%}), {twice} measured twice for a wide interval")
+    return line + prediction_text(trials)
+
+
+def prediction_text(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """The latency table's error so far (predicted against measured) and what it ruled out."""
+    records = [TrialRecord.of(t) for t in trials]
+    pairs = [abs(r.predicted_throughput / r.throughput - 1) for r in records
+             if r.predicted_throughput is not None and r.throughput]
+    ruled_out = sum(r.infeasible_predicted for r in records)
+    if not pairs and not ruled_out:
+        return ""
+    errors = f"median error {statistics.median(pairs):.1%} over {len(pairs)} measured" if pairs else "none measured yet"
+    return f"\npredicted throughput: {errors}; {ruled_out} ruled out by prediction (not measured)"
 
 
 def write_front(study_name: str, storage_url: str, csv_path: str | None, plot_path: str | None) -> str:

@@ -39,6 +39,7 @@ class TrialRecord:
     throughput_cached: bool = False  # taken from the throughput cache, not measured for this trial
     peak_memory_mb: float | None = None
     latency_ms: float | None = None
+    predicted_throughput: float | None = None  # img/s from the node's latency table (litv2.latency)
     # ---- proxy training
     epochs_done: int = 0
     epoch_accuracies: list[float] = field(default_factory=list)
@@ -59,6 +60,7 @@ class TrialRecord:
     # ---- how it ended
     status: str | None = None  # complete, stopped, infeasible, failed, interrupted
     infeasible: list[str] = field(default_factory=list)  # the constraints it broke
+    infeasible_predicted: bool = False  # ruled out by its predicted throughput, never measured
     constraint_values: dict[str, float] = field(default_factory=dict)
     not_trained: str | None = None  # why the budget left it untrained
     failure: str | None = None  # the failure's kind (search.core.faults)

@@ -35,6 +35,7 @@ class Candidate:
     figures: dict[str, Any] | None = None  # params and FLOPs at full size
     measured: dict[str, Any] | None = None  # the throughput figure kept (measured now or cached)
     measured_now: bool = False
+    predicted: float | None = None  # img/s from the latency table, where it has every part
     measurements: list[dict[str, Any]] = field(default_factory=list)  # this trial's own, repeats included
     epochs_done: int = 0
     accuracies: list[float] = field(default_factory=list)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import optuna
 
+from litv2 import LITConfig
 from space.search_space import SearchSpace
 
 from ..core.budget import Budget, CostModel, Ledger
 from ..core.constraints import Constraints
 from ..core.faults import RetryPolicy
+from ..core.prediction import PredictionMargin
 from ..core.scheduler import Scheduler
 from ..core.target import Target
 from ..study.settings import SearchSettings
@@ -68,6 +70,8 @@ class SearchContext:
     ledger: Ledger
     tracker: StudyTracker
     out: TextIO
+    predictor: Callable[[LITConfig], float | None] | None = None  # img/s from a latency table
+    margin: PredictionMargin = field(default_factory=PredictionMargin)
     tally: Tally = field(default_factory=Tally)
     queues: dict[str, list[Candidate]] = field(default_factory=lambda: {stage: [] for stage in STAGES})
     active: dict[int, Candidate] = field(default_factory=dict)  # trial number -> candidate, until it ends

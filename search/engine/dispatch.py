@@ -37,7 +37,12 @@ class Dispatcher:
             return
         if candidate.measured is None:
             candidate.measured = context.cache.get(candidate.arch, context.target.key, context.fingerprint)
+        self._predict(candidate)
         if candidate.stage == MEASURE:
+            if candidate.predicted is not None and self.endings.infeasible(
+                    candidate, context.margin.rules_out(candidate.predicted, context.constraints,
+                                                        context.target.batch_size), predicted=True):
+                return
             context.queues[MEASURE].append(candidate)
             return
         if self.endings.infeasible(candidate, context.constraints.measured_violations(
@@ -48,6 +53,15 @@ class Dispatcher:
             self._reuse(candidate, earlier)
             return
         context.queues[TRAIN].append(candidate)
+
+    def _predict(self, candidate: Candidate) -> None:
+        """The candidate's throughput predicted from the latency table (once; None where the
+        table lacks one of its parts), recorded beside the figure it will be measured at."""
+        if self.context.predictor is None or candidate.predicted is not None:
+            return
+        candidate.predicted = self.context.predictor(candidate.config)
+        if candidate.predicted is not None:
+            write(candidate.trial, predicted_throughput=candidate.predicted)
 
     def dispatch(self) -> None:
         """Measurements first (they free candidates for training), then rung continuations

@@ -27,6 +27,8 @@ from typing import Any, Callable, TextIO
 
 import optuna
 
+from litv2 import LITConfig
+
 from ..core.budget import CostModel, Ledger
 from ..core.faults import RetryPolicy
 from ..core.objectives import create_objective_study
@@ -46,7 +48,7 @@ from .endings import Endings, SearchError
 from .executor import Executor
 from .lease import TTL_SECONDS, Lease
 from .reactions import Reactions
-from .recovery import as_candidate, learn_costs, report_rungs, requeue_interrupted
+from .recovery import as_candidate, learn_costs, learn_margin, report_rungs, requeue_interrupted
 from .tracking import ARTIFACTS_DIR, StudyTracker
 
 __all__ = ["Search", "SearchError"]
@@ -241,6 +243,8 @@ class Search:
             # Asked where measurements run (device model, library versions): the cache keys on it.
             fingerprint=executor.fingerprint(self.target.key), cache=ThroughputCache(workdir / CACHE_FILE),
             costs=costs, ledger=Ledger(self.budget, budget_used(study)), tracker=tracker, out=self.out)
+        self.context.predictor = self._predictor(settings.run.latency_table, self.context.fingerprint)
+        learn_margin(study, self.context.margin)
         self.endings = Endings(self.context)
         self.dispatcher = Dispatcher(self.context, self.endings)
         self.reactions = Reactions(self.context, self.dispatcher, self.endings)
@@ -249,6 +253,26 @@ class Search:
                   f"({self.budget.seconds:.0f} {self.budget.kind}-s), used {self.context.ledger.spent:.0f}, "
                   f"target {self.target}, data {settings.search.dataset}, scheduler {scheduler.name} "
                   f"(rungs {', '.join(map(str, scheduler.rungs))}); storage {settings.run.storage}; MLflow run {run_id}")
+
+    def _predictor(self, path: Path | None, fingerprint: dict[str, str]) -> Callable[[LITConfig], float | None] | None:
+        """Predicted img/s from the latency table (``path``, else the node's own for the target,
+        if it has built one: ``python -m space lut build``); None without a table."""
+        from litv2.latency import default_table_path, load_table, predict
+
+        path = path or default_table_path(self.target, fingerprint)
+        if not path.is_file():
+            return None
+        table = load_table(path)
+        table.check(self.target, fingerprint)
+        self._say(f"predicting throughput from {path} ({len(table.parts)} parts): a constraint a prediction "
+                  f"settles is not measured")
+
+        def predicted(config: LITConfig) -> float | None:
+            try:
+                return predict(config, self.target, table).img_s
+            except KeyError:  # a part the table lacks: measured only
+                return None
+        return predicted
 
     # ================================================================== endings
     def _interrupt(self) -> None:

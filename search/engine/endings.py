@@ -32,9 +32,10 @@ class Endings:
     def __init__(self, context: SearchContext) -> None:
         self.context = context
 
-    def infeasible(self, candidate: Candidate, violations: dict[str, float]) -> bool:
+    def infeasible(self, candidate: Candidate, violations: dict[str, float], predicted: bool = False) -> bool:
         """Record constraint values (Optuna trial constraints); end the trial untrained if one
-        is broken."""
+        is broken. ``predicted``: the values are those of the predicted throughput's optimistic
+        bound (:mod:`search.core.prediction`), and the trial is never measured."""
         trial, known = candidate.trial, TrialRecord.of(candidate.trial).constraint_values
         for name, value in violations.items():
             if name not in known:
@@ -44,10 +45,12 @@ class Endings:
         if not broken:
             return False
         self.context.tally.infeasible += 1
-        write(trial, infeasible=broken)
+        write(trial, infeasible=broken, infeasible_predicted=predicted)
         figures = self.figures(candidate)
+        how = (f"by prediction: {candidate.predicted:.1f} img/s predicted, +{100 * self.context.margin.margin:.0f} % "
+               "at best; not measured") if predicted else "not trained"
         self.context.say(f"[trial {candidate.number}] {candidate.arch} {candidate.summary}: infeasible "
-                         f"({', '.join(broken)}: {_figure_text(figures)}), not trained")
+                         f"({', '.join(broken)}: {_figure_text(figures)}), {how}")
         self.close(candidate, TrialState.PRUNED, figures, status="infeasible")
         return True
 
@@ -132,13 +135,17 @@ class Endings:
                       **{f"space.{k}": v for k, v in candidate.trial.params.items()})
         metrics = {k: attrs[k] for k in ("params", "flops", "throughput", "throughput_spread", "throughput_low",
                                          "throughput_high", "measured_times", "latency_ms") if k in attrs}
+        if candidate.predicted is not None:
+            metrics["predicted_throughput"] = candidate.predicted
         metrics.update(fidelity_epochs=candidate.epochs_done, device_seconds=sum(candidate.costs.values()))
         if values is not None:
             metrics.update({o.name: v for o, v in zip(OBJECTIVES, values)})
         tags = {"arch_id": candidate.arch, "summary": candidate.summary, "status": attrs["status"]}
-        failure = TrialRecord.of(candidate.trial).failure
-        if failure is not None:
-            tags["failure"] = failure
+        record = TrialRecord.of(candidate.trial)
+        if record.failure is not None:
+            tags["failure"] = record.failure
+        if record.infeasible_predicted:
+            tags["infeasible_by"] = "prediction"
         self.context.tracker.log_trial(candidate.number, params, metrics, tags, {"val_top1": candidate.accuracies})
 
     def _publish_front(self) -> None:

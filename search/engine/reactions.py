@@ -84,6 +84,8 @@ class Reactions:
             return
         kept = dict(best_supported(candidate.measurements))
         kept["measured_times"] = len(candidate.measurements)
+        if candidate.predicted is not None:  # the margin a prediction is trusted within learns from it
+            context.margin.observe(candidate.predicted, kept["throughput"])
         candidate.measured, candidate.measured_now = kept, True
         context.cache.put(candidate.arch, context.target.key, kept)
         self.dispatcher.advance(candidate)

@@ -16,6 +16,7 @@ from litv2 import LITConfig
 from space.search_space import SearchSpace
 
 from ..core.budget import CostModel
+from ..core.prediction import PredictionMargin
 from ..core.record import TrialRecord, write
 from ..core.scheduler import Scheduler
 from .candidate import COUNT, MEASURE, TRAIN, Candidate
@@ -79,6 +80,14 @@ def learn_costs(study: optuna.Study, costs: CostModel) -> None:
             costs.observe_measure(spent[MEASURE])
         if spent.get(TRAIN) and record.epochs_done and record.flops is not None:
             costs.observe_train(record.flops, record.epochs_done, spent[TRAIN])
+
+
+def learn_margin(study: optuna.Study, margin: PredictionMargin) -> None:
+    """Earlier drivers' pairs of predicted and measured throughput, for the prediction margin."""
+    for trial in study.get_trials(deepcopy=False):
+        record = TrialRecord.of(trial)
+        if record.predicted_throughput is not None and record.throughput and not record.throughput_cached:
+            margin.observe(record.predicted_throughput, record.throughput)
 
 
 def report_rungs(study: optuna.Study, scheduler: Scheduler) -> None:

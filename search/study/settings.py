@@ -140,6 +140,7 @@ class RunConfig:
     checkpoint_dir: Path | None = None
     keep_checkpoints: bool = False
     max_retries: int = DEFAULT_MAX_RETRIES  # resubmissions of a job whose worker or node was lost
+    latency_table: Path | None = None  # litv2.latency table; None: the measuring node's own, if it has one
     # Whether storage / tracking URI are the work directory's: those follow the work directory
     # on resume, explicit ones are kept unless the resuming command names others.
     default_storage: bool = field(default=True, init=False)
@@ -161,6 +162,10 @@ class RunConfig:
         check_tracking_uri(self.tracking_uri)
         if self.checkpoint_dir is not None:
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        if self.latency_table is not None:
+            object.__setattr__(self, "latency_table", Path(self.latency_table))
+            if not self.latency_table.is_file():
+                raise ValueError(f"--latency-table {str(self.latency_table)!r} does not exist")
 
     @property
     def checkpoints(self) -> Path:
@@ -176,15 +181,17 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(asdict(self), workdir=str(self.workdir),
-                    checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir))
+                    checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
+                    latency_table=None if self.latency_table is None else str(self.latency_table))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         """Stored settings, as recorded: their work directory may be gone (a moved study), so
         they are not checked again until :meth:`moved_to` places them."""
-        checkpoints = data.get("checkpoint_dir")
+        checkpoints, table = data.get("checkpoint_dir"), data.get("latency_table")
         return _as_stored(cls, dict(data, workdir=Path(data["workdir"]),
-                                    checkpoint_dir=None if checkpoints is None else Path(checkpoints)))
+                                    checkpoint_dir=None if checkpoints is None else Path(checkpoints),
+                                    latency_table=None if table is None else Path(table)))
 
 
 def _as_stored(cls: type, data: dict[str, Any]) -> Any:

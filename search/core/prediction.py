@@ -1,0 +1,47 @@
+"""When a predicted throughput may decide a constraint without a measurement.
+
+A latency table (:mod:`litv2.latency`) predicts a candidate's throughput before it is
+measured. The prediction may rule a candidate out - recorded infeasible, marked as
+predicted, never measured nor trained - only when even its optimistic bound breaks a
+throughput or latency constraint: the prediction times (1 + margin). The margin is learned
+from the study's own pairs of predicted and measured figures (the error that
+:data:`COVERED` of them stayed within), never below :data:`PRIOR_MARGIN`, which holds until
+:data:`MIN_PAIRS` pairs exist. A constraint the prediction cannot settle is measured, as
+every figure that reaches the front is.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+from .constraints import Constraints, violated
+
+PRIOR_MARGIN = 0.15  # the lut checks' worst errors on the project's CPU VM were +9 to +13 %
+MIN_PAIRS = 5
+COVERED = 0.9
+
+
+class PredictionMargin:
+    """The relative error a prediction is trusted within, learned from (predicted, measured)."""
+
+    def __init__(self) -> None:
+        self.errors: list[float] = []
+
+    def observe(self, predicted: float, measured: float) -> None:
+        self.errors.append(abs(predicted / measured - 1.0))
+
+    @property
+    def margin(self) -> float:
+        if len(self.errors) < MIN_PAIRS:
+            return PRIOR_MARGIN
+        ordered = sorted(self.errors)
+        return max(PRIOR_MARGIN, ordered[min(len(ordered) - 1, math.ceil(COVERED * len(ordered)) - 1)])
+
+    def median_error(self) -> float | None:
+        return statistics.median(self.errors) if self.errors else None
+
+    def rules_out(self, predicted: float, constraints: Constraints, batch_size: int) -> dict[str, float]:
+        """The constraint violations of the optimistic bound of ``predicted`` (empty where the
+        prediction settles nothing): the bound is ``predicted * (1 + margin)``."""
+        bound = constraints.measured_violations(predicted * (1.0 + self.margin), batch_size)
+        return bound if violated(bound) else {}
