@@ -3,11 +3,11 @@
 A latency table (:mod:`litv2.latency`) predicts a candidate's throughput before it is
 measured. The prediction may rule a candidate out - recorded infeasible, marked as
 predicted, never measured nor trained - only when even its optimistic bound breaks a
-throughput or latency constraint: the prediction times (1 + margin). The margin is learned
-from the study's own pairs of predicted and measured figures (the error that
-:data:`COVERED` of them stayed within), never below :data:`PRIOR_MARGIN`, which holds until
-:data:`MIN_PAIRS` pairs exist. A constraint the prediction cannot settle is measured, as
-every figure that reaches the front is.
+throughput or latency constraint: the prediction times (1 + margin). Until :data:`MIN_PAIRS`
+pairs of predicted and measured figures exist the margin is :data:`PRIOR_MARGIN`; then it is
+learned from the study's own pairs: the error :data:`COVERED` of them stayed within, never
+below :data:`FLOOR`. A constraint the prediction cannot settle is measured, as every figure
+that reaches the front is.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import statistics
 
 from .constraints import Constraints, violated
 
-PRIOR_MARGIN = 0.15  # the lut checks' worst errors on the project's CPU VM were +9 to +13 %
+PRIOR_MARGIN = 0.10  # the lut checks on the project's CPU VM: 20/20 (tiny) and 13/15 (bench) within 10 %
+FLOOR = 0.05  # about one 95 % interval of a measured figure: a prediction is never trusted closer
 MIN_PAIRS = 5
 COVERED = 0.9
 
@@ -35,7 +36,7 @@ class PredictionMargin:
         if len(self.errors) < MIN_PAIRS:
             return PRIOR_MARGIN
         ordered = sorted(self.errors)
-        return max(PRIOR_MARGIN, ordered[min(len(ordered) - 1, math.ceil(COVERED * len(ordered)) - 1)])
+        return max(FLOOR, ordered[min(len(ordered) - 1, math.ceil(COVERED * len(ordered)) - 1)])
 
     def median_error(self) -> float | None:
         return statistics.median(self.errors) if self.errors else None
