@@ -248,29 +248,31 @@ def test_candidates_the_budget_cannot_measure_end_as_not_trained(tmp_path, capsy
     assert "not trained, the budget ran out before its measure job" in capsys.readouterr().out
 
 
-class LoadJumpJobs(FakeJobs):
-    """Measurements take 2 s until the node's load jumps fivefold at the fourth; one past its
-    allowed seconds stops there, out of time."""
+class RisingLoadJobs(FakeJobs):
+    """Each measurement takes three times as long as the one before (the node's load rising),
+    so the longest so far never bounds the next; one past its allowed seconds stops there."""
 
     def measure(self, job):
         result = super().measure(job)
-        wall = 2.0 if len(self.measured) < 4 else 10.0
+        wall = 2.0 * 3 ** (len(self.measured) - 1)
         if job.allowed_seconds is not None and wall > job.allowed_seconds:
             return dict(out_of_time=True, wall_seconds=job.allowed_seconds)
         return {**result, "wall_seconds": wall}
 
 
-def test_a_measurement_is_stopped_at_what_the_budget_grants_it(tmp_path, capsys):
-    """The longest measurement so far (2 s on 2 devices) is granted twice over: 8 cpu-s, 4 s.
-    The first slow one stops at that, the next at 16 cpu-s; the third fits in its 32 and
-    runs to its end. No measurement is charged more than it was granted."""
-    jobs = LoadJumpJobs()
-    study = run_in_process(tmp_path, jobs, budget="20000cpu-s", epochs=1)
+def test_a_measurement_is_stopped_where_it_would_overrun_the_budget(tmp_path, capsys):
+    """Measurements of 4, 12, 36, ... cpu-s: each starts because the longest so far fits, and
+    the one that would cost 8,748 cpu-s with about 4,500 left is stopped at what is left, not
+    before (a measurement early in a budget runs to its end however long it takes)."""
+    jobs = RisingLoadJobs()
+    study = run_in_process(tmp_path, jobs, budget="9000cpu-s", epochs=1)
     cut = [t for t in study.trials if "measurement used up" in t.user_attrs.get("not_trained", "")]
-    assert [t.state for t in cut] == [TrialState.FAIL] * 2
-    assert sorted(round(t.user_attrs["device_seconds"]) for t in cut) == [8, 16]  # the grant (and a 0.1-s count)
-    assert len(jobs.measured) > 6 and len(jobs.trained) == len(jobs.measured) - 2
-    assert "not trained, its measurement used up what the budget could grant it" in capsys.readouterr().out
+    assert [t.state for t in cut] == [TrialState.FAIL]
+    assert 0.99 * 9000 <= budget_used(study) <= 9000 + 1e-6  # without the stop: about 13,000
+    finished = [t.user_attrs["costs"]["measure"] for t in study.trials
+                if "measure" in t.user_attrs.get("costs", {}) and t not in cut]
+    assert sorted(finished) == pytest.approx([4.0 * 3 ** k for k in range(len(finished))])  # none stopped early
+    assert "not trained, its measurement used up what was left of the budget" in capsys.readouterr().out
 
 
 def _feasible_and_measured(tmp_path, monkeypatch, limit: float, prediction_error: float | None):

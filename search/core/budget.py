@@ -118,8 +118,10 @@ class CostModel:
 
 GRANT_FACTOR = 2.0
 """A measurement's estimate is the longest one so far; with three test workers joining the
-node's load, measurements took twice that (a 100 cpu-s budget ended at 130). Granted twice
-its estimate and stopped there, a measurement cannot carry the budget past its end."""
+node's load, measurements took twice that (a 100 cpu-s budget ended at 130). So a measurement
+holds twice its estimate against other jobs while it runs, and is stopped only where it would
+use more than the budget has left when it starts (:meth:`Ledger.allowance`): stopping it at
+its grant early in a budget dropped candidates for no reason."""
 
 
 class Ledger:
@@ -142,9 +144,14 @@ class Ledger:
         return estimate <= self.left
 
     def grant(self, estimate: float) -> float:
-        """What a job that fits at ``estimate`` is promised, and may use before it is stopped:
+        """What a job that fits at ``estimate`` holds against other jobs while it runs:
         :data:`GRANT_FACTOR` times the estimate where the budget has it, else what is left."""
         return max(min(GRANT_FACTOR * estimate, self.left), estimate)
+
+    def allowance(self) -> float:
+        """What a job starting now may use before it is stopped: all that is left (called
+        before its grant is committed)."""
+        return max(self.left, 0.0)
 
     def commit(self, key: object, estimate: float) -> None:
         self.committed[key] = estimate

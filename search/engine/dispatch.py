@@ -4,7 +4,7 @@
 hold the answer, and ends it as soon as a deployment constraint is broken (measure-first:
 an architecture that is too slow is never trained). :meth:`Dispatcher.dispatch` submits
 queued jobs wherever placement and the budget allow: a job starts only if its estimate fits
-the ledger, and a measurement is stopped at what the ledger grants it.
+the ledger, and a measurement is stopped where it would use more than the budget has left.
 """
 from __future__ import annotations
 
@@ -71,11 +71,12 @@ class Dispatcher:
             if self._shared(candidate, MEASURE):
                 continue
             # The longest measurement so far is no bound when the node's load rises: a
-            # measurement is stopped at what the ledger grants it (none costs no devices).
+            # measurement holds its grant, and is stopped where it would use more than is left
+            # (a measurement that costs no devices is never stopped).
             estimate, devices = context.costs.measure(context.devices[MEASURE]), context.devices[MEASURE]
-            grant = context.ledger.grant(estimate)
+            grant, allowed = context.ledger.grant(estimate), context.ledger.allowance()
             job = MeasureJob(candidate.number, candidate.config.to_json(), context.target.key,
-                             context.settings.search.measure_seconds, allowed_seconds=grant / devices if devices else None)
+                             context.settings.search.measure_seconds, allowed_seconds=allowed / devices if devices else None)
             if not self._submit(candidate, job, estimate, grant):
                 break
         for candidate in sorted(context.queues[TRAIN], key=lambda c: (-c.epochs_done, c.number)):

@@ -71,7 +71,7 @@ class Reactions:
         context.costs.observe_measure((result["wall_seconds"] - once) * context.devices[MEASURE])
         write(candidate.trial, measure_interval=where_and_when(result))
         if result.get("out_of_time"):
-            why = "its measurement used up what the budget could grant it"
+            why = "its measurement used up what was left of the budget"
             self.endings.leave_untrained(candidate, why, why)
             return
         candidate.measurements.append(result)
