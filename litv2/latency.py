@@ -251,7 +251,9 @@ def build_table(configs: Iterable[LITConfig], target: Target, table: LatencyTabl
     fingerprint = device_fingerprint(target.device)
     table = table or LatencyTable(target.key, fingerprint)
     table.check(target, fingerprint)
-    todo = table.missing(p for config in configs for p in parts_of(config, target.img_size, target.batch_size))
+    overhead_configs = list(overhead_configs)  # their parts too: the fit needs their sums
+    todo = table.missing(p for config in [*configs, *overhead_configs]
+                         for p in parts_of(config, target.img_size, target.batch_size))
     for done, part in enumerate(todo, 1):
         table.parts[part.key] = measure_part(part, target)
         if progress:
