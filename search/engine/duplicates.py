@@ -93,8 +93,9 @@ class Duplicates:
         space has its verdict, else :data:`MAX_CONSECUTIVE_DUPLICATES`."""
         size = self.context.space.size()
         if size != float("inf"):
-            distinct = {TrialRecord.of(t).arch_id for t in self.context.study.get_trials(deepcopy=False)
-                        if TrialRecord.of(t).duplicate_of is None and (t.state != TrialState.FAIL or self.evaluated(t))}
+            trials = self.context.study.get_trials(deepcopy=False)
+            distinct = {record.arch_id for t, record in zip(trials, map(TrialRecord.of, trials))
+                        if record.duplicate_of is None and (t.state != TrialState.FAIL or self.evaluated(t))}
             if len(distinct) >= size:
                 return 1
         return MAX_CONSECUTIVE_DUPLICATES
