@@ -172,12 +172,16 @@ def _search_command(workdir: Path, *args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path):
-    budget = 130  # the priors of a first count and measurement alone are 80 cpu-s
+    # The priors of a first count and measurement alone are 80 cpu-s. Three epochs of full training take
+    # longer than the lease's 5-s heartbeat even on an idle machine (one epoch took 2-3 s: the search
+    # could finish between the "training" line and the next heartbeat, and there was nothing to kill).
+    budget = 170
     # The tool starts its own Ray (and must take it down): never a cluster an earlier test left in the environment.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(
         _search_command(tmp_path, "run", "--study", "k", "--space", SPACE, "--dataset", "digits", "--target",
-                        "cpu:bs1:64", "--budget", f"{budget}cpu-s", "--sampler", "random", "--epochs", "1"),
+                        "cpu:bs1:64", "--budget", f"{budget}cpu-s", "--sampler", "random", "--epochs", "3",
+                            "--scheduler", "full"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seen = []
     deadline = time.monotonic() + 300
