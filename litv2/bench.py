@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="timed rounds (one block of every layer per round, interleaved); at least 6 (default 7)")
     table.add_argument("--model-batch", type=int, default=None,
                        help="batch for whole models (default 64 on cuda, 8 on cpu)")
+    table.add_argument("--layer-batch", type=int, default=None,
+                       help="batch for attention layers at every map size (default: 64 on cuda; on cpu 64, 16 and 4 "
+                            "at 14x14, 28x28 and 56x56)")
     table.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (autocast; default fp32)")
     table.add_argument("--quick", action="store_true", help="14x14 layers only, no whole models")
     table.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -65,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.choices["measure"].add_argument(
         "--config", action="append", default=None,
         help="model name or LITConfig JSON file (default litv2_s); repeat it to measure several in turn")
+    commands.choices["measure"].add_argument(
+        "--official", action="store_true",
+        help="also time each network by the official LITv2 protocol (50 warm-up forwards, 30 timed, one batch; "
+             "TF32 on), the protocol of the paper's figures")
     commands.choices["repeatability"].add_argument(
         "--config", default="litv2_s", help="model name or LITConfig JSON file (default litv2_s)")
     commands.choices["repeatability"].add_argument("--runs", type=int, default=5, help="fresh processes (default 5)")
@@ -104,7 +111,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         if args.repeats < MIN_SAMPLES_FOR_CI:
             raise ValueError(f"--repeats {args.repeats} is invalid: expected at least {MIN_SAMPLES_FOR_CI} "
                              f"(a 95% interval of the median needs {MIN_SAMPLES_FOR_CI} rounds)")
-        for flag, value in (("--threads", args.threads), ("--model-batch", args.model_batch)):
+        for flag, value in (("--threads", args.threads), ("--model-batch", args.model_batch),
+                            ("--layer-batch", args.layer_batch)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} {value} is invalid: expected a positive integer")
         if args.precision not in PRECISIONS:

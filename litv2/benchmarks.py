@@ -28,15 +28,17 @@ from .layers.attention import Attention, build_attention
 from .layers.windows import pad_to_multiple
 from .measure import (
     BlockTimer, MeasureProtocol, allocator_policy, autocast_dtype, backend_settings, block_timer, calibrate_reference,
-    device_fingerprint, device_name, library_versions, measure_config, median_ci, peak_memory, pin_allocator,
-    resolve_device, warm_up,
+    device_fingerprint, device_name, library_versions, measure_config, median_ci, official_throughput, peak_memory,
+    pin_allocator, resolve_device, warm_up,
 )
+from .model import build_model
 from .named import config_from
 from .target import parse_target
 
 
 DIM, HEADS = 768, 12
-# (map side, batch) pairs: the paper's 14x14 setting and the larger maps of early stages.
+# (map side, batch) pairs: the paper's 14x14 setting and the larger maps of early stages; the
+# batches shrink with the map on the CPU (a GPU takes batch 64 at every size: ``layer_batch``).
 LAYER_SETTINGS = ((14, 64), (28, 16), (56, 4))
 LAYER_KINDS = {
     "MSA": dict(kind="msa"),
@@ -176,10 +178,13 @@ def _round_robin(modules: dict[str, nn.Module], inputs: torch.Tensor, device: to
 
 
 def run(device: torch.device, rounds: int, model_batch: int, quick: bool = False,
-        protocol: MeasureProtocol = MeasureProtocol(), precision: str = "fp32") -> list[dict]:
+        protocol: MeasureProtocol = MeasureProtocol(), precision: str = "fp32",
+        layer_batch: int | None = None) -> list[dict]:
     rows = []
     names = list(LAYER_KINDS) + list(NAIVE_LAYERS)
     settings = LAYER_SETTINGS[:1] if quick else LAYER_SETTINGS
+    if layer_batch is not None:
+        settings = tuple((side, layer_batch) for side, _ in settings)
     time_them = functools.partial(_round_robin, device=device, rounds=rounds, protocol=protocol, precision=precision)
     for side, batch in settings:
         torch.manual_seed(0)
@@ -231,13 +236,14 @@ def table(args: argparse.Namespace) -> int:
         pin_allocator()
     protocol = MeasureProtocol(block_seconds=args.block_seconds)
     model_batch = args.model_batch or (64 if device.type == "cuda" else 8)
+    layer_batch = args.layer_batch or (64 if device.type == "cuda" else None)
     with backend_settings(device, args.threads, cudnn_benchmark=True, tf32=False):
         threads = torch.get_num_threads()
         flags = "cudnn.benchmark on, TF32 off, " if device.type == "cuda" else ""
         print(f"litv2.bench on {device_name(device)} ({device.type}, {threads} threads), torch {torch.__version__}, "
               f"{args.precision}, {flags}allocator {allocator_policy()}; dim {DIM}, {HEADS} heads; "
               f"median of {args.repeats} rounds [95% interval]")
-        rows = run(device, args.repeats, model_batch, args.quick, protocol, args.precision)
+        rows = run(device, args.repeats, model_batch, args.quick, protocol, args.precision, layer_batch)
     print("| layer / model          | input        |  params  |   FLOPs    |  img/s (median +- half 95% CI) | peak MB |")
     print("|---|---|---|---|---|---|")
     for row in rows:
@@ -280,8 +286,16 @@ def measure(args: argparse.Namespace) -> int:
         measured = measure_config(config, target, **options)
         records.append(dict(config=text, target=target.key, seconds=time.perf_counter() - start, pid=os.getpid(),
                             **measured.to_dict()))
+        if args.official:
+            model = build_model(config, num_classes=1000, img_size=target.img_size)
+            records[-1]["official"] = official_throughput(model, target.batch_size, target.img_size, target.device,
+                                                          target.precision, threads=target.threads)
         if args.json != "-":
             print(f"{text} at {target.key}: {_summary(records[-1])}", flush=True)
+            if args.official:
+                official = records[-1]["official"]
+                print(f"{text} by the official protocol (TF32 on): {official['img_s']:.2f} img/s "
+                      f"({official['timed_calls']} calls after {official['warmup_calls']})", flush=True)
     if args.json == "-":
         print(json.dumps(records))
         return 0

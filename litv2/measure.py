@@ -695,3 +695,45 @@ def measure_config(config: LITConfig, target: Target, **options) -> Throughput:
     measure it, as the search's measurement task does (``search.engine.measuring``, which also counts
     the parameters of the network it builds): ``litv2.bench measure`` and ``repeatability``."""
     return measure_target(build_model(config, num_classes=1000, img_size=target.img_size), target, **options)
+
+
+OFFICIAL_WARMUP_CALLS, OFFICIAL_TIMED_CALLS = 50, 30
+
+
+def official_throughput(model: nn.Module, batch_size: int = 64, img_size: int = 224,
+                        device: str | torch.device | None = None, precision: str = "fp32",
+                        warmup_calls: int = OFFICIAL_WARMUP_CALLS, timed_calls: int = OFFICIAL_TIMED_CALLS,
+                        tf32: bool = True, threads: int | None = None) -> dict[str, float]:
+    """Throughput and peak memory by the protocol of the official LITv2 (and Swin) code, to put
+    the paper's figures beside ours: one random batch, 50 forwards to warm up, then 30 timed on
+    the wall clock between two synchronizes; peak memory is ``max_memory_allocated``.
+
+    It has no interval and no clock choice, hence :func:`measure_throughput` for everything
+    the search ranks; this one answers "how does our figure compare with the paper's". The
+    official code ran in fp32 with PyTorch's defaults of its day (TF32 on for Ampere matmuls
+    and convolutions, cudnn.benchmark on), hence ``tf32`` on by default here. The model's
+    layout is left as it is (the official code never switched to channels_last). ``threads``
+    (CPU) as in :func:`measure_throughput`.
+    """
+    device = resolve_device(device)
+    dtype = autocast_dtype(precision)
+    with backend_settings(device, threads, cudnn_benchmark=True, tf32=tf32), peak_memory(device) as added_mib:
+        model = model.to(device).eval()
+        images = torch.randn(batch_size, 3, img_size, img_size, device=device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            for _ in range(warmup_calls):
+                model(images)
+            _synchronize(device)
+            start = time.perf_counter()
+            for _ in range(timed_calls):
+                model(images)
+            _synchronize(device)
+            seconds = time.perf_counter() - start
+        peak = added_mib()
+    return dict(img_s=timed_calls * batch_size / seconds, seconds=seconds, peak_memory_mb=peak,
+                warmup_calls=warmup_calls, timed_calls=timed_calls, precision=precision, tf32=tf32)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

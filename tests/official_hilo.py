@@ -49,7 +49,7 @@ def official_hilo(hilo: nn.Module, x: torch.Tensor, H: int, W: int, valid_averag
     outputs = []
     if hilo.h_heads > 0:  # step 2
         qkv = F.linear(grid, hilo.h_qkv.weight, hilo.h_qkv.bias)
-        out = torch.empty(batch, padded_h, padded_w, hilo.h_dim)
+        out = torch.empty(batch, padded_h, padded_w, hilo.h_dim, device=x.device, dtype=qkv.dtype)
         for r in range(rows):
             for c in range(cols):
                 window = qkv[:, r * ws:(r + 1) * ws, c * ws:(c + 1) * ws].reshape(batch, ws * ws, 3, hilo.h_heads, d)

@@ -176,6 +176,7 @@ def test_the_device_picks_the_timer_and_the_backend_flags():
     assert now == saved
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_measurement_records_the_gpu_flags_and_memory():
     measured = measure_throughput(Recorder(), batch_size=4, img_size=32, device="cuda", precision="fp16", protocol=FAST)

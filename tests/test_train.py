@@ -83,6 +83,7 @@ def test_evaluate_is_top1_percent_for_tensor_and_loader_datasets(digits):
     assert evaluate(_AlwaysClass(3), subset, batch_size=16) == pytest.approx(expected)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_path_trains_with_amp(digits):
     result = train_proxy(TINY, digits, epochs=2, device="cuda")
