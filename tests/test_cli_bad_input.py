@@ -38,6 +38,8 @@ CASES = [
     ("search", ["run", "--eta", "1"], "eta"),
     ("search", ["run", "--sampler", "grid"], "'grid'"),
     ("search", ["run", "--scheduler", "hyperband"], "'hyperband'"),
+    ("search", ["run", "--throughput", "guessed"], "'guessed'"),
+    ("search", ["run", "--throughput", "predicted"], "--latency-table FILE"),
     ("search", ["run", "--target", "gpu:bs1:224"], "'gpu:bs1:224'"),
     ("search", ["run", "--max-params", "3X"], "'3X'"),
     ("search", ["run", "--cpus-per-trial", "999"], "--cpus-per-trial 999"),

@@ -14,9 +14,12 @@ import pytest
 from litv2 import LITConfig
 from search.core.budget import PRIOR_COUNT_SECONDS, PRIOR_MEASURE_SECONDS, CostModel
 from search.core.constraints import Constraints
+from search.core.faults import NO_PREDICTION
+from search.core.record import TrialRecord
 from search.engine.executor import InProcessExecutor, Node, Placement
 from search.engine.measuring import measuring_fingerprint
 from search.engine.driver import Search, budget_used
+from search.engine.endings import SearchError
 from search.bench.replay import ProgressRecorder
 from search.core.scheduler import MOASHA, Decision, promotion_order
 from flat_settings import flat_settings
@@ -305,6 +308,61 @@ def test_a_prediction_rules_out_what_it_can_and_the_feasible_set_stays(tmp_path,
     assert all(t.user_attrs["predicted_throughput"] == pytest.approx(1.05 * t.user_attrs["throughput"])
                for t in measured_trials)
     assert "infeasible (min_throughput" in capsys.readouterr().out
+
+
+def test_a_search_ranked_by_prediction_measures_nothing_and_says_so(tmp_path, monkeypatch):
+    """``--throughput predicted``: the prediction stands for every measurement; it is never
+    cached as one (``pick`` measures), and the records, the front and ``status`` say so."""
+    from search.cli.views import measurement_line
+    from search.engine.cache import ThroughputCache
+    from search.study.front import front_table, pareto_front
+
+    monkeypatch.setattr(Search, "_predictor", lambda self, path, fingerprint: (
+        lambda config: _figures(config)[2] * 1.2))
+    table = tmp_path / "table.json"
+    table.write_text("{}")  # what ranks is the stand-in predictor above
+    jobs = FakeJobs(epoch_seconds=1.0)
+    study = run_in_process(tmp_path, jobs, epochs=1, scheduler="full", throughput="predicted", latency_table=table,
+                           max_trials=6)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6 and jobs.measured == []
+    for trial in complete:
+        record = TrialRecord.of(trial)
+        assert record.throughput_predicted_only and record.measured_times == 0
+        assert trial.values[1] == record.throughput == record.predicted_throughput
+        assert record.predicted_throughput == pytest.approx(1.2 * _figures(LITConfig.from_json(record.config))[2])
+    cache = ThroughputCache(tmp_path / "throughput_cache.db")
+    assert all(cache.get(t.user_attrs["arch_id"], "cpu:bs1:64:fp32:t1", {}) is None for t in complete)
+    assert "predicted |" in front_table(pareto_front(study)).splitlines()[2]
+    assert measurement_line(study.trials).startswith("throughput figures: predicted only (--throughput predicted), ")
+
+
+def test_a_search_ranked_by_prediction_ends_when_its_table_does_not_fit_the_space(tmp_path, monkeypatch):
+    monkeypatch.setattr(Search, "_predictor", lambda self, path, fingerprint: (lambda config: None))
+    table = tmp_path / "table.json"
+    table.write_text("{}")
+    settings = flat_settings(study="s", space="tiny", budget="20000cpu-s", dataset="digits", target="cpu:bs1:64",
+                             workdir=str(tmp_path), sampler="random", epochs=1, scheduler="full",
+                             throughput="predicted", latency_table=table)
+    jobs = FakeJobs()
+    search = Search(settings, executor=lambda _: InProcessExecutor([Node("local", 2, bench=True)], jobs.runners(),
+                                                                  devices=dict(count=1.0, measure=2.0, train=1.0)),
+                    tracker=ProgressRecorder())
+    with pytest.raises(SearchError, match="latency table lacks a part"):
+        search.run()
+    failed = [t for t in search.study.trials if t.user_attrs.get("failure") == NO_PREDICTION]
+    assert len(failed) == 3 and all(t.state == TrialState.FAIL for t in failed)
+    assert all(t.user_attrs.get("interrupted") for t in search.study.trials if t not in failed)  # in flight at the end
+    assert jobs.measured == [] and jobs.trained == []
+
+
+def test_ranking_by_prediction_needs_a_latency_table_and_a_known_source(tmp_path):
+    with pytest.raises(ValueError, match="--throughput predicted ranks by a latency table measured on the target"):
+        flat_settings(study="s", space="tiny", budget="1cpu-h", dataset="digits", workdir=str(tmp_path),
+                      throughput="predicted")
+    with pytest.raises(ValueError, match="--throughput 'guessed' is unknown; expected one of measured, predicted"):
+        flat_settings(study="s", space="tiny", budget="1cpu-h", dataset="digits", workdir=str(tmp_path),
+                      throughput="guessed")
 
 
 def test_the_prediction_margin_is_learned_from_the_pairs_and_never_below_the_prior():

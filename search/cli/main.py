@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a latency table (python -m space lut build) to predict throughput from (default: the "
                           "measuring node's own for the target, if it has one); a constraint a prediction settles "
                           "is not measured")
+    run.add_argument("--throughput", default="measured",
+                     help="what ranks candidates: measured (default) or predicted (from --latency-table alone, for a "
+                          "target this cluster cannot measure: nothing is measured; 'search pick' measures the front)")
     run.add_argument("--measure-seconds", type=float,
                      help="time cap of one throughput measurement (default 6; a capped figure is flagged)")
     run.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, help="times a trial's job is submitted again after its "
@@ -151,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         target=parse_target(args.target) if args.target else None, dataset=args.dataset, sampler=args.sampler,
         scheduler=args.scheduler, epochs=args.epochs, min_epochs=args.min_epochs, eta=args.eta, seed=args.seed,
         seeds=args.seeds, max_trials=args.max_trials, constraints=_constraints(args),
-        measure_seconds=args.measure_seconds)
+        measure_seconds=args.measure_seconds, throughput=args.throughput)
     where = RunConfig(
         Path(args.workdir), storage=args.storage, tracking_uri=args.tracking_uri, address=args.address,
         data_root=args.data_root, trials_per_device=args.trials_per_device, cpus_per_trial=args.cpus_per_trial,

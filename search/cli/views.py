@@ -71,7 +71,12 @@ def status_text(study_name: str, storage_url: str) -> str:
 def measurement_line(trials: list[optuna.trial.FrozenTrial]) -> str:
     """How far the study's throughput figures can be trusted: how many there are, how wide
     their intervals run, how many were measured twice, and how contended the node was."""
-    measured = [r for r in map(TrialRecord.of, trials) if r.throughput_low is not None and r.throughput]
+    records = [TrialRecord.of(t) for t in trials]
+    measured = [r for r in records if r.throughput_low is not None and r.throughput and not r.throughput_predicted_only]
+    predicted_only = sum(r.throughput_predicted_only for r in records)
+    if predicted_only:
+        return (f"throughput figures: predicted only (--throughput predicted), {predicted_only} trials; nothing "
+                f"measured: 'search pick' measures the front on the target")
     if not measured:
         return "throughput figures: none with an interval yet"
     widths = sorted((r.throughput_high - r.throughput_low) / r.throughput for r in measured)
@@ -85,7 +90,7 @@ def prediction_text(trials: list[optuna.trial.FrozenTrial]) -> str:
     """The latency table's error so far (predicted against measured) and what it ruled out."""
     records = [TrialRecord.of(t) for t in trials]
     pairs = [abs(r.predicted_throughput / r.throughput - 1) for r in records
-             if r.predicted_throughput is not None and r.throughput]
+             if r.predicted_throughput is not None and r.throughput and not r.throughput_predicted_only]
     ruled_out = sum(r.infeasible_predicted for r in records)
     if not pairs and not ruled_out:
         return ""

@@ -21,6 +21,7 @@ NON_FINITE = "non-finite loss"
 OUT_OF_MEMORY = "out of memory"
 WORKER_LOST = "worker lost"
 ERROR = "error"
+NO_PREDICTION = "no prediction"  # --throughput predicted, and the latency table lacks one of the network's parts
 DEFAULT_MAX_RETRIES = 2
 
 

@@ -8,6 +8,11 @@ pairs of predicted and measured figures exist the margin is :data:`PRIOR_MARGIN`
 learned from the study's own pairs: the error :data:`COVERED` of them stayed within, never
 below :data:`FLOOR`. A constraint the prediction cannot settle is measured, as every figure
 that reaches the front is.
+
+A search run with ``--throughput predicted`` (:data:`PREDICTED`) measures nothing: its
+candidates are ranked, constrained and scheduled by the prediction alone (for a target the
+cluster cannot reach), their records say so, and ``search pick`` measures the front on the
+target.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import statistics
 
 from .constraints import Constraints, violated
 
+MEASURED, PREDICTED = "measured", "predicted"
+THROUGHPUT_SOURCES = (MEASURED, PREDICTED)  # what ranks a search's candidates (SearchConfig.throughput)
 PRIOR_MARGIN = 0.10  # the lut checks on the project's CPU VM: 20/20 (tiny) and 13/15 (bench) within 10 %
 FLOOR = 0.05  # about one 95 % interval of a measured figure: a prediction is never trusted closer
 MIN_PAIRS = 5

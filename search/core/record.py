@@ -40,6 +40,7 @@ class TrialRecord:
     peak_memory_mb: float | None = None
     latency_ms: float | None = None
     predicted_throughput: float | None = None  # img/s from the node's latency table (litv2.latency)
+    throughput_predicted_only: bool = False  # --throughput predicted: the throughput figures are the prediction
     # ---- proxy training
     epochs_done: int = 0
     epoch_accuracies: list[float] = field(default_factory=list)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..core.faults import NO_PREDICTION
+from ..core.prediction import PREDICTED
 from ..core.record import write
 from .candidate import COUNT, MEASURE, TRAIN, Candidate
 from .context import SearchContext
@@ -38,6 +40,9 @@ class Dispatcher:
         if candidate.measured is None:
             candidate.measured = context.cache.get(candidate.arch, context.target.key, context.fingerprint)
         self._predict(candidate)
+        if candidate.stage == MEASURE and context.settings.search.throughput == PREDICTED:
+            if not self._take_prediction(candidate):
+                return
         if candidate.stage == MEASURE:
             if candidate.predicted is not None and self.endings.infeasible(
                     candidate, context.margin.rules_out(candidate.predicted, context.constraints,
@@ -62,6 +67,18 @@ class Dispatcher:
         candidate.predicted = self.context.predictor(candidate.config)
         if candidate.predicted is not None:
             write(candidate.trial, predicted_throughput=candidate.predicted)
+
+    def _take_prediction(self, candidate: Candidate) -> bool:
+        """``--throughput predicted``: the prediction stands for a measurement (never cached as
+        one: ``pick`` measures); a candidate the table cannot predict fails (three in a row end
+        the search: the table is not this space's)."""
+        if candidate.predicted is None:
+            self.endings.fail(candidate, "predict", "the latency table lacks a part of this architecture, and "
+                                                    "--throughput predicted measures nothing", NO_PREDICTION)
+            return False
+        candidate.measured = dict(throughput=candidate.predicted, throughput_spread=0.0, measured_times=0)
+        write(candidate.trial, throughput_predicted_only=True)
+        return True
 
     def dispatch(self) -> None:
         """Measurements first (they free candidates for training), then rung continuations

@@ -146,6 +146,8 @@ class Endings:
             tags["failure"] = record.failure
         if record.infeasible_predicted:
             tags["infeasible_by"] = "prediction"
+        if record.throughput_predicted_only:
+            tags["throughput_from"] = "prediction"
         self.context.tracker.log_trial(candidate.number, params, metrics, tags, {"val_top1": candidate.accuracies})
 
     def _publish_front(self) -> None:

@@ -80,8 +80,8 @@ def front_table(front: list[Point]) -> str:
     lines = ["| trial | arch id | proxy top-1 % | img/s [95% interval] | params | GFLOPs | architecture |",
              "|---|---|---|---|---|---|---|"]
     for p in sorted(front, key=lambda p: -p.accuracy):
-        lines.append(f"| {p.trial} | {p.arch_id} | {p.accuracy:.2f} | {p.throughput:.1f} "
-                     f"[{p.throughput_low:.1f}, {p.throughput_high:.1f}] | {p.params / 1e6:.2f}M "
+        spread = "predicted" if p.measured_times == 0 else f"[{p.throughput_low:.1f}, {p.throughput_high:.1f}]"
+        lines.append(f"| {p.trial} | {p.arch_id} | {p.accuracy:.2f} | {p.throughput:.1f} {spread} | {p.params / 1e6:.2f}M "
                      f"| {p.flops / 1e9:.3f} | {p.summary} |")
     return "\n".join(lines)
 

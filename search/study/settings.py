@@ -26,6 +26,7 @@ from ..core.constraints import Constraints
 from ..core.datasets import DEFAULT_DATASET, parse_dataset_spec
 from ..core.faults import DEFAULT_MAX_RETRIES
 from ..core.samplers import DEFAULT_SAMPLER, SAMPLERS
+from ..core.prediction import MEASURED, PREDICTED, THROUGHPUT_SOURCES
 from ..core.scheduler import SCHEDULERS, default_scheduler, make_scheduler
 from ..core.target import default_target, parse_target
 from .storage import check_storage_url, check_tracking_uri, default_storage_url, default_tracking_uri
@@ -78,6 +79,7 @@ class SearchConfig:
     constraints: Constraints = field(default_factory=Constraints)
     measure_seconds: float | None = None  # time cap of one measurement (litv2.measure's max_seconds)
     trainer: str = PROXY_TRAINER  # "module:function" that trains a proxy (the overhead benchmark swaps it)
+    throughput: str = MEASURED  # what ranks candidates: their measurement, or their prediction alone
 
     def __post_init__(self) -> None:
         from space import get_space
@@ -90,6 +92,9 @@ class SearchConfig:
             raise ValueError(f"sampler {self.sampler!r} is unknown; expected one of {', '.join(SAMPLERS)}")
         _positive(epochs=self.epochs, max_trials=self.max_trials, seeds=self.seeds, min_epochs=self.min_epochs,
                   eta=self.eta)
+        if self.throughput not in THROUGHPUT_SOURCES:
+            raise ValueError(f"--throughput {self.throughput!r} is unknown; expected one of "
+                             f"{', '.join(THROUGHPUT_SOURCES)}")
         if self.measure_seconds is not None and not self.measure_seconds > 0:
             raise ValueError(f"--measure-seconds {self.measure_seconds} is invalid: expected a positive number "
                              "of seconds")
@@ -210,6 +215,12 @@ class SearchSettings:
 
     search: SearchConfig
     run: RunConfig
+
+    def __post_init__(self) -> None:
+        if self.search.throughput == PREDICTED and self.run.latency_table is None:
+            raise ValueError("--throughput predicted ranks by a latency table measured on the target: pass it with "
+                             "--latency-table FILE (python -m space lut build --space S --target T --lut FILE, run "
+                             "on the target's machine)")
 
     def to_json(self) -> str:
         return json.dumps(dict(search=self.search.to_dict(), run=self.run.to_dict()), sort_keys=True)
