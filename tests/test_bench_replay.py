@@ -107,6 +107,61 @@ def test_budget_curve_never_exceeds_the_budget(jobs, strategy):
     assert curve.budget_to_reach(volumes[-1]) <= curve.spent and curve.budget_to_reach(volumes[-1] + 1) is None
 
 
+def _predicted(table: BenchTable, error: float = 0.05) -> BenchTable:
+    """``table`` with every prediction ``error`` off its measurement, one way or the other by architecture."""
+    from search.bench.table import predict_table
+
+    by_config = {row.config: row for row in table.rows}
+    return predict_table(table, lambda config: by_config[config].throughput * (
+        1 + (error if _unit(by_config[config].arch_id, "p") < 0.5 else -error)), "synthetic")
+
+
+def test_a_replay_ranked_by_prediction_measures_only_the_front_it_would_stop_with(table):
+    from search.core.hypervolume import hypervolume
+
+    jobs = TableJobs(_predicted(table))
+    measured = []
+    jobs.measure = lambda job: measured.append(job) or {}  # must never be called
+    strategy = Strategy("random", "full", "predicted")
+    curve = replay(jobs, strategy, 0, 4, BUDGET)
+    assert strategy.name == "random+full+predicted" and measured == [] and curve.trained > 5
+    # The last point: all the search spent, plus measuring the front it stopped with (the
+    # front of its last completed trial, scored the same way): at least as far, as high.
+    assert curve.points[-1][1] == curve.points[-2][1] and curve.points[-1][0] >= curve.points[-2][0]
+    assert curve.spent == curve.points[-1][0] > 0.8 * curve.budget
+    best = hypervolume([(row.epoch_accuracies[-1], row.throughput) for row in table.rows])
+    assert all(0 < hv <= best for _, hv in curve.points[:-1])
+
+
+def test_the_front_measuring_recorder_scores_a_front_by_its_measured_figures(table):
+    from search.bench.replay import FrontMeasuringRecorder
+    from search.core.hypervolume import hypervolume
+
+    jobs = TableJobs(table)
+    first, second = table.rows[3], table.rows[11]
+    recorder = FrontMeasuringRecorder(jobs, workers=4)
+    recorder.log_progress(2, dict(budget_used=100.0, hypervolume=1.0, front_size=2))
+    recorder.log_front(f"arch_id,accuracy\n{first.arch_id},90.0\n{second.arch_id},80.0\n", None)
+    cost = 4 * (first.measure_seconds + second.measure_seconds)
+    assert recorder.progress == [(100.0 + cost, hypervolume([(90.0, first.throughput), (80.0, second.throughput)]))]
+    assert recorder.closing_point(150.0) == (150.0 + cost, recorder.progress[-1][1])
+
+
+def test_strategies_ranked_by_prediction_need_the_tables_predictions(table, tmp_path):
+    from search.bench.strategies import bench_strategies
+
+    path = tmp_path / "table.json.gz"
+    table.save(path)
+    with pytest.raises(ValueError, match="needs the table's predictions: add them with 'python -m search bench-table"):
+        bench_strategies(path, ["random"], ["full"], 1, 4, BUDGET, tmp_path / "out", 1,
+                         throughputs=("measured", "predicted"))
+    path = tmp_path / "predicted.json.gz"  # a new path: a process keeps each table it loaded
+    _predicted(table).save(path)
+    text = bench_strategies(path, ["random"], ["full"], 1, 4, BUDGET, tmp_path / "out", 1,
+                            throughputs=("measured", "predicted"), say=lambda line: None)
+    assert "| random+full | 1 |" in text and "| random+full+predicted | 1 |" in text
+
+
 def test_a_table_missing_an_architecture_of_its_space_is_refused(table):
     partial = BenchTable(table.meta, table.rows[1:])
     with pytest.raises(ValueError, match=f"records {len(table.rows) - 1} of the {len(table.rows)} architectures"):
@@ -159,11 +214,17 @@ def test_bench_strategies_command_writes_the_report(table, tmp_path, capsys):
     ("bench-strategies", ["--table", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
     ("bench-table", ["--remeasure", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
     ("bench-table", ["--remeasure", "x.json.gz", "--measure-seconds", "0"], "--measure-seconds 0.0 is invalid"),
+    ("bench-strategies", ["--throughputs", "measured,guessed"], "--throughputs 'guessed' is unknown"),
+    ("bench-table", ["--predict", "nowhere.json.gz"], "table 'nowhere.json.gz' does not exist"),
+    ("bench-table", ["--predict", "{shipped}", "--lut", "nowhere.json"], "--lut 'nowhere.json' does not exist"),
 ])
 def test_bench_bad_input_is_one_line_and_exit_2(tmp_path, capsys, command, argv, message):
     from search.cli.main import main
 
+    from search.bench import SHIPPED_TABLE
+
     out = tmp_path / "out"  # bench-strategies' report folder, bench-table's table file
+    argv = [arg.replace("{shipped}", str(SHIPPED_TABLE)) for arg in argv]
     assert main([command, "--out", str(out), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1

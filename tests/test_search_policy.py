@@ -357,9 +357,12 @@ def test_a_search_ranked_by_prediction_ends_when_its_table_does_not_fit_the_spac
 
 
 def test_ranking_by_prediction_needs_a_latency_table_and_a_known_source(tmp_path):
+    from search.study.preflight import preflight_search
+
+    unranked = flat_settings(study="s", space="tiny", budget="1cpu-h", dataset="digits", workdir=str(tmp_path),
+                             throughput="predicted")
     with pytest.raises(ValueError, match="--throughput predicted ranks by a latency table measured on the target"):
-        flat_settings(study="s", space="tiny", budget="1cpu-h", dataset="digits", workdir=str(tmp_path),
-                      throughput="predicted")
+        preflight_search(unranked)
     with pytest.raises(ValueError, match="--throughput 'guessed' is unknown; expected one of measured, predicted"):
         flat_settings(study="s", space="tiny", budget="1cpu-h", dataset="digits", workdir=str(tmp_path),
                       throughput="guessed")

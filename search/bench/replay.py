@@ -12,15 +12,24 @@ really runs.
 The simulated cluster is one CPU node of ``workers`` cores, planned as the Ray executor
 plans a CPU budget: a training holds one core, a measurement holds the whole node (and is
 charged for every core), a count one core.
+
+A strategy that ranks by prediction (``--throughput predicted``) takes each architecture's
+predicted throughput from the table and measures nothing while it searches; its progress is
+scored as if it stopped at each point and measured its front there
+(:class:`FrontMeasuringRecorder`): the budget it had used plus those measurements, against
+the hypervolume of the front's measured figures.
 """
 from __future__ import annotations
 
+import csv
 import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core import hypervolume as _hypervolume
+from ..core.prediction import MEASURED, PREDICTED
 from ..engine.executor import InProcessExecutor, Node
 from ..engine.jobs import Job
 from .table import BenchTable, Row
@@ -49,6 +58,10 @@ class TableJobs:
         self._arch_id, self._config = arch_id, LITConfig.from_json
         self.measurement = dict(device_name=table.meta["machine"]["device"],
                                 versions=dict(table.meta["measurement_versions"]))
+
+    def predicted(self, config: Any) -> float | None:
+        """The table's predicted throughput of a full-size ``LITConfig`` (None: not recorded)."""
+        return self.rows[self._arch_id(config)].predicted_throughput
 
     def runners(self) -> dict[str, Callable[[Job], dict[str, Any]]]:
         return {"count": self.count, "measure": self.measure, "train": self.train}
@@ -115,17 +128,51 @@ class ProgressRecorder:
     def finish(self, status: str = "FINISHED") -> None:
         return None
 
+    def closing_point(self, spent: float) -> tuple[float, float]:
+        """The curve's last point once the search has spent ``spent`` in all."""
+        return spent, self.progress[-1][1] if self.progress else 0.0
+
+
+class FrontMeasuringRecorder(ProgressRecorder):
+    """Progress of a search ranked by prediction: at each point, what stopping there would
+    give - the budget used so far plus measuring the front (each member's recorded
+    measurement, charged for every core), and the hypervolume of the front's measured
+    throughputs (a member the prediction put on the front may be dominated once measured)."""
+
+    def __init__(self, jobs: TableJobs, workers: int) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self.workers = workers
+        self._used = 0.0
+        self._front_cost = 0.0
+
+    def log_progress(self, step: int, metrics: dict[str, float]) -> None:
+        self._used = float(metrics["budget_used"])  # the front follows (log_front)
+
+    def log_front(self, csv_text: str, plot: Any) -> None:
+        front = [(float(point["accuracy"]), self.jobs.rows[point["arch_id"]])
+                 for point in csv.DictReader(io.StringIO(csv_text))]
+        self._front_cost = sum(row.measure_seconds for _, row in front) * self.workers
+        measured = _hypervolume.hypervolume([(accuracy, row.throughput) for accuracy, row in front])
+        self.progress.append((self._used + self._front_cost, measured))
+
+    def closing_point(self, spent: float) -> tuple[float, float]:
+        return spent + self._front_cost, self.progress[-1][1] if self.progress else 0.0
+
 
 @dataclass(frozen=True)
 class Strategy:
-    """A sampler (:data:`search.core.samplers.SAMPLERS`) with a scheduler (:data:`search.core.scheduler.SCHEDULERS`)."""
+    """A sampler (:data:`search.core.samplers.SAMPLERS`) with a scheduler
+    (:data:`search.core.scheduler.SCHEDULERS`), ranking by measured or predicted throughput
+    (:data:`search.core.prediction.THROUGHPUT_SOURCES`)."""
 
     sampler: str
     scheduler: str
+    throughput: str = MEASURED
 
     @property
     def name(self) -> str:
-        return f"{self.sampler}+{self.scheduler}"
+        return f"{self.sampler}+{self.scheduler}" + ("+predicted" if self.throughput == PREDICTED else "")
 
 
 @dataclass(frozen=True)
@@ -166,13 +213,14 @@ def replay(jobs: TableJobs, strategy: Strategy, seed: int, workers: int, budget:
             SearchConfig(study=f"{strategy.sampler}-{strategy.scheduler}-{seed}", space=table.meta["space"],
                          budget=parse_budget(budget), target=parse_target(table.meta["target"]),
                          dataset=table.meta["dataset"], sampler=strategy.sampler, scheduler=strategy.scheduler,
-                         epochs=table.epochs, min_epochs=min_epochs, eta=eta, seed=seed),
+                         epochs=table.epochs, min_epochs=min_epochs, eta=eta, seed=seed,
+                         throughput=strategy.throughput),
             RunConfig(Path(folder), storage=f"journal:{Path(folder) / 'optuna.journal'}"))
-        recorder = ProgressRecorder()
+        predicted = strategy.throughput == PREDICTED
+        recorder = FrontMeasuringRecorder(jobs, workers) if predicted else ProgressRecorder()
         search = Search(settings, out=io.StringIO(), executor=lambda _: ReplayingExecutor(jobs, workers),
-                        tracker=recorder)
+                        tracker=recorder, predictor=jobs.predicted if predicted else None)
         search.run()
-        spent = budget_used(search.study)
-        final = recorder.progress[-1][1] if recorder.progress else 0.0
+        spent, final = recorder.closing_point(budget_used(search.study))
         return Curve(strategy.name, seed, search.budget.seconds, (*recorder.progress, (spent, final)), spent,
                      search.context.tally.trained)

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..core.prediction import MEASURED, PREDICTED
 from .replay import Curve, Strategy, TableJobs, replay
 from .table import BenchTable
 
@@ -182,13 +183,15 @@ def plot_curves(curves: Sequence[Curve], strategies: Sequence[Strategy], target:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    colours = list(dict.fromkeys((s.sampler, s.throughput) for s in strategies))  # a colour a sampler and source
     for index, strategy in enumerate(strategies):
         mine = [c for c in curves if c.strategy == strategy.name]
         fractions, values = hypervolume_grid(mine)
         low, mid, high = np.percentile(values, [25, 50, 75], axis=0)
         style = "-" if strategy.scheduler == "mo-asha" else "--"
-        color = f"C{[s.sampler for s in strategies].index(strategy.sampler) % 10}"
-        ax.plot(100 * fractions, mid, style, color=color, lw=1.5, label=strategy.name)
+        color = f"C{colours.index((strategy.sampler, strategy.throughput)) % 10}"
+        width = 2.2 if strategy.throughput == PREDICTED else 1.5
+        ax.plot(100 * fractions, mid, style, color=color, lw=width, label=strategy.name)
         ax.fill_between(100 * fractions, low, high, color=color, alpha=0.12 if index % 2 else 0.08, lw=0)
     ax.axhline(target, color="0.3", lw=0.8, ls=":", label=f"final HV of {BASELINE.name}")
     ax.set_ylim(bottom=0.8 * target)  # the early climb is alike for all; the race is at the top
@@ -216,7 +219,7 @@ def write_curves_csv(curves: Sequence[Curve], path: Path) -> None:
 
 def bench_strategies(table_path: Path, samplers: Sequence[str], schedulers: Sequence[str], seeds: int,
                      workers: int, budget: str | None, out: Path, processes: int,
-                     say: Callable[[str], None] = print) -> str:
+                     say: Callable[[str], None] = print, throughputs: Sequence[str] = (MEASURED,)) -> str:
     """Replay, summarise, and write ``out``/strategies.md, strategies.png and curves.csv."""
     from ..core.budget import parse_budget
     from ..core.scheduler import MOASHA
@@ -224,9 +227,13 @@ def bench_strategies(table_path: Path, samplers: Sequence[str], schedulers: Sequ
     table = _table_jobs(str(table_path)).table  # refuses, before anything runs, a table missing architectures
     budget = budget or default_budget(table, workers)
     budget_seconds = parse_budget(budget).seconds
-    strategies = [Strategy(sampler, scheduler) for sampler in samplers for scheduler in schedulers]
+    strategies = [Strategy(sampler, scheduler, throughput) for throughput in throughputs for sampler in samplers
+                  for scheduler in schedulers]
     if BASELINE not in strategies:  # refused before minutes of replays, not after
         raise ValueError(NO_BASELINE)
+    if PREDICTED in throughputs and any(row.predicted_throughput is None for row in table.rows):
+        raise ValueError(f"--throughputs predicted needs the table's predictions: add them with 'python -m search "
+                         f"bench-table --predict {table_path} --lut FILE --out ...'")
     say(f"replaying {len(strategies)} strategies x {seeds} seeds on {table_path} ({len(table.rows)} architectures), "
         f"budget {budget} ({budget_seconds:.0f} cpu-s; the whole table at full fidelity costs "
         f"{table_cost(table, workers):.0f}), {workers} simulated workers, {processes} processes")

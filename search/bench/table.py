@@ -48,6 +48,7 @@ class Row:
     measure_seconds: float
     epoch_seconds: float  # mean wall seconds of one proxy epoch (one job trained them all)
     epoch_accuracies: tuple[float, ...]
+    predicted_throughput: float | None = None  # from a latency table of the recording node (predict_table)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,14 @@ def remeasure_table(table: BenchTable, measure: Callable[[str, str], dict[str, A
     meta["machine"] = dict(meta["machine"], device=fingerprint.get("device_name", ""), cpu=_cpu_model(),
                            cores=os.cpu_count())
     return BenchTable(meta, tuple(rows))
+
+
+def predict_table(table: BenchTable, predict: Callable[[str], float], source: str) -> BenchTable:
+    """``table`` with every row's throughput predicted by ``predict(config json)`` (from a
+    latency table of the recording node, named by ``source``), for replays of a search that
+    ranks by prediction (``search run --throughput predicted``)."""
+    rows = tuple(replace(row, predicted_throughput=float(predict(row.config))) for row in table.rows)
+    return BenchTable(dict(table.meta, predicted_with=source), rows)
 
 
 def _cpu_model() -> str:

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..bench import SHIPPED_TABLE
+from ..core.prediction import THROUGHPUT_SOURCES
 from ..core.samplers import SAMPLERS
 from ..core.scheduler import SCHEDULERS
 
@@ -24,6 +25,11 @@ def add_bench_commands(commands) -> None:
     source.add_argument("--remeasure", metavar="TABLE",
                         help="an existing table whose throughputs are measured again here, on its target with "
                              "today's protocol (accuracies and training costs kept)")
+    source.add_argument("--predict", metavar="TABLE",
+                        help="an existing table to which every row's predicted throughput is added, from --lut "
+                             "(replays of bench-strategies --throughputs predicted)")
+    table.add_argument("--lut", help="with --predict: the latency table (default: this node's own for the table's "
+                       "target, from 'python -m space lut build --space bench')")
     table.add_argument("--measure-seconds", type=float, default=2.0,
                        help="with --remeasure: time cap of each measurement (default %(default)s, as recorded)")
     table.add_argument("--storage", help="Optuna storage URL (default sqlite:///WORKDIR/optuna.db)")
@@ -34,6 +40,9 @@ def add_bench_commands(commands) -> None:
     strategies.add_argument("--table", default=str(SHIPPED_TABLE), help="benchmark table (default: the shipped one)")
     strategies.add_argument("--samplers", default="random,tpe,nsga2,gp", help="comma-separated samplers (default %(default)s)")
     strategies.add_argument("--schedulers", default="full,mo-asha", help="comma-separated schedulers (default %(default)s)")
+    strategies.add_argument("--throughputs", default="measured",
+                            help="comma-separated: measured (every candidate measured) and/or predicted (ranked by the "
+                                 "table's predictions, the front measured at the end; default %(default)s)")
     strategies.add_argument("--seeds", type=int, default=10, help="replays per strategy (seeds 0..N-1)")
     strategies.add_argument("--workers", type=int, default=4, help="simulated CPU cores of the replayed machine")
     strategies.add_argument("--budget", help="device budget of every replay, e.g. 0.5cpu-h (default: a quarter of "
@@ -62,6 +71,8 @@ def _bench_table(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out!r} is invalid: its folder does not exist")
     if args.remeasure:
         return _remeasure(args, out)
+    if args.predict:
+        return _predict(args, out)
     storage = args.storage or default_storage_url(Path(args.workdir))
     table = export_study(args.study, storage, Path(args.workdir), out)
     print(f"wrote {out}: {len(table.rows)} architectures of space {table.meta['space']} "
@@ -86,12 +97,38 @@ def _remeasure(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace, out: Path) -> int:
+    from litv2 import LITConfig
+    from litv2.latency import default_table_path, load_table, predict
+    from litv2.measure import device_fingerprint
+    from litv2.target import parse_target
+
+    from ..bench.table import BenchTable, predict_table
+
+    table = BenchTable.load(args.predict)
+    target = parse_target(table.meta["target"])
+    path = Path(args.lut) if args.lut else default_table_path(target, device_fingerprint(target.device))
+    if not path.is_file():
+        raise ValueError(f"--lut {str(path)!r} does not exist: build it with 'python -m space lut build --space "
+                         f"{table.meta['space']} --target {target.key}'")
+    latency = load_table(path)
+    latency.check(target, device_fingerprint(target.device))  # the recording node's table, not another's
+    source = f"latency table {path.name} ({len(latency.parts)} parts, {latency.fingerprint.get('device_name')})"
+    new = predict_table(table, lambda config: predict(LITConfig.from_json(config), target, latency).img_s, source)
+    new.save(out)
+    errors = sorted(abs(row.predicted_throughput / row.throughput - 1) for row in new.rows)
+    print(f"wrote {out}: {len(new.rows)} throughputs predicted from {path}; against the table's measurements: median "
+          f"error {errors[len(errors) // 2]:.1%}, {sum(e <= 0.10 for e in errors)}/{len(errors)} within 10 %")
+    return 0
+
+
 def _bench_strategies(args: argparse.Namespace) -> int:
     from ..core.budget import parse_budget
     from ..bench.strategies import bench_strategies, default_processes
 
     samplers = _names(args.samplers, SAMPLERS, "--samplers")
     schedulers = _names(args.schedulers, SCHEDULERS, "--schedulers")
+    throughputs = _names(args.throughputs, THROUGHPUT_SOURCES, "--throughputs")
     for name, value in (("seeds", args.seeds), ("workers", args.workers), ("processes", args.processes or 1)):
         if value < 1:
             raise ValueError(f"--{name} {value} is invalid: expected a positive integer")
@@ -102,7 +139,7 @@ def _bench_strategies(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out!r} is invalid: it is a file, expected a folder")
     print(bench_strategies(Path(args.table), samplers, schedulers, args.seeds, args.workers, args.budget, out,
-                           args.processes or default_processes()))
+                           args.processes or default_processes(), throughputs=throughputs))
     return 0
 
 

@@ -64,11 +64,13 @@ class Search:
     ``executor`` builds the executor from the settings (default: Ray); tests pass an
     in-process one. ``tracker`` replaces the MLflow tracker: a replay of thousands of
     simulated searches (``search bench-strategies``) keeps its progress in memory instead.
+    ``predictor`` replaces the latency table's predictions (a replay's come from its table).
     """
 
     def __init__(self, settings: SearchSettings, out: TextIO | None = None,
                  executor: Callable[["Search"], Executor] | None = None, lease_ttl: float = TTL_SECONDS,
-                 tracker: StudyTracker | None = None) -> None:
+                 tracker: StudyTracker | None = None,
+                 predictor: Callable[[LITConfig], float | None] | None = None) -> None:
         from space import get_space
 
         self.settings = settings
@@ -79,6 +81,7 @@ class Search:
         self._make_executor = executor or _ray_executor
         self.lease_ttl = lease_ttl
         self._tracker = tracker
+        self._given_predictor = predictor
 
     # ================================================================== the story
     def run(self, resume: bool = False) -> int:
@@ -243,7 +246,8 @@ class Search:
             # Asked where measurements run (device model, library versions): the cache keys on it.
             fingerprint=executor.fingerprint(self.target.key), cache=ThroughputCache(workdir / CACHE_FILE),
             costs=costs, ledger=Ledger(self.budget, budget_used(study)), tracker=tracker, out=self.out)
-        self.context.predictor = self._predictor(settings.run.latency_table, self.context.fingerprint)
+        self.context.predictor = self._given_predictor or self._predictor(settings.run.latency_table,
+                                                                          self.context.fingerprint)
         learn_margin(study, self.context.margin)
         self.endings = Endings(self.context)
         self.dispatcher = Dispatcher(self.context, self.endings)

@@ -137,11 +137,22 @@ def _hide_password(url: str) -> str:
     return url.replace(f":{parts.password}@", ":***@", 1)
 
 
+def check_latency_table(settings: "SearchSettings") -> None:
+    """A search ranked by prediction alone has a table to rank by (a replay brings its own predictor)."""
+    from ..core.prediction import PREDICTED
+
+    if settings.search.throughput == PREDICTED and settings.run.latency_table is None:
+        raise ValueError("--throughput predicted ranks by a latency table measured on the target: pass it with "
+                         "--latency-table FILE (python -m space lut build --space S --target T --lut FILE, run "
+                         "on the target's machine)")
+
+
 def preflight_search(settings: "SearchSettings") -> list[str]:
     """Everything a ``run`` or ``resume`` will touch, in the order a user fixes them; returns
     warning lines (image files that will be skipped)."""
     from ..core.datasets import check_dataset
 
+    check_latency_table(settings)
     check_writable_folder(settings.run.workdir, "--workdir")
     check_storage_endpoint(settings.run.storage)
     check_tracking_endpoint(settings.run.tracking_uri)

@@ -26,7 +26,7 @@ from ..core.constraints import Constraints
 from ..core.datasets import DEFAULT_DATASET, parse_dataset_spec
 from ..core.faults import DEFAULT_MAX_RETRIES
 from ..core.samplers import DEFAULT_SAMPLER, SAMPLERS
-from ..core.prediction import MEASURED, PREDICTED, THROUGHPUT_SOURCES
+from ..core.prediction import MEASURED, THROUGHPUT_SOURCES
 from ..core.scheduler import SCHEDULERS, default_scheduler, make_scheduler
 from ..core.target import default_target, parse_target
 from .storage import check_storage_url, check_tracking_uri, default_storage_url, default_tracking_uri
@@ -215,12 +215,6 @@ class SearchSettings:
 
     search: SearchConfig
     run: RunConfig
-
-    def __post_init__(self) -> None:
-        if self.search.throughput == PREDICTED and self.run.latency_table is None:
-            raise ValueError("--throughput predicted ranks by a latency table measured on the target: pass it with "
-                             "--latency-table FILE (python -m space lut build --space S --target T --lut FILE, run "
-                             "on the target's machine)")
 
     def to_json(self) -> str:
         return json.dumps(dict(search=self.search.to_dict(), run=self.run.to_dict()), sort_keys=True)
