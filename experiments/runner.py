@@ -20,6 +20,7 @@ from typing import Any, Callable, TextIO
 
 import optuna
 
+from litv2.files import atomic_write
 from search.engine.cache import CACHE_FILE, ThroughputCache
 from search.engine.driver import Search
 from search.core.record import TrialRecord
@@ -27,7 +28,6 @@ from search.core.repeats import interval
 from search.study.studies import RUN_ID_ATTR, SETTINGS_ATTR, open_study
 from search.study.settings import SearchSettings
 from search.study.storage import default_storage_url, open_storage
-from search.core.files import atomic_write
 from search.core.target import Target
 from search.engine.tracking import ARTIFACTS_DIR, StudyTracker
 from space import arch_id

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from search.core.files import atomic_write_text
+from litv2.files import atomic_write_text
 
 Row = dict[str, Any]
 

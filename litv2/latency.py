@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from .config import LITConfig, lofi_heads
+from .files import atomic_write_text
 from .layers import AttentionBlock, FFNBlock, PatchEmbed, build_attention, build_ffn, build_merge
 from .measure import MeasureProtocol, device_fingerprint, measure_config, measure_throughput
 from .reference import cache_dir
@@ -284,12 +284,8 @@ def default_table_path(target: Target, fingerprint: dict[str, str]) -> Path:
 
 
 def save_table(table: LatencyTable, path: str | Path) -> None:
-    """Write ``table`` whole (a temporary name, then a rename: an interrupted build keeps the last)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(table.to_json())
-    os.replace(partial, path)
+    """Write ``table`` whole (an interrupted build keeps the last one saved)."""
+    atomic_write_text(path, table.to_json())
 
 
 def load_table(path: str | Path) -> LatencyTable:

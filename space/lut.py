@@ -78,6 +78,8 @@ def check(space: "SearchSpace", target: "Target", table: "LatencyTable", configs
 def _scatter(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
+    from litv2.files import atomic_write
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -91,6 +93,6 @@ def _scatter(rows: list[dict], path: Path, title: str) -> None:
     axes.set(xlabel="measured img/s", ylabel="predicted img/s", title=title, xlim=(low, high), ylim=(low, high))
     axes.legend(loc="upper left")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda partial: figure.savefig(partial, dpi=120))
     plt.close(figure)
 

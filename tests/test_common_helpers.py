@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from litv2.measure import torch_threads
-from search.core.files import atomic_write, atomic_write_text
+from litv2.files import atomic_write, atomic_write_text
 from search.core.versions import installed_versions
 from search.training.common import LossScaler, rng_state, seed_everything, set_rng_state, training_step
 

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from litv2.files import atomic_write_text
+
 Figures = Callable[[Path], dict]
 STUDY = "acceptance"
 PASSED, FAILED, TIMED_OUT = "passed", "FAILED", "TIMED OUT"
@@ -247,7 +249,7 @@ def check_onnx(folder: Path, into: Path) -> dict:
     difference = onnx_max_difference(model, folder / "model.onnx", export.img_size, provider=provider)
     result = dict(provider=provider, onnxruntime=onnxruntime.__version__, max_abs_difference=difference,
                   providers_available=onnxruntime.get_available_providers())
-    into.write_text(json.dumps(result, indent=2))
+    atomic_write_text(into, json.dumps(result, indent=2))
     return result
 
 
@@ -329,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         verdicts.append(run_step(step, out, sizes.cap_scale))
         v = verdicts[-1]
         print(f"{v.step:<12} {v.verdict:<9} {v.seconds:6.0f} s  {v.detail}", flush=True)
-        (out / "acceptance.json").write_text(json.dumps(dict(machine=facts, steps=[asdict(v) for v in verdicts]),
-                                                        indent=2))
-    (out / "acceptance.md").write_text(markdown(verdicts, facts, sizes))
+        atomic_write_text(out / "acceptance.json", json.dumps(dict(machine=facts, steps=[asdict(v) for v in verdicts]),
+                                                              indent=2))
+    atomic_write_text(out / "acceptance.md", markdown(verdicts, facts, sizes))
     failed = [v.step for v in verdicts if v.verdict != PASSED]
     print(f"{len(verdicts) - len(failed)} of {len(verdicts)} steps passed" + (f"; not: {', '.join(failed)}" if failed
                                                                              else ""))

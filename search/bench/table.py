@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import optuna
 
-from ..core.files import atomic_write
+from litv2.files import atomic_write
+
 from ..core.record import TrialRecord
 from ..core.versions import installed_versions
 from ..study.settings import SearchConfig

@@ -41,9 +41,9 @@ import torch.distributed as dist
 from torch import nn
 
 from litv2 import NAMED_CONFIGS, LITConfig
+from litv2.files import atomic_write
 
 from .export import create_lit_model, read_export, save_timm_folder, write_atomically
-from ..core.files import atomic_write
 from ..training.common import LossScaler, autocast, rng_state, seed_everything, set_rng_state, training_step
 from ..training.fulldata import TrainingData, allow_zero_bit_posterize, load_training_data
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from ..core.files import atomic_write_text
+from litv2.files import atomic_write_text
 
 RETRY_SECONDS = 2.0
 FLUSH_SECONDS = 30.0

@@ -21,12 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from litv2 import LITConfig, build_model, count_params
+from litv2.files import atomic_write
 from litv2.measure import autocast_dtype, resolve_device, torch_threads
 
 from .common import LossScaler, autocast, rng_state, seed_everything, set_rng_state, training_step
 from .data import DataBundle
 from ..core.faults import NonFiniteLoss
-from ..core.files import atomic_write
 
 GRAD_CLIP = 5.0
 
