@@ -310,7 +310,8 @@ def measure(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     """Each ``--config``'s predicted throughput from the node's latency table (built first with
     ``--build``; with ``--measure``, measured too, and the prediction's error)."""
-    from .latency import build_table, default_table_path, load_table, parts_of, predict as predicted, save_table
+    from .latency import (build_table, default_table_path, load_table, open_table, parts_of, predict as predicted,
+                          save_table)
 
     texts = args.config or ["litv2_s"]
     configs, target = [config_from(text) for text in texts], parse_target(args.target)
@@ -320,8 +321,7 @@ def predict(args: argparse.Namespace) -> int:
         table = load_table(path) if path.is_file() else None
         overhead = configs if table is None or not table.overhead_from else []
         build_table(configs, target, table, overhead, save=lambda t: save_table(t, path))
-    table = load_table(path)
-    table.check(target, fingerprint)
+    path, table = open_table(target, fingerprint, path)
     print(f"{'config':<16}{'parts':>6}{'predicted img/s':>16}{'ms':>9}" + (f"{'measured':>10}{'error':>8}" if args.measure else ""))
     for text, config in zip(texts, configs):
         guess = predicted(config, target, table)

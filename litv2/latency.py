@@ -184,11 +184,12 @@ class LatencyTable:
             raise ValueError(f"latency table version {data.get('version')!r} is not {TABLE_VERSION}")
         return cls(data["target"], data["fingerprint"], data["parts"], data["overhead_factor"], data["overhead_from"])
 
-    def check(self, target: Target, fingerprint: dict[str, str]) -> None:
-        """A one-line ValueError unless the table was measured for ``target`` on a node of ``fingerprint``."""
+    def check(self, target: Target, fingerprint: dict[str, str] | None) -> None:
+        """A one-line ValueError unless the table was measured for ``target`` on a node of
+        ``fingerprint`` (None: on any node, as a table brought from a target's own machine)."""
         if self.target != target.key:
             raise ValueError(f"latency table is for target {self.target!r}, not {target.key!r}")
-        if self.fingerprint != fingerprint:
+        if fingerprint is not None and self.fingerprint != fingerprint:
             raise ValueError(f"latency table was measured on {self.fingerprint.get('device_name')!r} "
                              f"({_versions(self.fingerprint)}); this node is {fingerprint.get('device_name')!r} "
                              f"({_versions(fingerprint)}): build one here")
@@ -286,6 +287,16 @@ def default_table_path(target: Target, fingerprint: dict[str, str]) -> Path:
 def save_table(table: LatencyTable, path: str | Path) -> None:
     """Write ``table`` whole (an interrupted build keeps the last one saved)."""
     atomic_write_text(path, table.to_json())
+
+
+def open_table(target: Target, fingerprint: dict[str, str], path: str | Path | None = None
+               ) -> tuple[Path, LatencyTable]:
+    """The table at ``path`` (default: the node's own for ``target``), refused in one line
+    unless it was measured for ``target`` on a node of ``fingerprint``; with its path."""
+    path = Path(path) if path else default_table_path(target, fingerprint)
+    table = load_table(path)
+    table.check(target, fingerprint)
+    return path, table
 
 
 def load_table(path: str | Path) -> LatencyTable:

@@ -90,12 +90,10 @@ def _lut(args: argparse.Namespace, space: "SearchSpace") -> int:
         configs = space.enumerate() if space.size() <= max(count, ENUMERATE_UP_TO) else examples(space, count, args.seed)
         lut.build(space, target, args.lut, configs, examples(space, lut.OVERHEAD_NETWORKS, args.seed + 1))
         return 0
-    from litv2.latency import default_table_path, load_table
+    from litv2.latency import open_table
     from litv2.measure import device_fingerprint
 
-    fingerprint = device_fingerprint(target.device)
-    table = load_table(args.lut or default_table_path(target, fingerprint))
-    table.check(target, fingerprint)
+    _, table = open_table(target, device_fingerprint(target.device), args.lut)
     lut.check(space, target, table, examples(space, count, args.seed), args.plot)
     return 0
 

@@ -4,6 +4,7 @@ Jobs run in the test process on a simulated clock with made-up figures, so each 
 takes well under a second of training; the storage (sqlite) is real, and the driver reports
 to an in-memory tracker (the MLflow records are the end-to-end tests' subject).
 """
+import io
 import json
 import zlib
 from pathlib import Path
@@ -354,6 +355,29 @@ def test_a_search_ranked_by_prediction_ends_when_its_table_does_not_fit_the_spac
     assert len(failed) == 3 and all(t.state == TrialState.FAIL for t in failed)
     assert all(t.user_attrs.get("interrupted") for t in search.study.trials if t not in failed)  # in flight at the end
     assert jobs.measured == [] and jobs.trained == []
+
+
+def test_a_table_from_the_targets_own_machine_ranks_by_prediction_but_is_refused_beside_measurements(tmp_path):
+    """``--throughput predicted`` exists for targets the cluster cannot reach: their table was
+    made on another node. Beside measurements, a prediction must come from the measuring node."""
+    from litv2.latency import LatencyTable, parts_of, save_table
+    from litv2.target import parse_target
+
+    target = parse_target("cpu:bs1:64")
+    config = LITConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+    parts = {p.key: dict(seconds=0.001, low=0.0, high=1.0) for p in parts_of(config, 64)}
+    path = tmp_path / "phone.json"
+    save_table(LatencyTable(target.key, {"device_name": "the target CPU"}, parts, overhead_factor=1.0), path)
+    here = {"device_name": "a cluster node"}
+
+    def predictor(throughput: str):
+        settings = flat_settings(study="s", space="tiny", budget="1cpu-h", dataset="digits", target="cpu:bs1:64",
+                                 workdir=str(tmp_path), throughput=throughput, latency_table=path)
+        return Search(settings, out=io.StringIO())._predictor(path, here)
+
+    assert predictor("predicted")(config) == pytest.approx(1 / (0.001 * len(parts_of(config, 64))))
+    with pytest.raises(ValueError, match="latency table was measured on 'the target CPU'.*build one here"):
+        predictor("measured")
 
 
 def test_ranking_by_prediction_needs_a_latency_table_and_a_known_source(tmp_path):

@@ -99,7 +99,7 @@ def _remeasure(args: argparse.Namespace, out: Path) -> int:
 
 def _predict(args: argparse.Namespace, out: Path) -> int:
     from litv2 import LITConfig
-    from litv2.latency import default_table_path, load_table, predict
+    from litv2.latency import default_table_path, open_table, predict
     from litv2.measure import device_fingerprint
     from litv2.target import parse_target
 
@@ -107,12 +107,12 @@ def _predict(args: argparse.Namespace, out: Path) -> int:
 
     table = BenchTable.load(args.predict)
     target = parse_target(table.meta["target"])
-    path = Path(args.lut) if args.lut else default_table_path(target, device_fingerprint(target.device))
+    fingerprint = device_fingerprint(target.device)
+    path = Path(args.lut) if args.lut else default_table_path(target, fingerprint)
     if not path.is_file():
         raise ValueError(f"--lut {str(path)!r} does not exist: build it with 'python -m space lut build --space "
                          f"{table.meta['space']} --target {target.key}'")
-    latency = load_table(path)
-    latency.check(target, device_fingerprint(target.device))  # the recording node's table, not another's
+    path, latency = open_table(target, fingerprint, path)  # the recording node's table, not another's
     source = f"latency table {path.name} ({len(latency.parts)} parts, {latency.fingerprint.get('device_name')})"
     new = predict_table(table, lambda config: predict(LITConfig.from_json(config), target, latency).img_s, source)
     new.save(out)

@@ -32,6 +32,7 @@ from litv2 import LITConfig
 from ..core.budget import CostModel, Ledger
 from ..core.faults import RetryPolicy
 from ..core.objectives import create_objective_study
+from ..core.prediction import PREDICTED
 from ..core.record import TrialRecord, write
 from ..core.samplers import make_sampler
 from ..core.scheduler import make_scheduler
@@ -260,14 +261,16 @@ class Search:
 
     def _predictor(self, path: Path | None, fingerprint: dict[str, str]) -> Callable[[LITConfig], float | None] | None:
         """Predicted img/s from the latency table (``path``, else the node's own for the target,
-        if it has built one: ``python -m space lut build``); None without a table."""
+        if it has built one: ``python -m space lut build``); None without a table. A search
+        ranked by prediction alone takes a table made on the target's own machine, which is
+        not a node of this cluster: only its target must match."""
         from litv2.latency import default_table_path, load_table, predict
 
         path = path or default_table_path(self.target, fingerprint)
         if not path.is_file():
             return None
         table = load_table(path)
-        table.check(self.target, fingerprint)
+        table.check(self.target, None if self.settings.search.throughput == PREDICTED else fingerprint)
         self._say(f"predicting throughput from {path} ({len(table.parts)} parts): a constraint a prediction "
                   f"settles is not measured")
 
