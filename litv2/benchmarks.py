@@ -322,9 +322,14 @@ def predict(args: argparse.Namespace) -> int:
         overhead = configs if table is None or not table.overhead_from else []
         build_table(configs, target, table, overhead, save=lambda t: save_table(t, path))
     path, table = open_table(target, fingerprint, path)
-    print(f"{'config':<16}{'parts':>6}{'predicted img/s':>16}{'ms':>9}" + (f"{'measured':>10}{'error':>8}" if args.measure else ""))
+    guesses = []
     for text, config in zip(texts, configs):
-        guess = predicted(config, target, table)
+        try:
+            guesses.append(predicted(config, target, table))
+        except KeyError as error:  # before anything is printed or measured: one line
+            raise ValueError(f"--config {text!r}: {error.args[0]} ({path}); add them with --build") from None
+    print(f"{'config':<16}{'parts':>6}{'predicted img/s':>16}{'ms':>9}" + (f"{'measured':>10}{'error':>8}" if args.measure else ""))
+    for text, config, guess in zip(texts, configs, guesses):
         line = f"{text:<16}{len(parts_of(config, target.img_size, target.batch_size)):>6}{guess.img_s:>16.2f}{guess.latency_ms:>9.2f}"
         if args.measure:
             measured = measure_config(config, target).median

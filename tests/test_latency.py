@@ -96,6 +96,16 @@ def test_a_table_of_another_target_or_node_is_refused_in_one_line(tmp_path):
         load_table(path)
 
 
+def test_predicting_a_network_whose_parts_the_table_lacks_is_one_line_and_exit_2(tmp_path):
+    target = parse_target("cpu:bs1:64")
+    path = tmp_path / "lut.json"
+    save_table(LatencyTable(target.key, device_fingerprint("cpu")), path)
+    run = subprocess.run([sys.executable, "-m", "litv2.bench", "predict", "--config", "litv2_s", "--target",
+                          "cpu:bs1:64", "--lut", str(path)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1
+    assert run.stderr.startswith("litv2.bench: error: --config 'litv2_s': ") and "add them with --build" in run.stderr
+
+
 @pytest.mark.parametrize("argv, message", [
     (["build", "--space", "nope"], "unknown space 'nope'"),
     (["build", "--space", "tiny", "--target", "gpu:bs1"], "target 'gpu:bs1'"),
