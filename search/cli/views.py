@@ -83,12 +83,11 @@ def measurement_line(trials: list[optuna.trial.FrozenTrial]) -> str:
     twice = sum(r.measured_times > 1 for r in measured)
     line = (f"throughput figures: {len(measured)} trials, 95% intervals {widths[0]:.1%} to {widths[-1]:.1%} of the "
             f"median (median {widths[len(widths) // 2]:.1%}), {twice} measured twice for a wide interval")
-    return line + prediction_text(trials)
+    return line + prediction_text(records)
 
 
-def prediction_text(trials: list[optuna.trial.FrozenTrial]) -> str:
+def prediction_text(records: list[TrialRecord]) -> str:
     """The latency table's error so far (predicted against measured) and what it ruled out."""
-    records = [TrialRecord.of(t) for t in trials]
     pairs = [abs(r.predicted_throughput / r.throughput - 1) for r in records
              if r.predicted_throughput is not None and r.throughput and not r.throughput_predicted_only]
     ruled_out = sum(r.infeasible_predicted for r in records)
