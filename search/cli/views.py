@@ -1,12 +1,12 @@
 """Read-only views of a study for ``search status`` and ``search front``."""
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from pathlib import Path
 
 import optuna
 
+from ..core.prediction import PredictionMargin
 from ..core.record import TrialRecord
 from ..study.front import evaluated_points, front_csv, front_table, hypervolume, pareto_front, plot_front
 from ..study.studies import budget_used, open_study, settings_of
@@ -88,12 +88,15 @@ def measurement_line(trials: list[optuna.trial.FrozenTrial]) -> str:
 
 def prediction_text(records: list[TrialRecord]) -> str:
     """The latency table's error so far (predicted against measured) and what it ruled out."""
-    pairs = [abs(r.predicted_throughput / r.throughput - 1) for r in records
-             if r.predicted_throughput is not None and r.throughput and not r.throughput_predicted_only]
+    pairs = PredictionMargin()
+    for r in records:
+        if r.predicted_throughput is not None and r.throughput and not r.throughput_predicted_only:
+            pairs.observe(r.predicted_throughput, r.throughput)
     ruled_out = sum(r.infeasible_predicted for r in records)
-    if not pairs and not ruled_out:
+    if not pairs.errors and not ruled_out:
         return ""
-    errors = f"median error {statistics.median(pairs):.1%} over {len(pairs)} measured" if pairs else "none measured yet"
+    errors = (f"median error {pairs.median_error():.1%} over {len(pairs.errors)} measured" if pairs.errors
+              else "none measured yet")
     return f"\npredicted throughput: {errors}; {ruled_out} ruled out by prediction (not measured)"
 
 
