@@ -142,9 +142,10 @@ def _search_figures(out: Path) -> dict:
 
     from ..core.record import TrialRecord
     from ..study.front import pareto_front
+    from ..study.storage import default_storage_url
     from ..study.studies import budget_used, settings_of
 
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / 'work' / 'optuna.db'}")
+    study = optuna.load_study(study_name=STUDY, storage=default_storage_url(out / "work"))
     records = [TrialRecord.of(t) for t in study.trials]
     statuses = [r.status or ("not trained" if r.not_trained else "unfinished") for r in records]
     if "complete" not in statuses:
@@ -240,13 +241,13 @@ def check_onnx(folder: Path, into: Path) -> dict:
     import onnxruntime
     import timm
 
-    from ..deploy.export import onnx_max_difference, read_export
+    from ..deploy.export import ONNX_FILE, onnx_max_difference, read_export
 
     export = read_export(folder)
     provider = ("CUDAExecutionProvider" if "CUDAExecutionProvider" in onnxruntime.get_available_providers()
                 else "CPUExecutionProvider")
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
-    difference = onnx_max_difference(model, folder / "model.onnx", export.img_size, provider=provider)
+    difference = onnx_max_difference(model, folder / ONNX_FILE, export.img_size, provider=provider)
     result = dict(provider=provider, onnxruntime=onnxruntime.__version__, max_abs_difference=difference,
                   providers_available=onnxruntime.get_available_providers())
     atomic_write_text(into, json.dumps(result, indent=2))
