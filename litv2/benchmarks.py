@@ -310,7 +310,7 @@ def measure(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     """Each ``--config``'s predicted throughput from the node's latency table (built first with
     ``--build``; with ``--measure``, measured too, and the prediction's error)."""
-    from .latency import (build_table, default_table_path, load_table, open_table, parts_of, predict as predicted,
+    from .latency import (build_table, default_table_path, open_table, parts_of, predict as predicted, resume_table,
                           save_table)
 
     texts = args.config or ["litv2_s"]
@@ -318,7 +318,7 @@ def predict(args: argparse.Namespace) -> int:
     fingerprint = device_fingerprint(target.device)
     path = Path(args.lut) if args.lut else default_table_path(target, fingerprint)
     if args.build:
-        table = load_table(path) if path.is_file() else None
+        table = resume_table(path)
         overhead = configs if table is None or not table.overhead_from else []
         build_table(configs, target, table, overhead, save=lambda t: save_table(t, path))
     path, table = open_table(target, fingerprint, path)

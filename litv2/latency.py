@@ -1,15 +1,26 @@
 """Predicted throughput of LIT-family networks from a table of their parts (as nn-Meter and
 Once-for-All predict latency from per-operator tables), measured once per target and node.
 
-A LIT network is a chain: the patch embedding (stem), the blocks of each stage, the token
-merging between stages, and the head (final norm, pooling, classifier). A part's cost
-depends only on what builds it and on the map it runs on, so a :class:`Part` is that: its
-kind and the canonical arguments of its constructor (an argument that the part ignores - a
-HiLo alpha of a stage whose attention is MSA, a window of SRA - is left out, so two
-architectures that build the same part share its entry). :func:`parts_of` lists a network's
-parts, :func:`build_table` measures each distinct one with the project's protocol and clock
-(:mod:`litv2.measure`, against the node's calibrated reference), plus what the sum of parts
-misses in a whole forward, and :func:`predict` adds them up.
+A LIT network is a chain: the patch embedding (stem), the two residual halves of each block
+(attention, then FFN; an MLP-only block is its FFN half alone), the token merging between
+stages, and the head (final norm, pooling, classifier). A part's cost depends only on what
+builds it and on the map it runs on, so a :class:`Part` is that: its kind and the canonical
+arguments of its constructor (an argument that the part ignores - a HiLo alpha of a stage
+whose attention is MSA, a window of SRA - is left out, so two architectures that build the
+same part share its entry). :func:`parts_of` lists a network's parts, :func:`build_table`
+measures what the table needs with the project's protocol and clock (:mod:`litv2.measure`,
+against the node's calibrated reference), plus what the sum of parts misses in a whole
+forward, and :func:`predict` adds them up.
+
+Blocks are measured as halves because a block's attention and FFN vary apart: an FFN half
+is the same part whatever attention precedes it, which cuts the default space's distinct
+parts by half. And a part's cost is close to linear in one number of it - an FFN half's
+hidden width, a HiLo half's number of Lo-Fi heads (between its ends: with no Hi-Fi or no
+Lo-Fi head a whole branch and its fixed costs vanish) - so along that *axis* a table
+measures the least, the greatest and the middle value a space uses and interpolates the
+rest (:data:`AXES`); :meth:`LatencyTable.interpolation_errors` says how far each middle
+value lies from the line through its neighbours. README, "Latency tables", has what each
+refinement bought.
 
 What the sum misses is a *factor*, fitted on a few whole networks: measured over the sum of
 their parts, the median. On the project's CPU VM (``cpu:bs1:224``) that ratio was 1.12-1.15
@@ -22,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,17 +44,19 @@ from torch import nn
 
 from .config import LITConfig, lofi_heads
 from .files import atomic_write_text
-from .layers import AttentionBlock, FFNBlock, PatchEmbed, build_attention, build_ffn, build_merge
+from .layers import FFNBlock, PatchEmbed, build_attention, build_ffn, build_merge
 from .measure import MeasureProtocol, device_fingerprint, measure_config, measure_throughput
 from .reference import cache_dir
 from .target import Target
 
-TABLE_VERSION = 1
-PART_KINDS = ("stem", "block", "merge", "head")
+TABLE_VERSION = 2  # 1: whole blocks, no axes
+PART_KINDS = ("stem", "attention", "ffn", "merge", "head")
+AXES = {"ffn": "hidden", "attention": "lofi"}
+"""The number of a part of each kind that its cost is interpolated along."""
 NUM_CLASSES = 1000
-PART_PROTOCOL = MeasureProtocol(min_warmup_seconds=0.3, max_warmup_seconds=1.0, block_seconds=0.1, min_samples=6,
-                                max_seconds=1.5)
-"""A part is small and many are measured: short blocks and a short cap (the whole networks
+PART_PROTOCOL = MeasureProtocol(min_warmup_seconds=0.15, max_warmup_seconds=0.5, block_seconds=0.05,
+                                min_samples=6, max_seconds=0.8)
+"""A part is small and many are measured: short warm-up, blocks and cap (the whole networks
 that fit the overhead get the default protocol)."""
 
 
@@ -95,11 +109,11 @@ def parts_of(config: LITConfig, img_size: int, batch_size: int = 1) -> list[Part
         dim = config.stage_dims[stage]
         size = [height, width]
         for block in range(depth):
-            spec: dict[str, Any] = dict(dim=dim, hidden=int(dim * config.mlp_ratio), ffn=config.ffn, size=size,
-                                        batch=batch_size)
             if config.attention[stage]:
-                spec.update(_attention_spec(config, stage, block, (height, width)))
-            parts.append(Part.of("block", **spec))
+                parts.append(Part.of("attention", dim=dim, size=size, batch=batch_size,
+                                     **_attention_spec(config, stage, block, (height, width))))
+            parts.append(Part.of("ffn", dim=dim, hidden=int(dim * config.mlp_ratio), ffn=config.ffn, size=size,
+                                 batch=batch_size))
         if stage < config.num_stages - 1:
             parts.append(Part.of("merge", merge=config.merge, dim=dim, out_dim=config.stage_dims[stage + 1], size=size,
                                  batch=batch_size))
@@ -136,21 +150,50 @@ def build_part(part: Part) -> _Timed:
     if part.kind == "head":
         head = nn.ModuleDict(dict(norm=nn.LayerNorm(spec["dim"]), fc=nn.Linear(spec["dim"], spec["classes"])))
         return _Timed(head, tokens, lambda m, x: m["fc"](m["norm"](x).mean(dim=1)))
-    mlp = build_ffn(spec["ffn"], spec["dim"], spec["hidden"])
-    if "attn_kind" not in spec:
-        block: nn.Module = FFNBlock(spec["dim"], mlp)
-    else:
-        kind, heads = spec["attn_kind"], spec["heads"]
-        lofi = spec.get("lofi", 0)
-        attention = build_attention(
-            kind, spec["dim"], heads, window_size=spec.get("window", 0) or 2,
-            alpha=min(1.0, (lofi + 1e-6) / heads), sr_ratio=spec.get("sr", 1),
-            rel_pos_bias=spec.get("rel_pos_bias", False), shift=spec.get("shifted", False),
-            block_index=1 if spec.get("shifted") or spec.get("odd") else 0,
-            max_size=tuple(spec.get("rel_pos_size") or (height, width)), qkv_bias=spec["qkv_bias"],
-            lofi_valid_average=spec.get("lofi_valid_average", False))
-        block = AttentionBlock(spec["dim"], attention, mlp)
-    return _Timed(block, tokens, lambda m, x: m(x, height, width))
+    if part.kind == "ffn":
+        return _Timed(FFNBlock(spec["dim"], build_ffn(spec["ffn"], spec["dim"], spec["hidden"])), tokens,
+                      lambda m, x: m(x, height, width))
+    heads, lofi = spec["heads"], spec.get("lofi", 0)
+    attention = build_attention(
+        spec["attn_kind"], spec["dim"], heads, window_size=spec.get("window", 0) or 2,
+        alpha=min(1.0, (lofi + 1e-6) / heads), sr_ratio=spec.get("sr", 1),
+        rel_pos_bias=spec.get("rel_pos_bias", False), shift=spec.get("shifted", False),
+        block_index=1 if spec.get("shifted") or spec.get("odd") else 0,
+        max_size=tuple(spec.get("rel_pos_size") or (height, width)), qkv_bias=spec["qkv_bias"],
+        lofi_valid_average=spec.get("lofi_valid_average", False))
+    half = nn.ModuleDict(dict(norm=nn.LayerNorm(spec["dim"]), attn=attention))  # AttentionBlock's first residual
+    return _Timed(half, tokens, lambda m, x: x + m["attn"](m["norm"](x), height, width))
+
+
+class OutdatedTable(ValueError):
+    """A table of an older version, whose parts this predictor does not read: a build replaces it."""
+
+
+@dataclass(frozen=True)
+class AxisPlace:
+    """Where a part lies along its kind's axis (:data:`AXES`): the family of parts that differ
+    from it in that number alone, the segment of the axis it is in, and its value. Values are
+    interpolated only between two measured ones of the same family and segment."""
+
+    family: str
+    segment: int
+    value: int
+    ends: tuple[int, ...] = ()  # the segment's least and greatest values, where the part alone tells them
+
+
+def axis_place(part: Part) -> AxisPlace | None:
+    """``part``'s place on its axis; None for a part without one (a stem, an MSA half...)."""
+    spec = dict(part.spec)
+    value = spec.pop(AXES.get(part.kind, ""), None)
+    if value is None:
+        return None
+    family = Part(part.kind, tuple(sorted(spec.items()))).key
+    if part.kind != "attention":
+        return AxisPlace(family, 0, value)
+    heads = spec["heads"]  # all-Hi-Fi and all-Lo-Fi drop a branch: points of their own
+    if value in (0, heads):
+        return AxisPlace(family, 0 if value == 0 else 2, value)
+    return AxisPlace(family, 1, value, (1, heads - 1))
 
 
 @dataclass
@@ -163,14 +206,76 @@ class LatencyTable:
     parts: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> seconds, low, high
     overhead_factor: float = 1.0
     overhead_from: list[dict[str, Any]] = field(default_factory=list)  # the whole networks it was fitted on
+    _lines_cache: dict[tuple[str, int], list[tuple[int, float]]] = field(default_factory=dict, init=False, repr=False,
+                                                                         compare=False)
+    _lines_of: int = field(default=-1, init=False, repr=False, compare=False)
 
-    def missing(self, parts: Iterable[Part]) -> list[Part]:
-        seen, out = set(self.parts), []
+    def _lines(self) -> dict[tuple[str, int], list[tuple[int, float]]]:
+        """The measured (value, seconds) of each family and segment, by value (kept until a
+        part is added: parts are only ever added)."""
+        if self._lines_of != len(self.parts):
+            lines: dict[tuple[str, int], list[tuple[int, float]]] = {}
+            for key, figure in self.parts.items():
+                place = axis_place(Part.from_key(key))
+                if place is not None:
+                    lines.setdefault((place.family, place.segment), []).append((place.value, figure["seconds"]))
+            self._lines_cache = {line: sorted(points) for line, points in lines.items()}
+            self._lines_of = len(self.parts)
+        return self._lines_cache
+
+    def seconds(self, part: Part) -> float:
+        """Seconds per call of ``part``: measured, else interpolated between the two nearest
+        measured values around it on its axis; a KeyError if neither."""
+        figure = self.parts.get(part.key)
+        if figure is not None:
+            return figure["seconds"]
+        place = axis_place(part)
+        points = self._lines().get((place.family, place.segment), []) if place else []
+        below = [(v, s) for v, s in points if v < place.value]
+        above = [(v, s) for v, s in points if v > place.value]
+        if not below or not above:
+            raise KeyError(part.key)
+        (v0, s0), (v1, s1) = below[-1], above[0]
+        return s0 + (s1 - s0) * (place.value - v0) / (v1 - v0)
+
+    def missing(self, parts: Iterable[Part], interpolate: bool = True) -> list[Part]:
+        """What to measure so that every one of ``parts`` has a figure: each part the table
+        neither has nor (``interpolate``) can interpolate; of parts on an axis, only the
+        least, the greatest and the middle value of each family's segment that lacks them
+        (the segment's own ends where the part tells them: a HiLo half's 1 and heads - 1
+        Lo-Fi heads)."""
+        todo: dict[str, Part] = {}
+        along: dict[tuple[str, int], dict[int, Part]] = {}
         for part in parts:
-            if part.key not in seen:
-                seen.add(part.key)
-                out.append(part)
-        return out
+            place = axis_place(part) if interpolate else None
+            if part.key in self.parts or part.key in todo:
+                continue
+            if place is None:
+                todo[part.key] = part
+                continue
+            try:
+                self.seconds(part)
+            except KeyError:
+                by_value = along.setdefault((place.family, place.segment), {})
+                by_value[place.value] = part
+                for end in place.ends:  # the whole segment, not just the values asked for
+                    by_value.setdefault(end, Part.from_key(json.dumps(
+                        {**json.loads(place.family), AXES[part.kind]: end})))
+        for by_value in along.values():
+            values = sorted(by_value)
+            middle = min(values, key=lambda v: abs(v - (values[0] + values[-1]) / 2))
+            for value in dict.fromkeys((values[0], middle, values[-1])):
+                todo[by_value[value].key] = by_value[value]
+        return list(todo.values())
+
+    def interpolation_errors(self) -> list[float]:
+        """For each measured value with measured neighbours on both sides of its axis, how far
+        (relative) the line through those neighbours misses it: how much interpolating costs."""
+        errors = []
+        for points in self._lines().values():
+            for (v0, s0), (v, s), (v1, s1) in zip(points, points[1:], points[2:]):
+                errors.append((s0 + (s1 - s0) * (v - v0) / (v1 - v0)) / s - 1)
+        return errors
 
     def to_json(self) -> str:
         return json.dumps(dict(version=TABLE_VERSION, target=self.target, fingerprint=self.fingerprint,
@@ -181,7 +286,11 @@ class LatencyTable:
     def from_json(cls, text: str) -> "LatencyTable":
         data = json.loads(text)
         if data.get("version") != TABLE_VERSION:
-            raise ValueError(f"latency table version {data.get('version')!r} is not {TABLE_VERSION}")
+            if isinstance(data.get("version"), int) and data["version"] < TABLE_VERSION:
+                raise OutdatedTable(f"latency table version {data['version']} is not {TABLE_VERSION}, whose parts "
+                                    "this predictor reads: build the table again")
+            raise ValueError(f"latency table version {data.get('version')!r} is not {TABLE_VERSION}, whose parts "
+                             "this predictor reads: build the table again")
         return cls(data["target"], data["fingerprint"], data["parts"], data["overhead_factor"], data["overhead_from"])
 
     def check(self, target: Target, fingerprint: dict[str, str] | None) -> None:
@@ -218,11 +327,15 @@ class Prediction:
 def predict(config: LITConfig, target: Target, table: LatencyTable) -> Prediction:
     """Sum of ``config``'s parts on ``target`` times the table's overhead factor; a KeyError
     names a part the table lacks (build it for that space)."""
-    parts = parts_of(config, target.img_size, target.batch_size)
-    absent = [p.key for p in parts if p.key not in table.parts]
+    total, absent = 0.0, []
+    for part in parts_of(config, target.img_size, target.batch_size):
+        try:
+            total += table.seconds(part)
+        except KeyError:
+            absent.append(part.key)
     if absent:
-        raise KeyError(f"{len(absent)} parts are not in the latency table, e.g. {absent[0]}")
-    total = sum(table.parts[p.key]["seconds"] for p in parts)
+        raise KeyError(f"{len(absent)} parts are not in the latency table, nor between two of its parts, "
+                       f"e.g. {absent[0]}")
     return Prediction(total * table.overhead_factor, target.batch_size, total, table.overhead_factor)
 
 
@@ -244,17 +357,18 @@ def measure_part(part: Part, target: Target, protocol: MeasureProtocol = PART_PR
 
 def build_table(configs: Iterable[LITConfig], target: Target, table: LatencyTable | None = None,
                 overhead_configs: Iterable[LITConfig] = (), progress: Callable[[int, int, str], None] | None = None,
-                save: Callable[[LatencyTable], None] | None = None) -> LatencyTable:
-    """Measure every part of ``configs`` that ``table`` lacks (a new table if None), then fit
-    the overhead factor on ``overhead_configs`` (measured whole: measured over the sum of
-    their parts, the median). ``save`` is called after each part, so an interrupted build
-    resumes where it stopped."""
+                save: Callable[[LatencyTable], None] | None = None, interpolate: bool = True) -> LatencyTable:
+    """Measure what ``table`` (a new table if None) lacks to predict every part of
+    ``configs`` (:meth:`LatencyTable.missing`; every distinct part unless ``interpolate``),
+    then fit the overhead factor on ``overhead_configs`` (measured whole: measured over the
+    sum of their parts, the median). ``save`` is called after each part, so an interrupted
+    build resumes where it stopped."""
     fingerprint = device_fingerprint(target.device)
     table = table or LatencyTable(target.key, fingerprint)
     table.check(target, fingerprint)
     overhead_configs = list(overhead_configs)  # their parts too: the fit needs their sums
-    todo = table.missing(p for config in [*configs, *overhead_configs]
-                         for p in parts_of(config, target.img_size, target.batch_size))
+    todo = table.missing((p for config in [*configs, *overhead_configs]
+                          for p in parts_of(config, target.img_size, target.batch_size)), interpolate)
     for done, part in enumerate(todo, 1):
         table.parts[part.key] = measure_part(part, target)
         if progress:
@@ -297,6 +411,19 @@ def open_table(target: Target, fingerprint: dict[str, str], path: str | Path | N
     table = load_table(path)
     table.check(target, fingerprint)
     return path, table
+
+
+def resume_table(path: str | Path) -> LatencyTable | None:
+    """The table at ``path`` to resume a build from; None where there is none, or where it is
+    of an older version (said on stderr: the build replaces it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return load_table(path)
+    except OutdatedTable as error:
+        print(f"{path}: {error}; building it anew", file=sys.stderr)
+        return None
 
 
 def load_table(path: str | Path) -> LatencyTable:

@@ -227,9 +227,9 @@ def run_protocol(timer: BlockTimer, protocol: MeasureProtocol = MeasureProtocol(
     warmup_seconds = warm.seconds
     if reference is not None:
         started = clock()
-        reference_warm = warm_up(reference.timer, replace(protocol, min_warmup_seconds=REFERENCE_WARMUP_SECONDS,
-                                                          max_warmup_seconds=2 * REFERENCE_WARMUP_SECONDS), clock,
-                                 deadline)
+        reference_seconds = min(REFERENCE_WARMUP_SECONDS, protocol.min_warmup_seconds)  # never longer than the network's
+        reference_warm = warm_up(reference.timer, replace(protocol, min_warmup_seconds=reference_seconds,
+                                                          max_warmup_seconds=2 * reference_seconds), clock, deadline)
         warmup_seconds += clock() - started
     sampling_from = clock()
 

@@ -46,11 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--space", required=True, help="a named space or a .yaml/.yml/.json file")
         command.add_argument("--target", default="cpu:bs1:224", help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS]")
         command.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
-        command.add_argument("--lut", type=Path, default=None, help="table file (default: the node's, in its cache)")
+        if name == "build":
+            command.add_argument("--lut", type=Path, default=None, help="table file (default: the node's, in its cache)")
+        else:
+            command.add_argument("--lut", type=Path, action="append", default=None,
+                                 help="table file (default: the node's, in its cache); again to compare tables on "
+                                      "the same measurements")
     lut_commands.choices["build"].add_argument(
-        "--samples", type=int, default=200,
-        help=f"random architectures of a space larger than this and than {ENUMERATE_UP_TO} (default 200)")
-    lut_commands.choices["check"].add_argument("-n", type=int, default=30, help="architectures (default 30)")
+        "--samples", type=int, default=2000,
+        help=f"random architectures whose parts the table covers, for a space larger than this and than "
+             f"{ENUMERATE_UP_TO} (default 2000: drawing is cheap, and only parts are measured)")
+    lut_commands.choices["build"].add_argument(
+        "--every-part", action="store_true",
+        help="measure every distinct part instead of interpolating along hidden width and Lo-Fi heads")
+    lut_commands.choices["check"].add_argument("-n", "--n", type=int, default=30, help="architectures (default 30)")
     lut_commands.choices["check"].add_argument("--plot", type=Path, default=None, help="scatter plot (PNG)")
     args = parser.parse_args(argv)
     try:
@@ -80,21 +89,25 @@ def _lut(args: argparse.Namespace, space: "SearchSpace") -> int:
     if count < 1:
         raise ValueError(f"{'--samples' if args.lut_command == 'build' else '-n'} {count} is invalid: expected a "
                          "positive number of architectures")
-    if args.lut is not None and not args.lut.resolve().parent.is_dir():
-        raise ValueError(f"--lut {str(args.lut)!r} is invalid: its folder does not exist")
+    for path in args.lut if args.lut_command == "check" and args.lut else [args.lut]:
+        if path is not None and not path.resolve().parent.is_dir():
+            raise ValueError(f"--lut {str(path)!r} is invalid: its folder does not exist")
     if args.lut_command == "check" and args.plot is not None and not args.plot.resolve().parent.is_dir():
         raise ValueError(f"--plot {str(args.plot)!r} is invalid: its folder does not exist")
     from . import lut
 
     if args.lut_command == "build":
         configs = space.enumerate() if space.size() <= max(count, ENUMERATE_UP_TO) else examples(space, count, args.seed)
-        lut.build(space, target, args.lut, configs, examples(space, lut.OVERHEAD_NETWORKS, args.seed + 1))
+        lut.build(space, target, args.lut, configs, examples(space, lut.OVERHEAD_NETWORKS, args.seed + 1),
+                  interpolate=not args.every_part)
         return 0
     from litv2.latency import open_table
     from litv2.measure import device_fingerprint
 
-    _, table = open_table(target, device_fingerprint(target.device), args.lut)
-    lut.check(space, target, table, examples(space, count, args.seed), args.plot)
+    fingerprint = device_fingerprint(target.device)
+    tables = dict(open_table(target, fingerprint, path) for path in args.lut or [None])
+    lut.check(space, target, {str(path): table for path, table in tables.items()}, examples(space, count, args.seed),
+              args.plot)
     return 0
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from litv2 import LITV2_S, LITConfig
 from litv2.latency import (
-    LatencyTable, Part, build_part, build_table, load_table, parts_of, predict, save_table,
+    LatencyTable, OutdatedTable, Part, build_part, build_table, load_table, parts_of, predict, resume_table, save_table,
 )
 from litv2.measure import MeasureProtocol, device_fingerprint
 from litv2.target import parse_target
@@ -16,13 +16,15 @@ TINY = LITConfig(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), wind
                  attention=(False, False, True, True), alpha=(0.9, 0.9, 0.5, 0.9))
 
 
-def test_a_network_is_its_stem_blocks_merges_and_head_in_forward_order():
+def test_a_network_is_its_stem_block_halves_merges_and_head_in_forward_order():
     parts = parts_of(TINY, 64)
-    assert [p.kind for p in parts] == ["stem", "block", "merge", "block", "merge", "block", "block", "merge", "block",
-                                       "head"]
-    sizes = [dict(p.spec)["size"] for p in parts if p.kind == "block"]
+    assert [p.kind for p in parts] == ["stem", "ffn", "merge", "ffn", "merge", "attention", "ffn", "attention", "ffn",
+                                       "merge", "attention", "ffn", "head"]  # MLP-only stages have no attention half
+    sizes = [dict(p.spec)["size"] for p in parts if p.kind == "ffn"]
     assert sizes == [[16, 16], [8, 8], [4, 4], [4, 4], [2, 2]]  # 64 px / patch 4, halved by each merge
-    assert sum(p.kind == "block" for p in parts_of(LITV2_S, 224)) == sum(LITV2_S.depths)
+    assert sum(p.kind == "ffn" for p in parts_of(LITV2_S, 224)) == sum(LITV2_S.depths)
+    # An FFN half is one part whatever attention comes before it.
+    assert len({p.key for p in parts if p.kind == "ffn" and dict(p.spec)["size"] == [4, 4]}) == 1
 
 
 def test_two_architectures_that_build_the_same_part_share_its_entry():
@@ -33,6 +35,7 @@ def test_two_architectures_that_build_the_same_part_share_its_entry():
     mine, theirs = parts_of(TINY, 64), parts_of(TINY.replace(alpha=(0.9, 0.9, 0.75, 0.9)), 64)
     differ = [i for i, (a, b) in enumerate(zip(mine, theirs)) if a.key != b.key]
     assert [dict(mine[i].spec)["lofi"] for i in differ] == [2, 2] and [dict(theirs[i].spec)["lofi"] for i in differ] == [3, 3]
+    assert {mine[i].kind for i in differ} == {"attention"}
     assert Part.from_key(mine[0].key) == mine[0]
 
 
@@ -57,8 +60,56 @@ def test_a_prediction_is_the_sum_of_its_parts_times_the_overhead_factor():
     got = predict(TINY, target, table)
     assert got.seconds == pytest.approx(expected) and got.img_s == pytest.approx(2 / expected)
     assert got.latency_ms == pytest.approx(1000 * expected)
-    with pytest.raises(KeyError, match="not in the latency table"):
+    with pytest.raises(KeyError, match="not in the latency table, nor between two of its parts"):
         predict(TINY.replace(embed_dim=32), target, table)
+
+
+def _part(kind: str, **spec) -> Part:
+    return Part.of(kind, dim=64, size=[8, 8], batch=1, **spec)
+
+
+def test_a_part_between_two_measured_ones_on_its_axis_is_interpolated_and_nothing_else_is():
+    table = LatencyTable("t", {}, {_part("ffn", hidden=128, ffn="convffn").key: dict(seconds=0.002),
+                                   _part("ffn", hidden=256, ffn="convffn").key: dict(seconds=0.004)})
+    assert table.seconds(_part("ffn", hidden=160, ffn="convffn")) == pytest.approx(0.0025)
+    assert table.seconds(_part("ffn", hidden=256, ffn="convffn")) == 0.004  # measured: as measured
+    for outside in (_part("ffn", hidden=512, ffn="convffn"),  # beyond the measured ends: not extrapolated
+                    _part("ffn", hidden=160, ffn="mlp")):  # another family
+        with pytest.raises(KeyError):
+            table.seconds(outside)
+
+
+def test_lofi_heads_are_interpolated_only_strictly_between_their_ends():
+    def hilo(lofi: int) -> Part:
+        return _part("attention", attn_kind="hilo", heads=8, lofi=lofi, window=2, qkv_bias=True, rel_pos_bias=False,
+                     lofi_valid_average=False)
+
+    measured = {0: 0.010, 1: 0.012, 7: 0.018, 8: 0.009}  # 0 and 8 lack a whole branch: not on the line
+    table = LatencyTable("t", {}, {hilo(v).key: dict(seconds=s) for v, s in measured.items()})
+    assert table.seconds(hilo(4)) == pytest.approx(0.015)  # between 1 and 7, not between 0 and 8
+    only_ends = LatencyTable("t", {}, {hilo(v).key: dict(seconds=measured[v]) for v in (0, 8)})
+    with pytest.raises(KeyError):
+        only_ends.seconds(hilo(4))
+    # Asked for 2-6 Lo-Fi heads, a build measures the segment's own ends (1 and heads - 1) and the value
+    # nearest its middle (the first of two as near).
+    assert [p.key for p in only_ends.missing([hilo(v) for v in (0, 2, 3, 5, 6, 8)])] == [hilo(v).key for v in (1, 3, 7)]
+
+
+def test_a_build_measures_the_ends_and_middle_of_each_axis_and_every_part_when_asked():
+    parts = [_part("ffn", hidden=h, ffn="mlp") for h in (128, 160, 192, 224, 256)] + [_part("stem", patch=4)]
+    ends_and_middle = LatencyTable("t", {}).missing(parts)
+    assert [dict(p.spec).get("hidden") for p in ends_and_middle] == [None, 128, 192, 256]
+    assert len(LatencyTable("t", {}).missing(parts, interpolate=False)) == 6
+    # A table that already spans a value needs nothing for it; one beyond its ends needs that value.
+    spanned = LatencyTable("t", {}, {p.key: dict(seconds=0.001) for p in ends_and_middle})
+    assert spanned.missing(parts) == [] and spanned.missing([_part("ffn", hidden=320, ffn="mlp")]) == [
+        _part("ffn", hidden=320, ffn="mlp")]
+
+
+def test_the_interpolation_error_is_how_far_a_measured_middle_lies_off_its_neighbours_line():
+    table = LatencyTable("t", {}, {_part("ffn", hidden=h, ffn="mlp").key: dict(seconds=s)
+                                   for h, s in ((128, 0.002), (192, 0.0025), (256, 0.004))})
+    assert table.interpolation_errors() == [pytest.approx(0.003 / 0.0025 - 1)]
 
 
 def test_a_table_is_built_once_per_part_saved_as_it_goes_and_resumed(tmp_path, monkeypatch):
@@ -70,7 +121,7 @@ def test_a_table_is_built_once_per_part_saved_as_it_goes_and_resumed(tmp_path, m
     target, path = parse_target("cpu:bs1:64"), tmp_path / "lut.json"
     saved = []
     table = build_table([TINY, TINY.replace(alpha=(0.1, 0.1, 0.5, 0.3))], target,
-                        save=lambda t: (save_table(t, path), saved.append(len(t.parts))))
+                        save=lambda t: (save_table(t, path), saved.append(len(t.parts))), interpolate=False)
     assert len(measured) == len(set(measured)) == len({p.key for p in parts_of(TINY, 64)})  # shared parts once
     assert saved == list(range(1, len(measured) + 1))  # after every part
     again = build_table([TINY, TINY.replace(depths=(1, 1, 3, 1))], target, load_table(path))
@@ -91,8 +142,12 @@ def test_a_table_of_another_target_or_node_is_refused_in_one_line(tmp_path):
                           "--lut", str(path), "-n", "2"], capture_output=True, text=True)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.startswith("space: error: latency table was measured on") and run.stderr.count("\n") == 1
+    path.write_text(json.dumps({"version": 1}))  # whole blocks, no axes: a build starts it anew
+    with pytest.raises(OutdatedTable, match="version 1 is not 2, whose parts this predictor reads: build the table again"):
+        load_table(path)
+    assert resume_table(path) is None
     path.write_text(json.dumps({"version": 99}))
-    with pytest.raises(ValueError, match="version 99 is not 1"):
+    with pytest.raises(ValueError, match="version 99 is not 2, whose parts this predictor reads: build the table again"):
         load_table(path)
 
 
