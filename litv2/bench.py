@@ -23,7 +23,7 @@ from .target import PRECISIONS, parse_target
 
 EXIT_USAGE = 2
 DEVICES = ("cpu", "cuda")
-COMMANDS = ("measure", "repeatability", "calibrate", "predict")  # beside "table", the default
+COMMANDS = ("measure", "repeatability", "calibrate", "predict", "runtimes")  # beside "table", the default
 
 
 def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("repeatability", "one architecture measured in N fresh processes: how far the medians spread"),
                        ("calibrate", "the reference network's speed on this node, which CPU figures are scaled to")):
         command = commands.add_parser(name, help=text)
-        command.add_argument("--target", default="cpu:bs1:224", help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS]")
-        command.add_argument("--compile", action="store_true", help="measure torch.compile(model)")
+        command.add_argument("--target", default="cpu:bs1:224",
+                             help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS][:RUNTIME] (runtime: eager, compile, ort, trt)")
         command.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                              help="channels_last memory format (default: on for cuda)")
         command.add_argument("--tf32", action="store_true", help="allow TF32 on cuda (default off)")
@@ -90,12 +90,46 @@ def build_parser() -> argparse.ArgumentParser:
                          help="first measure the parts the table lacks (and fit its overhead on these networks "
                               "if it has none)")
     predict.add_argument("--measure", action="store_true", help="also measure each network: the prediction's error")
+    runtimes = commands.add_parser("runtimes", help="the same networks measured in several runtimes: speed-ups, "
+                                                    "Kendall tau and the pairs whose order flips")
+    runtimes.add_argument("--config", action="append", default=None,
+                          help="model name or LITConfig JSON file (default litv2_s); repeat it for several")
+    add_runtime_targets(runtimes)
     return parser
+
+
+DEFAULT_RUNTIME_TARGETS = "cpu:bs1:224,cpu:bs1:224:ort,cpu:bs1:224:compile"
+
+
+def add_runtime_targets(parser: argparse.ArgumentParser) -> None:
+    """``--targets`` and ``--out`` of a runtime comparison (``litv2.bench runtimes``, ``space runtimes``)."""
+    parser.add_argument("--targets", default=DEFAULT_RUNTIME_TARGETS,
+                        help=f"comma-separated targets, the first the baseline (default {DEFAULT_RUNTIME_TARGETS})")
+    parser.add_argument("--out", default=None, metavar="FILE", help="also write the report (Markdown) to FILE")
+
+
+def runtime_targets(args: argparse.Namespace) -> list:
+    """The ``--targets`` of a runtime comparison, parsed and checked against this node (one-line
+    ValueErrors before anything runs), and ``--out``'s folder."""
+    from .runtimes import check_runtime
+
+    targets = [parse_target(text) for text in args.targets.split(",") if text.strip()]
+    if len(targets) < 2 or len({t.key for t in targets}) < len(targets):
+        raise ValueError(f"--targets {args.targets!r} is invalid: expected two or more different targets")
+    for target in targets:
+        check_runtime(target)
+    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
+        raise ValueError(f"--out {args.out!r} is invalid: its folder {str(Path(args.out).parent)!r} does not exist")
+    return targets
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument, before the benchmark imports torch or runs anything (a bad ``--json``
     folder used to be found after the whole table had run); one-line ValueErrors."""
+    if args.command == "runtimes":
+        for text in args.config or []:
+            config_from(text)
+        return
     if args.command == "predict":
         parse_target(args.target)
         for text in args.config or []:
@@ -142,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_arguments(args)
+        if args.command == "runtimes":
+            return run_runtimes(args)
+        if args.command != "table":
+            from .runtimes import check_runtime
+
+            check_runtime(parse_target(args.target))  # this node can run it (a GPU, onnxruntime and its provider)
         from . import benchmarks  # torch and timm: only once the arguments are known to be good
 
         return {"table": benchmarks.table, "measure": benchmarks.measure, "repeatability": benchmarks.repeatability,
@@ -149,6 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"litv2.bench: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def run_runtimes(args: argparse.Namespace) -> int:
+    """``runtimes``: the named networks measured on every target, the report printed."""
+    from .runtime_order import compare_runtimes, print_progress, write_report
+
+    targets = runtime_targets(args)
+    texts = args.config or ["litv2_s"]
+    comparison = compare_runtimes({text: config_from(text) for text in texts}, targets, print_progress)
+    write_report(comparison, args.out)
+    return 0
 
 
 if __name__ == "__main__":

@@ -259,7 +259,7 @@ def table(args: argparse.Namespace) -> int:
 
 
 def _measure_options(args: argparse.Namespace) -> dict:
-    return dict(compile=args.compile, channels_last=args.channels_last, tf32=args.tf32,
+    return dict(channels_last=args.channels_last, tf32=args.tf32,
                 steady_allocator=not args.default_allocator,
                 protocol=MeasureProtocol(block_seconds=args.block_seconds, max_seconds=args.max_seconds))
 
@@ -343,8 +343,7 @@ def _flags(args: argparse.Namespace) -> list[str]:
     """The measurement options of ``args`` as command-line flags, for a child process."""
     flags = ["--target", parse_target(args.target).key, "--block-seconds", str(args.block_seconds),
              "--max-seconds", str(args.max_seconds)]
-    flags += [flag for flag, on in (("--compile", args.compile), ("--tf32", args.tf32),
-                                    ("--default-allocator", args.default_allocator)) if on]
+    flags += [flag for flag, on in (("--tf32", args.tf32), ("--default-allocator", args.default_allocator)) if on]
     if args.channels_last is not None:
         flags.append("--channels-last" if args.channels_last else "--no-channels-last")
     return flags

@@ -50,6 +50,7 @@ import importlib.metadata
 import math
 import platform
 import statistics
+import tempfile
 import time
 import timeit
 from dataclasses import asdict, dataclass, replace
@@ -63,6 +64,7 @@ from .config import LITConfig
 from .protocol import CONFIDENCE, MIN_SAMPLES_FOR_CI, MeasureProtocol
 from .model import build_model
 from .reference import REFERENCE_CONFIG, REFERENCE_NAME, CalibrationStore, calibration_key
+from .runtimes import ONNX_RUNTIMES, prepare, runtime_versions
 from .target import Target
 
 try:
@@ -291,10 +293,10 @@ class CpuTimer:
     kernel memory back every call (see :func:`pin_allocator`).
     """
 
-    def __init__(self, fn: Callable[[], object], threads: int = 1) -> None:
+    def __init__(self, fn: Callable[[], object], threads: int = 1, wall: bool = False) -> None:
         self._timer = timeit.Timer(fn)
         self.threads = threads
-        self.clock = THREAD_CPU if threads == 1 and cpu_clock_is_fine() else WALL
+        self.clock = THREAD_CPU if threads == 1 and cpu_clock_is_fine() and not wall else WALL
         self._cpu_now = time.thread_time if threads == 1 else time.process_time
         self.blocks: list[tuple[float, float]] = []  # (wall, CPU) seconds per call of every block, warm-up included
         self.page_faults_per_call: float | None = None
@@ -330,12 +332,15 @@ class CudaEventTimer:
         return start.elapsed_time(end) / 1e3
 
 
-def block_timer(fn: Callable[[], object], device: torch.device, threads: int | None = None) -> BlockTimer:
-    """The block timer of ``device``: CUDA events on a GPU, timeit's loop on the CPU (on the
-    thread's CPU clock for one thread, the wall clock for more; ``threads``: torch's count now)."""
-    if device.type == "cuda":
+def block_timer(fn: Callable[[], object], device: torch.device, threads: int | None = None,
+                runtime: str = "eager") -> BlockTimer:
+    """The block timer of ``device``: CUDA events for PyTorch on a GPU, timeit's loop on the
+    CPU (on the thread's CPU clock for one thread, the wall clock for more; ``threads``:
+    torch's count now). onnxruntime on a GPU runs on streams of its own and its ``run``
+    returns when the work is done: the wall clock times it."""
+    if device.type == "cuda" and runtime not in ONNX_RUNTIMES:
         return CudaEventTimer(fn, device)
-    return CpuTimer(fn, torch.get_num_threads() if threads is None else threads)
+    return CpuTimer(fn, torch.get_num_threads() if threads is None else threads, wall=device.type == "cuda")
 
 
 # ---------------------------------------------------------------------------- the process
@@ -384,10 +389,11 @@ def device_name(device: torch.device) -> str:
 PROTOCOL_VERSION = "3"  # bump when a change here moves the figures: caches key on it (3: CPU clock + reference)
 
 
-def library_versions(device: torch.device) -> dict[str, str]:
+def library_versions(device: torch.device, runtime: str = "eager") -> dict[str, str]:
     """What decides which kernels run and how they are timed: torch and torchvision (DTM's
-    deformable conv on CUDA), on GPUs the CUDA runtime and cuDNN, and this protocol's version."""
-    versions = {"torch": torch.__version__}
+    deformable conv on CUDA), on GPUs the CUDA runtime and cuDNN, the runtime's own library
+    (onnxruntime), and this protocol's version."""
+    versions = {"torch": torch.__version__, **runtime_versions(runtime)}
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         versions["torchvision"] = importlib.metadata.version("torchvision")
     if device.type == "cuda":
@@ -401,12 +407,12 @@ def fingerprint_of(record: Mapping[str, Any]) -> dict[str, str]:
     return {"device_name": record["device_name"], **record["versions"]}
 
 
-def device_fingerprint(device: str | torch.device | None = None) -> dict[str, str]:
-    """The fingerprint a measurement on ``device`` in this process would carry: a figure
-    measured under another one may differ (another GPU model, other kernels), so caches key
-    on it."""
+def device_fingerprint(device: str | torch.device | None = None, runtime: str = "eager") -> dict[str, str]:
+    """The fingerprint a measurement on ``device`` in ``runtime`` in this process would carry:
+    a figure measured under another one may differ (another GPU model, other kernels), so
+    caches key on it."""
     device = resolve_device(device)
-    return fingerprint_of({"device_name": device_name(device), "versions": library_versions(device)})
+    return fingerprint_of({"device_name": device_name(device), "versions": library_versions(device, runtime)})
 
 
 @contextlib.contextmanager
@@ -510,7 +516,9 @@ class Throughput:
     cudnn_benchmark: bool | None
     tf32: bool | None
     channels_last: bool
-    compiled: bool
+    runtime: str  # eager, compile, ort or trt (litv2.runtimes)
+    provider: str | None  # onnxruntime's execution provider that ran it (ort, trt)
+    prepare_seconds: float  # the runtime's start before the first call: ONNX export and session (compile: lazy, in the first call)
     allocator: str
     page_faults_per_call: float | None
     capped: bool
@@ -599,7 +607,7 @@ def measure_throughput(
     *,
     threads: int | None = None,
     channels_last: bool | None = None,
-    compile: bool = False,
+    runtime: str = "eager",
     cudnn_benchmark: bool = True,
     tf32: bool = False,
     steady_allocator: bool = True,
@@ -638,13 +646,18 @@ def measure_throughput(
     channels_last = on_cuda if channels_last is None else channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     calibration = None
-    with backend_settings(device, threads, cudnn_benchmark, tf32), peak_memory(device) as added_mib:
+    with contextlib.ExitStack() as stack, backend_settings(device, threads, cudnn_benchmark, tf32), \
+            peak_memory(device) as added_mib:
         model = model.to(device).eval().to(memory_format=memory_format)
         inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
         inputs = inputs.contiguous(memory_format=memory_format)
-        runner = torch.compile(model) if compile else model
         used_threads = torch.get_num_threads()
-        timer = block_timer(functools.partial(runner, inputs), device, used_threads)
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="litv2-runtime-"))
+        preparing = time.perf_counter()
+        call, provider = prepare(model, inputs, Target(device.type, batch_size, img_size, precision, used_threads,
+                                                       runtime), workdir)
+        prepare_seconds = time.perf_counter() - preparing
+        timer = block_timer(call, device, used_threads, runtime)
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             against = None
             if reference and not on_cuda:
@@ -654,11 +667,12 @@ def measure_throughput(
         peak = added_mib()
     rates = tuple(batch_size / s for s in timing.seconds_per_call)
     low, high = median_ci(rates)
-    clocks: dict[str, Any] = dict(clock=CUDA_EVENTS, raw_median=_median_rate(batch_size, timing.raw_seconds_per_call))
-    if isinstance(timer, CpuTimer):
+    clocks: dict[str, Any] = dict(clock=timer.clock if isinstance(timer, CpuTimer) else CUDA_EVENTS,
+                                  raw_median=_median_rate(batch_size, timing.raw_seconds_per_call))
+    if isinstance(timer, CpuTimer) and not on_cuda:  # (onnxruntime on a GPU: the wall clock, no CPU share to judge)
         sampled = timer.blocks[-len(timing.seconds_per_call):]
         share = statistics.median(cpu / wall for wall, cpu in sampled)
-        clocks.update(clock=timer.clock, wall_median=_median_rate(batch_size, [wall for wall, _ in sampled]),
+        clocks.update(wall_median=_median_rate(batch_size, [wall for wall, _ in sampled]),
                       cpu_median=_median_rate(batch_size, [cpu for _, cpu in sampled]), cpu_share=share,
                       contended=share < CONTENDED_CPU_SHARE)
     if calibration is not None:
@@ -671,9 +685,10 @@ def measure_throughput(
     return Throughput(
         median=statistics.median(rates), ci_low=low, ci_high=high, samples=rates,
         calls_per_block=timing.calls_per_block, batch_size=batch_size, img_size=img_size, precision=precision,
-        device=str(device), device_name=device_name(device), threads=used_threads, versions=library_versions(device),
+        device=str(device), device_name=device_name(device), threads=used_threads, versions=library_versions(device, runtime),
         cudnn_benchmark=cudnn_benchmark if on_cuda else None, tf32=tf32 if on_cuda else None,
-        channels_last=channels_last, compiled=compile, allocator=allocator_policy(),
+        channels_last=channels_last, runtime=runtime, provider=provider, prepare_seconds=prepare_seconds,
+        allocator=allocator_policy(),
         page_faults_per_call=timer.page_faults_per_call if isinstance(timer, CpuTimer) else None,
         capped=timing.capped, warmup_converged=timing.warmup_converged, warmup_seconds=timing.warmup_seconds,
         first_call_seconds=timing.first_call_seconds, wall_seconds=time.perf_counter() - began, peak_memory_mb=peak,
@@ -687,7 +702,7 @@ def measure_target(model: nn.Module, target: Target, **options) -> Throughput:
     ``options`` are its keyword-only options."""
     options.setdefault("reference", True)
     return measure_throughput(model, target.batch_size, target.img_size, target.device, target.precision,
-                              threads=target.threads, **options)
+                              threads=target.threads, runtime=target.runtime, **options)
 
 
 def measure_config(config: LITConfig, target: Target, **options) -> Throughput:

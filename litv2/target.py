@@ -1,13 +1,18 @@
 """Deployment targets: where and how throughput is measured, e.g. ``cuda:bs64:224:fp16``.
 
-Form: ``DEVICE:bsBATCH:RESOLUTION[:PRECISION][:tTHREADS]`` with DEVICE ``cpu`` or ``cuda``,
-PRECISION ``fp32`` (default), ``fp16`` or ``bf16``, and THREADS (CPU targets only) the intra-op
-threads one inference stream uses. CPU targets default to one thread: batch-1 CPU serving
-scales by running one single-threaded stream per core, and a single-threaded measurement on an
-otherwise idle node is also the one that repeats (two-thread runs of small models on a
-two-core node vary by +-20% from OpenMP barrier stalls whenever anything else wakes up).
+Form: ``DEVICE:bsBATCH:RESOLUTION[:PRECISION][:tTHREADS][:RUNTIME]`` with DEVICE ``cpu`` or
+``cuda``, PRECISION ``fp32`` (default), ``fp16`` or ``bf16``, THREADS (CPU targets only) the
+intra-op threads one inference stream uses, and RUNTIME what runs the network
+(:mod:`litv2.runtimes`): ``eager`` PyTorch (default), ``compile`` (``torch.compile``), ``ort``
+(the exported ONNX file in onnxruntime) or ``trt`` (TensorRT, through onnxruntime's provider;
+cuda only). CPU targets default to one thread: batch-1 CPU serving scales by running one
+single-threaded stream per core, and a single-threaded measurement on an otherwise idle node
+is also the one that repeats (two-thread runs of small models on a two-core node vary by
++-20% from OpenMP barrier stalls whenever anything else wakes up).
 The canonical string is part of the throughput cache key, so ``cuda:bs64:224`` and
-``cuda:bs64:224:fp32`` share measurements, and so do ``cpu:bs1:224`` and ``cpu:bs1:224:fp32:t1``.
+``cuda:bs64:224:fp32`` share measurements, and so do ``cpu:bs1:224`` and
+``cpu:bs1:224:fp32:t1`` (an eager target's key names no runtime: keys made before runtimes
+existed still hold).
 """
 from __future__ import annotations
 
@@ -15,9 +20,13 @@ import re
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+RUNTIMES = ("eager", "compile", "ort", "trt")
+RUNTIME_PRECISIONS = {"ort": ("fp32",), "trt": ("fp32", "fp16")}
+"""What each ONNX runtime runs here (PyTorch runtimes run every precision): an fp32 graph,
+which TensorRT may run in half precision (``trt_fp16_enable``, as ``trtexec --fp16``)."""
 _PATTERN = re.compile(
     rf"^(?P<device>cpu|cuda):bs(?P<batch>\d+):(?P<res>\d+)(?::(?P<precision>{'|'.join(PRECISIONS)}))?"
-    r"(?::t(?P<threads>\d+))?$"
+    r"(?::t(?P<threads>\d+))?(?::(?P<runtime>[a-z]+))?$"
 )
 
 
@@ -28,6 +37,7 @@ class Target:
     img_size: int
     precision: str = "fp32"
     threads: int | None = None  # CPU intra-op threads (default 1); always None on cuda
+    runtime: str = "eager"
 
     def __post_init__(self) -> None:
         # One canonical form, so that a Target built in code and its parsed key share cache entries.
@@ -44,7 +54,8 @@ class Target:
 
     def _key(self, resolution: str) -> str:
         threads = f":t{self.threads}" if self.threads is not None else ""
-        return f"{self.device}:bs{self.batch_size}:{resolution}:{self.precision}{threads}"
+        runtime = f":{self.runtime}" if self.runtime != "eager" else ""
+        return f"{self.device}:bs{self.batch_size}:{resolution}:{self.precision}{threads}{runtime}"
 
     def __str__(self) -> str:
         return self.key
@@ -53,16 +64,24 @@ class Target:
 def parse_target(text: str) -> Target:
     """``"cpu:bs1:224"`` -> ``Target("cpu", 1, 224, "fp32", threads=1)``; bad strings raise a one-line ValueError."""
     match = _PATTERN.match(text.strip()) if isinstance(text, str) else None
-    expected = "expected DEVICE:bsBATCH:RESOLUTION[:PRECISION][:tTHREADS] such as cpu:bs1:224, cpu:bs8:224:t4 or cuda:bs64:224:fp16"
+    expected = ("expected DEVICE:bsBATCH:RESOLUTION[:PRECISION][:tTHREADS][:RUNTIME] such as cpu:bs1:224, "
+                "cpu:bs8:224:t4, cpu:bs1:224:ort or cuda:bs64:224:fp16")
     if not match:
         raise ValueError(f"target {text!r} is invalid: {expected}")
     batch, res = int(match["batch"]), int(match["res"])
     threads = int(match["threads"]) if match["threads"] is not None else None
     if batch < 1 or res < 1 or threads == 0:
         raise ValueError(f"target {text!r} is invalid: batch, resolution and threads must be positive; {expected}")
-    precision = match["precision"] or "fp32"
+    precision, runtime = match["precision"] or "fp32", match["runtime"] or "eager"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"target {text!r} is invalid: runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if match["device"] == "cpu" and precision == "fp16":
         raise ValueError(f"target {text!r} is invalid: fp16 inference is for cuda targets; use fp32 or bf16 on cpu")
     if match["device"] == "cuda" and threads is not None:
         raise ValueError(f"target {text!r} is invalid: a thread count applies to cpu targets only")
-    return Target(match["device"], batch, res, precision, threads)
+    if runtime == "trt" and match["device"] != "cuda":
+        raise ValueError(f"target {text!r} is invalid: TensorRT (trt) runs on cuda targets only")
+    if precision not in RUNTIME_PRECISIONS.get(runtime, PRECISIONS):
+        raise ValueError(f"target {text!r} is invalid: {runtime} runs {' or '.join(RUNTIME_PRECISIONS[runtime])} "
+                         f"here, not {precision}")
+    return Target(match["device"], batch, res, precision, threads, runtime)

@@ -1,8 +1,12 @@
-"""Command line: ``python -m space show NAME|FILE`` and ``python -m space validate FILE``.
+"""Command line: ``python -m space show NAME|FILE``, ``validate FILE``, ``lut build|check``
+and ``runtimes``.
 
 ``show`` prints a space's dimensions, its size and a few architectures with their
 full-size parameters and FLOPs (FLOP counting builds and runs each model once, so only a
-few are shown). An invalid space is reported on one line and exits with status 2.
+few are shown). ``lut`` builds and checks a space's latency table (:mod:`space.lut`),
+``runtimes`` measures draws of a space in several runtimes (:mod:`litv2.runtime_order`):
+commands about a space live here because ``litv2`` does not know spaces. An invalid space
+or argument is reported on one line and exits with status 2.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from litv2.argparsing import StrictParser
+from litv2.bench import add_runtime_targets, runtime_targets
 
 from .errors import SpaceError
 from .identity import arch_id, summary
@@ -61,15 +66,23 @@ def main(argv: list[str] | None = None) -> int:
         help="measure every distinct part instead of interpolating along hidden width and Lo-Fi heads")
     lut_commands.choices["check"].add_argument("-n", "--n", type=int, default=30, help="architectures (default 30)")
     lut_commands.choices["check"].add_argument("--plot", type=Path, default=None, help="scatter plot (PNG)")
+    runtimes = commands.add_parser("runtimes", help="N random architectures measured in several runtimes: speed-ups, "
+                                                    "Kendall tau and the pairs whose order flips")
+    runtimes.add_argument("--space", required=True, help="a named space or a .yaml/.yml/.json file")
+    runtimes.add_argument("-n", "--n", type=int, default=20, help="architectures (default 20)")
+    runtimes.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    add_runtime_targets(runtimes)
     args = parser.parse_args(argv)
     try:
         if args.command == "show" and args.samples < 0:
             raise SpaceError(None, f"-n {args.samples} is invalid: expected 0 or more architectures")
-        if args.command in ("show", "lut") and not 0 <= args.seed <= MAX_SEED:
+        if args.command in ("show", "lut", "runtimes") and not 0 <= args.seed <= MAX_SEED:
             raise SpaceError(None, f"--seed {args.seed} is invalid: expected an integer from 0 to {MAX_SEED}")
         space = get_space(args.space)
         if args.command == "lut":
             return _lut(args, space)
+        if args.command == "runtimes":
+            return _runtimes(args, space)
     except (SpaceError, ValueError) as err:
         print(f"space: error: {err}", file=sys.stderr)
         return EXIT_INVALID
@@ -108,6 +121,19 @@ def _lut(args: argparse.Namespace, space: "SearchSpace") -> int:
     tables = dict(open_table(target, fingerprint, path) for path in args.lut or [None])
     lut.check(space, target, {str(path): table for path, table in tables.items()}, examples(space, count, args.seed),
               args.plot)
+    return 0
+
+
+def _runtimes(args: argparse.Namespace, space: "SearchSpace") -> int:
+    """``runtimes``: ``-n`` draws of the space measured on every target (litv2.runtime_order)."""
+    if args.n < 2:
+        raise ValueError(f"-n {args.n} is invalid: expected 2 or more architectures to order")
+    targets = runtime_targets(args)
+    from litv2.runtime_order import compare_runtimes, print_progress, write_report
+
+    configs = {arch_id(config): config for config in examples(space, args.n, args.seed)}
+    print(f"{len(configs)} architectures of {space.name!r} (seed {args.seed})", flush=True)
+    write_report(compare_runtimes(configs, targets, print_progress), args.out)
     return 0
 
 

@@ -128,7 +128,7 @@ def test_a_measurement_records_every_field_and_restores_the_threads():
     record = measured.to_dict()
     expected = {"median", "ci_low", "ci_high", "samples", "n_samples", "relative_ci", "calls_per_block", "batch_size",
                 "img_size", "precision", "device", "device_name", "threads", "versions", "cudnn_benchmark", "tf32",
-                "channels_last", "compiled", "allocator", "page_faults_per_call", "capped", "warmup_converged", "warmup_seconds",
+                "channels_last", "runtime", "provider", "prepare_seconds", "allocator", "page_faults_per_call", "capped", "warmup_converged", "warmup_seconds",
                 "first_call_seconds", "wall_seconds", "peak_memory_mb", "clock", "raw_median", "wall_median", "cpu_median",
                 "cpu_share", "contended", "reference"}
     assert set(record) == expected
@@ -137,7 +137,7 @@ def test_a_measurement_records_every_field_and_restores_the_threads():
     assert (record["batch_size"], record["img_size"], record["precision"], record["threads"]) == (2, 16, "fp32", 1)
     assert record["device"] == "cpu" and record["device_name"] and record["versions"]["torch"] == torch.__version__
     assert record["cudnn_benchmark"] is None and record["tf32"] is None  # CUDA-only flags
-    assert record["channels_last"] is False and record["compiled"] is False
+    assert record["channels_last"] is False and record["runtime"] == "eager" and record["provider"] is None
     assert record["peak_memory_mb"] is None or record["peak_memory_mb"] >= 0
     assert record["allocator"] == PINNED_ALLOCATOR and record["page_faults_per_call"] == pytest.approx(0, abs=1)
     assert fingerprint_of(record) == device_fingerprint("cpu")  # what the cache stores is what the driver asks for

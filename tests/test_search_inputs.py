@@ -41,6 +41,10 @@ def test_budgets_add_up_in_one_kind():
     ("cpu:bs1:224", "cpu:bs1:224:fp32:t1"), ("cuda:bs64:224:fp16", "cuda:bs64:224:fp16"),
     ("cuda:bs64:384:bf16", "cuda:bs64:384:bf16"), ("cpu:bs8:224:bf16", "cpu:bs8:224:bf16:t1"),
     ("cpu:bs8:224:t4", "cpu:bs8:224:fp32:t4"), ("cpu:bs1:224:fp32:t1", "cpu:bs1:224:fp32:t1"),
+    # A runtime last; eager is the default and names none, so keys made before runtimes still hold.
+    ("cpu:bs1:224:eager", "cpu:bs1:224:fp32:t1"), ("cpu:bs1:224:ort", "cpu:bs1:224:fp32:t1:ort"),
+    ("cpu:bs4:224:t2:compile", "cpu:bs4:224:fp32:t2:compile"), ("cuda:bs64:224:fp16:trt", "cuda:bs64:224:fp16:trt"),
+    ("cuda:bs64:224:compile", "cuda:bs64:224:fp32:compile"), ("cuda:bs8:224:ort", "cuda:bs8:224:fp32:ort"),
 ])
 def test_target_parses_to_a_canonical_key(text, key):
     assert parse_target(text).key == key
@@ -48,12 +52,15 @@ def test_target_parses_to_a_canonical_key(text, key):
 
 def test_targets_built_in_code_share_the_parsed_key():
     assert Target("cpu", 1, 224) == parse_target("cpu:bs1:224") and Target("cpu", 1, 224).threads == 1
+    assert Target("cpu", 1, 224, runtime="ort") == parse_target("cpu:bs1:224:ort")
     assert Target("cuda", 64, 224, "fp16", threads=8).key == "cuda:bs64:224:fp16"
 
 
 @pytest.mark.parametrize("text", ["cpu", "gpu:bs1:224", "cuda:64:224", "cuda:bs0:224", "cuda:bs64:224:int8",
                                   "cpu:bs1:224:fp16", "cuda:bs64", "cpu:bs1:224:fp32:x",
-                                  "cpu:bs1:224:t0", "cuda:bs64:224:fp16:t4", "cpu:bs1:224:t4:fp32"])
+                                  "cpu:bs1:224:t0", "cuda:bs64:224:fp16:t4", "cpu:bs1:224:t4:fp32",
+                                  "cpu:bs1:224:onnx", "cpu:bs1:224:ort:t1", "cpu:bs1:224:trt", "cpu:bs1:224:bf16:ort",
+                                  "cuda:bs8:224:fp16:ort", "cuda:bs8:224:bf16:trt", "cpu:bs1:224:ORT"])
 def test_bad_target_is_a_one_line_error(text):
     with pytest.raises(ValueError) as error:
         parse_target(text)

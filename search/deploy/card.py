@@ -40,7 +40,7 @@ def _measurement_notes(figure: dict[str, Any]) -> list[str]:
     record = figure.get("measurement")
     if isinstance(record, dict):
         keys = ("device_name", "precision", "threads", "clock", "n_samples", "ci_low", "ci_high", "calls_per_block",
-                "channels_last", "compiled", "warmup_converged", "capped", "cpu_share", "contended")
+                "channels_last", "runtime", "provider", "warmup_converged", "capped", "cpu_share", "contended")
         notes.append("protocol: " + ", ".join(f"{k} {_short(record[k])}" for k in keys if record.get(k) is not None))
         if record.get("reference"):
             reference = record["reference"]
@@ -50,6 +50,19 @@ def _measurement_notes(figure: dict[str, Any]) -> list[str]:
         if record.get("versions"):
             notes.append("measured under " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()))
     return notes
+
+
+RUNTIME_TEXT = {"eager": "in eager PyTorch", "compile": "as a torch.compile module (compilation not timed)",
+                "ort": "in onnxruntime, running the `model.onnx` of this folder (the same exporter)",
+                "trt": "in TensorRT through onnxruntime, running the `model.onnx` of this folder (the same exporter)"}
+
+
+def _runtime_text(runtime: str, figure: dict[str, Any] | None) -> str:
+    """How the target's runtime ran the network, and the provider and library that did."""
+    record = (figure or {}).get("measurement") or {}
+    library = ", ".join(f"{k} {v}" for k, v in (record.get("versions") or {}).items() if k == "onnxruntime")
+    detail = ", ".join(x for x in (record.get("provider"), library) if x)
+    return RUNTIME_TEXT[runtime] + (f" ({detail})" if detail else "")
 
 
 def _short(value: Any) -> str:
@@ -98,7 +111,7 @@ def render_card(deployment: Deployment) -> str:
         f"| throughput, img/s (median [95 % interval]) | {cached_tp} | {fresh_tp}{_times(c.measured_times)} |",
         f"| latency, ms per batch of {target.batch_size} [95 % interval] | {cached_lat} | {fresh_lat} |",
         "",
-        f"Measured on {deployment.host}.",
+        f"Measured on {deployment.host}, {_runtime_text(target.runtime, c.measured)}.",
         *[f"- {note}" for note in _measurement_notes(c.measured)],
         "",
         "## Accuracy (proxy)",

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from litv2 import NAMED_CONFIGS, LITConfig
+from litv2.runtimes import ONNX_INPUT, ONNX_OUTPUT, export_onnx
 
 from ..core.versions import installed_versions
 
@@ -35,7 +36,6 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 CARD_FILE = "MODEL_CARD.md"
 PROVENANCE_KEY = "litv2_search"
-ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
 EXPORT_EXTRA = "pip install 'litv2-search[export]'"
 
 
@@ -99,17 +99,6 @@ def save_timm_folder(model: nn.Module, config: LITConfig, folder: Path, img_size
     save_for_hf(model, str(folder), model_args={"lit_config": config.to_dict()}, safe_serialization=True,
                 data_config={"input_size": (3, img_size, img_size)},
                 model_config={PROVENANCE_KEY: provenance} if provenance else None)
-
-
-def export_onnx(model: nn.Module, path: Path, img_size: int) -> None:
-    """The eval-mode model as one ONNX file with a dynamic batch dimension (input ``images``, output ``logits``)."""
-    model = model.eval()
-    example = torch.randn(2, 3, img_size, img_size)
-    batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
-        program = torch.onnx.export(model, (example,), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                                    dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
-    program.save(str(path), external_data=False)
 
 
 def onnx_max_difference(model: nn.Module, path: Path, img_size: int, batch_size: int = 3, seed: int = 0,

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from litv2.runtimes import ONNX_INPUT, ONNX_OUTPUT, export_onnx
+
 from .card import render_card
 from .deployment import Deployment
-from .export import (CARD_FILE, ONNX_FILE, ONNX_INPUT, ONNX_OUTPUT, create_lit_model, export_onnx, onnx_max_difference,
-                     save_timm_folder, write_atomically)
+from .export import CARD_FILE, ONNX_FILE, create_lit_model, onnx_max_difference, save_timm_folder, write_atomically
 
 __all__ = ["Deployment", "ONNX_TOLERANCE", "export_deployment", "log_deployment"]
 

@@ -31,7 +31,7 @@ def count_architecture(config_json: str, img_size: int) -> dict[str, int]:
     return dict(params=count_params(model), flops=count_flops(model, (3, img_size, img_size)))
 
 
-def measure_architecture(config_json: str, target_key: str, *, compile: bool = False, channels_last: bool | None = None,
+def measure_architecture(config_json: str, target_key: str, *, channels_last: bool | None = None,
                          cudnn_benchmark: bool = True, tf32: bool = False, allowed_seconds: float | None = None,
                          **protocol: Any) -> dict[str, Any]:
     """Build the full-size network of ``config_json`` and measure it on ``target_key``.
@@ -61,7 +61,7 @@ def measure_architecture(config_json: str, target_key: str, *, compile: bool = F
     params = count_params(model)
     deadline = None if allowed_seconds is None else start + allowed_seconds
     try:
-        measured = measure_target(model, target, compile=compile, channels_last=channels_last, deadline=deadline,
+        measured = measure_target(model, target, channels_last=channels_last, deadline=deadline,
                                   cudnn_benchmark=cudnn_benchmark, tf32=tf32, protocol=MeasureProtocol(**protocol))
     except MeasurementOutOfTime:
         return dict(out_of_time=True, wall_seconds=time.perf_counter() - start, node=socket.gethostname(),
@@ -77,4 +77,5 @@ def measure_architecture(config_json: str, target_key: str, *, compile: bool = F
 def measuring_fingerprint(target_key: str) -> dict[str, str]:
     """The device name and library versions a measurement of ``target_key`` runs under,
     called where the measurement would run (for a cache lookup before measuring)."""
-    return device_fingerprint(parse_target(target_key).device)
+    target = parse_target(target_key)
+    return device_fingerprint(target.device, target.runtime)
