@@ -106,12 +106,21 @@ def add_runtime_targets(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", default=DEFAULT_RUNTIME_TARGETS,
                         help=f"comma-separated targets, the first the baseline (default {DEFAULT_RUNTIME_TARGETS})")
     parser.add_argument("--out", default=None, metavar="FILE", help="also write the report (Markdown) to FILE")
+    defaults = MeasureProtocol()
+    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
+                        help="time cap of each measurement's warm-up + sampling (default %(default)s)")
+    parser.add_argument("--block-seconds", type=float, default=defaults.block_seconds,
+                        help=f"length of one timed block (default {defaults.block_seconds})")
 
 
 def runtime_targets(args: argparse.Namespace) -> list:
     """The ``--targets`` of a runtime comparison, parsed and checked against this node (one-line
-    ValueErrors before anything runs), and ``--out``'s folder."""
+    ValueErrors before anything runs), and ``--out``'s folder and the protocol's times."""
     from .runtimes import check_runtime
+
+    for flag, value in (("--max-seconds", args.max_seconds), ("--block-seconds", args.block_seconds)):
+        if value <= 0:
+            raise ValueError(f"{flag} {value} is invalid: expected a positive number of seconds")
 
     targets = [parse_target(text) for text in args.targets.split(",") if text.strip()]
     if len(targets) < 2 or len({t.key for t in targets}) < len(targets):
@@ -191,13 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def runtime_protocol(args: argparse.Namespace) -> MeasureProtocol:
+    """The measurement protocol of a runtime comparison: the default with ``--max-seconds`` and ``--block-seconds``."""
+    return MeasureProtocol(max_seconds=args.max_seconds, block_seconds=args.block_seconds)
+
+
 def run_runtimes(args: argparse.Namespace) -> int:
     """``runtimes``: the named networks measured on every target, the report printed."""
     from .runtime_order import compare_runtimes, print_progress, write_report
 
     targets = runtime_targets(args)
     texts = args.config or ["litv2_s"]
-    comparison = compare_runtimes({text: config_from(text) for text in texts}, targets, print_progress)
+    comparison = compare_runtimes({text: config_from(text) for text in texts}, targets, runtime_protocol(args),
+                                  print_progress)
     write_report(comparison, args.out)
     return 0
 

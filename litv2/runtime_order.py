@@ -18,6 +18,7 @@ from typing import Callable
 
 from .config import LITConfig
 from .measure import measure_config
+from .protocol import MeasureProtocol
 from .target import Target
 
 
@@ -69,7 +70,7 @@ class RuntimeComparison:
         return "\n".join(lines)
 
 
-def compare_runtimes(configs: dict[str, LITConfig], targets: list[Target],
+def compare_runtimes(configs: dict[str, LITConfig], targets: list[Target], protocol: MeasureProtocol = MeasureProtocol(),
                      progress: Callable[[int, int], None] | None = None) -> RuntimeComparison:
     """Measure every one of ``configs`` (by name) on every one of ``targets``, target by target
     within each architecture (so a drift of the node moves every runtime's figure alike)."""
@@ -77,7 +78,7 @@ def compare_runtimes(configs: dict[str, LITConfig], targets: list[Target],
     total = len(configs) * len(targets)
     for index, (name, config) in enumerate(configs.items()):
         for offset, target in enumerate(targets, 1):
-            figure = measure_config(config, target)
+            figure = measure_config(config, target, protocol=protocol)
             comparison.img_s.setdefault(name, {})[target.key] = figure.median
             comparison.start_seconds.setdefault(name, {})[target.key] = figure.prepare_seconds + figure.first_call_seconds
             if progress:

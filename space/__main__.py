@@ -18,7 +18,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from litv2.argparsing import StrictParser
-from litv2.bench import add_runtime_targets, runtime_targets
+from litv2.bench import add_runtime_targets, runtime_protocol, runtime_targets
 
 from .errors import SpaceError
 from .identity import arch_id, summary
@@ -133,7 +133,7 @@ def _runtimes(args: argparse.Namespace, space: "SearchSpace") -> int:
 
     configs = {arch_id(config): config for config in examples(space, args.n, args.seed)}
     print(f"{len(configs)} architectures of {space.name!r} (seed {args.seed})", flush=True)
-    write_report(compare_runtimes(configs, targets, print_progress), args.out)
+    write_report(compare_runtimes(configs, targets, runtime_protocol(args), print_progress), args.out)
     return 0
 
 

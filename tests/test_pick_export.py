@@ -29,6 +29,7 @@ from search.engine.tracking import StudyTracker
 
 TrialState = optuna.trial.TrialState
 TARGET = "cpu:bs1:32"
+ORT_TARGET = "cpu:bs1:32:ort"
 
 
 def tiny(embed_dim: int, merge: str = "patch") -> LITConfig:
@@ -227,12 +228,16 @@ def test_an_existing_export_folder_is_refused_before_measuring(study_dir, tmp_pa
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """One real end-to-end pick (real measurements of the tiny networks) with --export."""
+    """One real end-to-end pick with --export for the study's target served by onnxruntime
+    (real measurements of the tiny networks' exported graphs)."""
     workdir = tmp_path_factory.mktemp("pick")
     build_study(workdir, tracked=True, cached=True)
+    for arch, row in FRONT.items():  # as a search measuring in onnxruntime would have left them
+        ThroughputCache(workdir / "throughput_cache.db").put(arch, parse_target(ORT_TARGET).key,
+                                                             measured(row[2], ORT_TARGET))
     folder = workdir / "deploy"
     code = main(["pick", "--workdir", str(workdir), "--study", "s", "--max-params", "3.5M", "--top", "2",
-                 "--export", str(folder)])
+                 "--target", ORT_TARGET, "--export", str(folder)])
     return code, workdir, folder
 
 
@@ -257,7 +262,9 @@ def test_export_is_a_timm_folder_an_onnx_model_and_a_card(exported, capsys):
         assert logits.shape == (batch, 1000)
         assert np.abs(logits - reference[:batch].numpy()).max() <= 1e-4
     card = (folder / CARD_FILE).read_text()
-    for needle in ("# b: a LIT-family model for `cpu:bs1:32:fp32:t1`", "re-measured by this pick",
+    for needle in ("# b: a LIT-family model for `cpu:bs1:32:fp32:t1:ort`", "re-measured by this pick",
+                   "in onnxruntime, running the `model.onnx` of this folder (the same exporter) "
+                   "(CPUExecutionProvider, onnxruntime ", "runtime ort, provider CPUExecutionProvider",
                    "Proxy top-1 85.00 %", "max_params=3.5e+06", "MLflow parent run", "command: `python -m search pick",
                    "onnxruntime", "torch "):
         assert needle in card

@@ -82,13 +82,15 @@ def test_kendall_tau_and_the_pairs_whose_order_flips():
 
 
 def test_the_runtimes_command_measures_each_network_in_each_runtime(tmp_path):
-    config = tmp_path / "tiny.json"
-    config.write_text(TINY.to_json())
+    configs = [tmp_path / "tiny16.json", tmp_path / "tiny24.json"]
+    configs[0].write_text(TINY.to_json())
+    configs[1].write_text(TINY.replace(embed_dim=24).to_json())
     out = tmp_path / "runtimes.md"
-    run = subprocess.run([sys.executable, "-m", "litv2.bench", "runtimes", "--config", str(config), "--config",
-                          "litv2_s", "--targets", "cpu:bs1:32,cpu:bs1:32:ort", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "litv2.bench", "runtimes", "--config", str(configs[0]), "--config",
+                          str(configs[1]), "--targets", "cpu:bs1:32,cpu:bs1:32:ort", "--out", str(out),
+                          "--max-seconds", "0.5", "--block-seconds", "0.01"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("| arch | cpu:bs1:32:fp32:t1 | cpu:bs1:32:fp32:t1:ort | ort / eager |")
-    assert f"| {config} |" in run.stdout and "| litv2_s |" in run.stdout and "Kendall tau eager vs ort: " in run.stdout
+    assert all(f"| {config} |" in run.stdout for config in configs) and "Kendall tau eager vs ort: " in run.stdout
     assert out.read_text() == run.stdout
