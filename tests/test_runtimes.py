@@ -58,7 +58,6 @@ def test_the_runtime_and_its_library_are_part_of_the_fingerprint_the_cache_keys_
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("argv", [
     [sys.executable, "-m", "litv2.bench", "measure", "--target", "cuda:bs8:224:fp16:trt"],
-    [sys.executable, "-m", "litv2.bench", "runtimes", "--targets", "cuda:bs8:224,cuda:bs8:224:trt"],
     [sys.executable, "-m", "space", "runtimes", "--space", "tiny", "--targets", "cpu:bs1:224,cuda:bs8:224:trt"],
 ])
 def test_tensorrt_without_a_gpu_is_refused_in_one_line(argv):
