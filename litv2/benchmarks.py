@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import atomic_write_text
 from .flops import count_flops, count_params
 from .layers import HiLo
 from .layers.attention import Attention, build_attention
@@ -252,9 +253,9 @@ def table(args: argparse.Namespace) -> int:
     for line in _ratio_lines(rows):
         print(line)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(dict(device=device_name(device), threads=threads, precision=args.precision, rows=rows,
-                           versions=library_versions(device), allocator=allocator_policy()), handle, indent=2)
+        atomic_write_text(args.json, json.dumps(dict(device=device_name(device), threads=threads, precision=args.precision,
+                                                     rows=rows, versions=library_versions(device),
+                                                     allocator=allocator_policy()), indent=2))
     return 0
 
 
@@ -300,10 +301,11 @@ def measure(args: argparse.Namespace) -> int:
         print(json.dumps(records))
         return 0
     first = records[0]
-    print(f"{first['device_name']}, {first['threads']} threads, torch {first['versions']['torch']}, "
-          f"allocator {first['allocator']}")
+    runtime = " ".join(str(x) for x in (first["runtime"], first["provider"], first["versions"].get("onnxruntime")) if x)
+    print(f"{first['device_name']}, {first['threads']} threads, torch {first['versions']['torch']}, runtime "
+          f"{runtime}, allocator {first['allocator']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2))
+        atomic_write_text(args.json, json.dumps(records, indent=2))
     return 0
 
 
@@ -369,7 +371,7 @@ def calibrate(args: argparse.Namespace) -> int:
           f"blocks on the {record['clock']} clock, calibrated {made}")
     if args.json:
         text = json.dumps(record, indent=2)
-        print(text) if args.json == "-" else Path(args.json).write_text(text)
+        print(text) if args.json == "-" else atomic_write_text(args.json, text)
     return 0
 
 
@@ -432,6 +434,6 @@ def repeatability(args: argparse.Namespace) -> int:
           + f"; clock {first['clock']}; {first['device_name']}, {first['threads']} threads, "
             f"torch {first['versions']['torch']}, allocator {first['allocator']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(spread=spreads["figure"], spreads=spreads, load=args.load,
-                                                   runs=records), indent=2))
+        atomic_write_text(args.json, json.dumps(dict(spread=spreads["figure"], spreads=spreads, load=args.load,
+                                                     runs=records), indent=2))
     return 0

@@ -101,6 +101,10 @@ def prepare(model: nn.Module, inputs: torch.Tensor, target: Target, workdir: str
     if target.runtime == "eager":
         return functools.partial(model, inputs), None
     if target.runtime == "compile":
+        # Dynamo's caches are keyed by the forward's code, which every LIT network shares: past
+        # its recompile limit (8) a process silently runs later networks eagerly. Each
+        # measurement compiles its own network from a clean cache.
+        torch._dynamo.reset()
         return functools.partial(torch.compile(model), inputs), None
     path = Path(workdir) / "model.onnx"
     export_onnx(model, path, target.img_size)
