@@ -55,10 +55,11 @@ class RuntimeComparison:
             cells = [name, *(f"{figures[t.key]:.1f}" for t in self.targets),
                      *(f"{figures[t.key] / figures[first.key]:.2f}x" for t in self.targets[1:])]
             lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
         for target in self.targets[1:]:
             ratios = [f[target.key] / f[first.key] for f in self.img_s.values()]
             starts = [s[target.key] for s in self.start_seconds.values()]
-            lines.append(f"\n{target.runtime} / {first.runtime}: {min(ratios):.2f}x to {max(ratios):.2f}x (median "
+            lines.append(f"{target.runtime} / {first.runtime}: {min(ratios):.2f}x to {max(ratios):.2f}x (median "
                          f"{statistics.median(ratios):.2f}x); start-up (export, session, compilation) median "
                          f"{statistics.median(starts):.1f} s a network")
         for a, b in itertools.combinations(self.targets, 2):
