@@ -74,22 +74,26 @@ def check_runtime(target: Target) -> None:
 def runtime_versions(runtime: str) -> dict[str, str]:
     """What, beside torch, decides the kernels of ``runtime``: onnxruntime's version for
     ``ort`` and ``trt`` (part of every figure's fingerprint, so of the throughput cache's key)."""
-    if runtime in ONNX_RUNTIMES:
+    if runtime not in ONNX_RUNTIMES:
+        return {}
+    try:
         return {"onnxruntime": importlib.metadata.version("onnxruntime")}
-    return {}
+    except importlib.metadata.PackageNotFoundError:  # a driver without it: no cached figure matches; the node measures
+        return {"onnxruntime": "not installed"}
 
 
-def ort_session(path: str | Path, target: Target, threads: int | None):
-    """An onnxruntime session of the file at ``path`` for ``target``: its providers, ``threads``
-    intra-op threads, one inter-op thread, every graph optimisation."""
+def ort_session(path: str | Path, target: Target):
+    """An onnxruntime session of the file at ``path`` for ``target``: its providers, its
+    intra-op threads (onnxruntime's default on a GPU), one inter-op thread, every graph
+    optimisation."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = threads
+    if target.threads:
+        options.intra_op_num_threads = target.threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting threads beside the clock
     return onnxruntime.InferenceSession(str(path), options, providers=providers_for(target))
 
@@ -108,6 +112,6 @@ def prepare(model: nn.Module, inputs: torch.Tensor, target: Target, workdir: str
         return functools.partial(torch.compile(model), inputs), None
     path = Path(workdir) / "model.onnx"
     export_onnx(model, path, target.img_size)
-    session = ort_session(path, target, target.threads)
+    session = ort_session(path, target)
     feed = {ONNX_INPUT: inputs.float().cpu().contiguous().numpy()}
     return functools.partial(session.run, [ONNX_OUTPUT], feed), session.get_providers()[0]

@@ -380,6 +380,24 @@ def test_a_table_from_the_targets_own_machine_ranks_by_prediction_but_is_refused
         predictor("measured")
 
 
+def test_an_outdated_table_of_the_node_is_set_aside_and_a_named_one_refused(tmp_path, monkeypatch):
+    """A node's own table from an older format must not stop every search on the node."""
+    from litv2.latency import OutdatedTable, default_table_path
+
+    monkeypatch.setenv("LITV2_CACHE_DIR", str(tmp_path / "cache"))
+    here = {"device_name": "this node"}
+    settings = flat_settings(study="s", space="tiny", budget="1cpu-h", dataset="digits", target="cpu:bs1:64",
+                             workdir=str(tmp_path))
+    search = Search(settings, out=io.StringIO())
+    own = default_table_path(search.target, here)
+    own.parent.mkdir(parents=True)
+    own.write_text(json.dumps({"version": 1}))
+    assert search._predictor(None, here) is None
+    assert "not predicting throughput: the node's" in search.out.getvalue() and "version 1 is not 2" in search.out.getvalue()
+    with pytest.raises(OutdatedTable, match="build the table again"):
+        search._predictor(own, here)
+
+
 def test_ranking_by_prediction_needs_a_latency_table_and_a_known_source(tmp_path):
     from search.study.preflight import preflight_search
 
