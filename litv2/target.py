@@ -20,6 +20,10 @@ import re
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+MIN_RESOLUTION = 32
+"""The smallest input side a LIT network runs at: its 4-px patch embedding and three token
+merges leave a 2x2 map for the last merge's 2x2 kernel (28 px leaves 1x1, and every network
+of the named configs and spaces fails there)."""
 RUNTIMES = ("eager", "compile", "ort", "trt")
 RUNTIME_PRECISIONS = {"ort": ("fp32",), "trt": ("fp32", "fp16")}
 """What each ONNX runtime runs here (PyTorch runtimes run every precision): an fp32 graph,
@@ -72,6 +76,9 @@ def parse_target(text: str) -> Target:
     threads = int(match["threads"]) if match["threads"] is not None else None
     if batch < 1 or res < 1 or threads == 0:
         raise ValueError(f"target {text!r} is invalid: batch, resolution and threads must be positive; {expected}")
+    if res < MIN_RESOLUTION:
+        raise ValueError(f"target {text!r} is invalid: resolution {res} is below {MIN_RESOLUTION}, the smallest input "
+                         "a LIT network runs at")
     precision, runtime = match["precision"] or "fp32", match["runtime"] or "eager"
     if runtime not in RUNTIMES:
         raise ValueError(f"target {text!r} is invalid: runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from search.core.budget import parse_budget
 from search.study.storage import check_storage_url, open_storage
@@ -60,11 +61,31 @@ def test_targets_built_in_code_share_the_parsed_key():
                                   "cpu:bs1:224:fp16", "cuda:bs64", "cpu:bs1:224:fp32:x",
                                   "cpu:bs1:224:t0", "cuda:bs64:224:fp16:t4", "cpu:bs1:224:t4:fp32",
                                   "cpu:bs1:224:onnx", "cpu:bs1:224:ort:t1", "cpu:bs1:224:trt", "cpu:bs1:224:bf16:ort",
-                                  "cuda:bs8:224:fp16:ort", "cuda:bs8:224:bf16:trt", "cpu:bs1:224:ORT"])
+                                  "cuda:bs8:224:fp16:ort", "cuda:bs8:224:bf16:trt", "cpu:bs1:224:ORT", "cpu:bs1:7",
+                                  "cpu:bs1:28"])
 def test_bad_target_is_a_one_line_error(text):
     with pytest.raises(ValueError) as error:
         parse_target(text)
     assert repr(text) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_smallest_target_resolution_is_the_one_every_lit_network_runs_at():
+    from litv2 import LITV2_S, build_model
+    from litv2.reference import REFERENCE_CONFIG
+    from litv2.target import MIN_RESOLUTION
+
+    with pytest.raises(ValueError, match="resolution 28 is below 32, the smallest input a LIT network runs at"):
+        parse_target("cpu:bs1:28")
+    assert parse_target(f"cpu:bs1:{MIN_RESOLUTION}").img_size == MIN_RESOLUTION
+    for config in (LITV2_S, REFERENCE_CONFIG):
+        for side, runs in ((MIN_RESOLUTION, True), (MIN_RESOLUTION - 4, False)):
+            try:
+                with torch.no_grad():
+                    build_model(config, num_classes=10, img_size=side).eval()(torch.randn(1, 3, side, side))
+            except RuntimeError:
+                assert not runs
+            else:
+                assert runs
 
 
 @pytest.mark.parametrize("url", ["sqlite:///{tmp}/optuna.db", "journal:{tmp}/journal.log"])
