@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("calibrate", "the reference network's speed on this node, which CPU figures are scaled to")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--target", default="cpu:bs1:224",
-                             help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS][:RUNTIME] (runtime: eager, compile, ort, trt)")
+                             help="DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS][:RUNTIME] "
+                                  "(runtime: eager, compile, ort, trt)")
         command.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                              help="channels_last memory format (default: on for cuda)")
         command.add_argument("--tf32", action="store_true", help="allow TF32 on cuda (default off)")

@@ -253,9 +253,9 @@ def table(args: argparse.Namespace) -> int:
     for line in _ratio_lines(rows):
         print(line)
     if args.json:
-        atomic_write_text(args.json, json.dumps(dict(device=device_name(device), threads=threads, precision=args.precision,
-                                                     rows=rows, versions=library_versions(device),
-                                                     allocator=allocator_policy()), indent=2))
+        record = dict(device=device_name(device), threads=threads, precision=args.precision, rows=rows,
+                      versions=library_versions(device), allocator=allocator_policy())
+        atomic_write_text(args.json, json.dumps(record, indent=2))
     return 0
 
 

@@ -143,11 +143,13 @@ def test_a_table_of_another_target_or_node_is_refused_in_one_line(tmp_path):
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.startswith("space: error: latency table was measured on") and run.stderr.count("\n") == 1
     path.write_text(json.dumps({"version": 1}))  # whole blocks, no axes: a build starts it anew
-    with pytest.raises(OutdatedTable, match="version 1 is not 2, whose parts this predictor reads: build the table again"):
+    with pytest.raises(OutdatedTable, match="version 1 is not 2, whose parts this predictor reads: build the table "
+                                            "again"):
         load_table(path)
     assert resume_table(path) is None
     path.write_text(json.dumps({"version": 99}))
-    with pytest.raises(ValueError, match="version 99 is not 2, whose parts this predictor reads: build the table again"):
+    with pytest.raises(ValueError, match="version 99 is not 2, whose parts this predictor reads: build the table "
+                                         "again"):
         load_table(path)
 
 
@@ -202,3 +204,35 @@ def test_the_overhead_factor_is_the_median_of_measured_over_parts(monkeypatch):
     configs = [TINY, TINY.replace(embed_dim=24), TINY.replace(embed_dim=32)]  # no part in common
     table = build_table(configs[:1], parse_target("cpu:bs1:64"), overhead_configs=configs)  # their parts measured too
     assert table.overhead_factor == pytest.approx(1.2) and len(table.overhead_from) == 3
+
+
+def test_lut_check_scores_several_tables_on_the_same_measurements_and_refuses_before_measuring(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import litv2.measure
+    from space import get_space
+    from space.lut import check
+
+    target = parse_target("cpu:bs1:64")
+    configs = [TINY, TINY.replace(embed_dim=24)]
+    parts = {p.key: dict(seconds=0.001) for c in configs for p in parts_of(c, 64)}
+    exact, slow = LatencyTable(target.key, {}, parts), LatencyTable(target.key, {}, parts, overhead_factor=1.25)
+    measured = []
+
+    def measure(config, target):
+        measured.append(config)
+        return SimpleNamespace(median=predict(config, target, exact).img_s)  # what the first table predicts
+
+    monkeypatch.setattr(litv2.measure, "measure_config", measure)
+    rows = check(get_space("tiny"), target, {"exact": exact, "slow": slow}, configs, None)
+    assert len(measured) == 2  # once per architecture, whatever the number of tables
+    assert [r["error"]["exact"] for r in rows] == [pytest.approx(0.0)] * 2
+    assert [r["error"]["slow"] for r in rows] == [pytest.approx(1 / 1.25 - 1)] * 2
+    out = capsys.readouterr().out
+    assert "tables: exact, slow" in out and "exact: 2 architectures, median absolute error 0.0 %, 2/2 within" in out
+    assert "slow: 2 architectures, median absolute error 20.0 %, 0/2 within +-10 %; the median error is -20.0 %, " \
+           "and around it 0.0 % (2/2 within)" in out
+    with pytest.raises(ValueError,
+                       match=r"architecture \w+: \d+ parts are not in the latency table.*lut build --samples"):
+        check(get_space("tiny"), target, {"exact": exact}, [TINY.replace(embed_dim=32)], None)
+    assert len(measured) == 2  # refused before anything was measured
