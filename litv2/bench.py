@@ -208,12 +208,11 @@ def runtime_protocol(args: argparse.Namespace) -> MeasureProtocol:
 
 def run_runtimes(args: argparse.Namespace) -> int:
     """``runtimes``: the named networks measured on every target, the report printed."""
-    from .runtime_order import compare_runtimes, print_progress, write_report
+    from .runtime_order import compare_runtimes, write_report
 
     targets = runtime_targets(args)
     texts = args.config or ["litv2_s"]
-    comparison = compare_runtimes({text: config_from(text) for text in texts}, targets, runtime_protocol(args),
-                                  print_progress)
+    comparison = compare_runtimes({text: config_from(text) for text in texts}, targets, runtime_protocol(args))
     write_report(comparison, args.out)
     return 0
 

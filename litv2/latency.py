@@ -235,8 +235,7 @@ class LatencyTable:
         above = [(v, s) for v, s in points if v > place.value]
         if not below or not above:
             raise KeyError(part.key)
-        (v0, s0), (v1, s1) = below[-1], above[0]
-        return s0 + (s1 - s0) * (place.value - v0) / (v1 - v0)
+        return _on_line(below[-1], above[0], place.value)
 
     def missing(self, parts: Iterable[Part], interpolate: bool = True) -> list[Part]:
         """What to measure so that every one of ``parts`` has a figure: each part the table
@@ -273,8 +272,8 @@ class LatencyTable:
         (relative) the line through those neighbours misses it: how much interpolating costs."""
         errors = []
         for points in self._lines().values():
-            for (v0, s0), (v, s), (v1, s1) in zip(points, points[1:], points[2:]):
-                errors.append((s0 + (s1 - s0) * (v - v0) / (v1 - v0)) / s - 1)
+            for before, (value, seconds), after in zip(points, points[1:], points[2:]):
+                errors.append(_on_line(before, after, value) / seconds - 1)
         return errors
 
     def to_json(self) -> str:
@@ -285,12 +284,12 @@ class LatencyTable:
     @classmethod
     def from_json(cls, text: str) -> "LatencyTable":
         data = json.loads(text)
-        if data.get("version") != TABLE_VERSION:
-            if isinstance(data.get("version"), int) and data["version"] < TABLE_VERSION:
-                raise OutdatedTable(f"latency table version {data['version']} is not {TABLE_VERSION}, whose parts "
-                                    "this predictor reads: build the table again")
-            raise ValueError(f"latency table version {data.get('version')!r} is not {TABLE_VERSION}, whose parts "
-                             "this predictor reads: build the table again")
+        version = data.get("version")
+        if version != TABLE_VERSION:
+            older = isinstance(version, int) and version < TABLE_VERSION
+            raise (OutdatedTable if older else ValueError)(
+                f"latency table version {version!r} is not {TABLE_VERSION}, whose parts this predictor reads: "
+                "build the table again")
         return cls(data["target"], data["fingerprint"], data["parts"], data["overhead_factor"], data["overhead_from"])
 
     def check(self, target: Target, fingerprint: dict[str, str] | None) -> None:
@@ -302,6 +301,12 @@ class LatencyTable:
             raise ValueError(f"latency table was measured on {self.fingerprint.get('device_name')!r} "
                              f"({_versions(self.fingerprint)}); this node is {fingerprint.get('device_name')!r} "
                              f"({_versions(fingerprint)}): build one here")
+
+
+def _on_line(first: tuple[int, float], second: tuple[int, float], value: int) -> float:
+    """Seconds at ``value`` on the line through two measured (value, seconds) points."""
+    (v0, s0), (v1, s1) = first, second
+    return s0 + (s1 - s0) * (value - v0) / (v1 - v0)
 
 
 def _versions(fingerprint: dict[str, str]) -> str:
@@ -403,10 +408,11 @@ def save_table(table: LatencyTable, path: str | Path) -> None:
     atomic_write_text(path, table.to_json())
 
 
-def open_table(target: Target, fingerprint: dict[str, str], path: str | Path | None = None
+def open_table(target: Target, fingerprint: dict[str, str] | None, path: str | Path | None = None
                ) -> tuple[Path, LatencyTable]:
     """The table at ``path`` (default: the node's own for ``target``), refused in one line
-    unless it was measured for ``target`` on a node of ``fingerprint``; with its path."""
+    unless it was measured for ``target`` on a node of ``fingerprint`` (None: any node; then
+    ``path`` is needed); with its path."""
     path = Path(path) if path else default_table_path(target, fingerprint)
     table = load_table(path)
     table.check(target, fingerprint)

@@ -652,7 +652,8 @@ def measure_throughput(
         inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
         inputs = inputs.contiguous(memory_format=memory_format)
         used_threads = torch.get_num_threads()
-        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="litv2-runtime-"))
+        workdir = (stack.enter_context(tempfile.TemporaryDirectory(prefix="litv2-runtime-"))  # the ONNX file
+                   if runtime in ONNX_RUNTIMES else None)
         preparing = time.perf_counter()
         call, provider = prepare(model, inputs, Target(device.type, batch_size, img_size, precision, used_threads,
                                                        runtime), workdir)

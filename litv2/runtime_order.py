@@ -10,14 +10,15 @@ on named configs, ``python -m space runtimes`` on draws of a space.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .config import LITConfig
 from .measure import measure_config
+from .progress import show_count
 from .protocol import MeasureProtocol
 from .target import Target
 
@@ -72,9 +73,11 @@ class RuntimeComparison:
 
 
 def compare_runtimes(configs: dict[str, LITConfig], targets: list[Target], protocol: MeasureProtocol = MeasureProtocol(),
-                     progress: Callable[[int, int], None] | None = None) -> RuntimeComparison:
+                     progress: Callable[[int, int], None] = functools.partial(show_count, "measurement")
+                     ) -> RuntimeComparison:
     """Measure every one of ``configs`` (by name) on every one of ``targets``, target by target
-    within each architecture (so a drift of the node moves every runtime's figure alike)."""
+    within each architecture (so a drift of the node moves every runtime's figure alike);
+    ``progress(done, total)`` after each measurement (default: a count on stderr)."""
     comparison = RuntimeComparison(targets)
     total = len(configs) * len(targets)
     for index, (name, config) in enumerate(configs.items()):
@@ -82,8 +85,7 @@ def compare_runtimes(configs: dict[str, LITConfig], targets: list[Target], proto
             figure = measure_config(config, target, protocol=protocol)
             comparison.img_s.setdefault(name, {})[target.key] = figure.median
             comparison.start_seconds.setdefault(name, {})[target.key] = figure.prepare_seconds + figure.first_call_seconds
-            if progress:
-                progress(index * len(targets) + offset, total)
+            progress(index * len(targets) + offset, total)
     return comparison
 
 
@@ -96,6 +98,3 @@ def write_report(comparison: RuntimeComparison, out: str | None) -> None:
     if out is not None:
         atomic_write_text(out, report + "\n")
 
-
-def print_progress(done: int, total: int) -> None:
-    print(f"\r  measurement {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)

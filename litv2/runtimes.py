@@ -98,7 +98,8 @@ def ort_session(path: str | Path, target: Target):
     return onnxruntime.InferenceSession(str(path), options, providers=providers_for(target))
 
 
-def prepare(model: nn.Module, inputs: torch.Tensor, target: Target, workdir: str | Path) -> tuple[Callable[[], object], str | None]:
+def prepare(model: nn.Module, inputs: torch.Tensor, target: Target,
+            workdir: str | Path | None) -> tuple[Callable[[], object], str | None]:
     """The call to time - ``model`` on ``inputs`` in ``target``'s runtime - and the
     onnxruntime provider that runs it (None for PyTorch). ``ort``/``trt`` export the model
     into ``workdir`` first (:func:`export_onnx`) and feed the session a host copy of ``inputs``."""

@@ -129,11 +129,11 @@ def _runtimes(args: argparse.Namespace, space: "SearchSpace") -> int:
     if args.n < 2:
         raise ValueError(f"-n {args.n} is invalid: expected 2 or more architectures to order")
     targets = runtime_targets(args)
-    from litv2.runtime_order import compare_runtimes, print_progress, write_report
+    from litv2.runtime_order import compare_runtimes, write_report
 
     configs = {arch_id(config): config for config in examples(space, args.n, args.seed)}
     print(f"{len(configs)} architectures of {space.name!r} (seed {args.seed})", flush=True)
-    write_report(compare_runtimes(configs, targets, runtime_protocol(args), print_progress), args.out)
+    write_report(compare_runtimes(configs, targets, runtime_protocol(args)), args.out)
     return 0
 
 

@@ -10,7 +10,6 @@ plot of predicted against measured.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +28,9 @@ WITHIN = 0.10
 
 
 def _progress(done: int, total: int, kind: str) -> None:
-    print(f"\r  part {done}/{total} ({kind})", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    from litv2.progress import show_count
+
+    show_count("part", done, total, kind)
 
 
 def build(space: "SearchSpace", target: "Target", out: Path | None, configs: list["LITConfig"],
@@ -62,6 +63,7 @@ def check(space: "SearchSpace", target: "Target", tables: dict[str, "LatencyTabl
     very same measurements."""
     from litv2.latency import predict
     from litv2.measure import measure_config
+    from litv2.progress import show_count
 
     predictions: list[dict[str, float]] = []
     for config in configs:  # all of them before anything is measured
@@ -75,8 +77,7 @@ def check(space: "SearchSpace", target: "Target", tables: dict[str, "LatencyTabl
         measured = measure_config(config, target).median
         rows.append(dict(arch=arch_id(config), measured=measured, predicted=predicted,
                          error={name: value / measured - 1 for name, value in predicted.items()}))
-        print(f"\r  architecture {index}/{len(configs)}", end="" if index < len(configs) else "\n",
-              file=sys.stderr, flush=True)
+        show_count("architecture", index, len(configs))
     names = list(tables)
     header = "".join(f"{'predicted':>11}{'error':>8}" for _ in names)
     print(f"{'arch':<14}{'measured':>10}{header}" + (f"   tables: {', '.join(names)}" if len(names) > 1 else ""))

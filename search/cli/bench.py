@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..bench import SHIPPED_TABLE
-from ..core.prediction import THROUGHPUT_SOURCES
+from ..core.prediction import THROUGHPUT_SOURCES, PredictionMargin
 from ..core.samplers import SAMPLERS
 from ..core.scheduler import SCHEDULERS
 
@@ -116,9 +116,11 @@ def _predict(args: argparse.Namespace, out: Path) -> int:
     source = f"latency table {path.name} ({len(latency.parts)} parts, {latency.fingerprint.get('device_name')})"
     new = predict_table(table, lambda config: predict(LITConfig.from_json(config), target, latency).img_s, source)
     new.save(out)
-    errors = sorted(abs(row.predicted_throughput / row.throughput - 1) for row in new.rows)
+    pairs = PredictionMargin()
+    for row in new.rows:
+        pairs.observe(row.predicted_throughput, row.throughput)
     print(f"wrote {out}: {len(new.rows)} throughputs predicted from {path}; against the table's measurements: median "
-          f"error {errors[len(errors) // 2]:.1%}, {sum(e <= 0.10 for e in errors)}/{len(errors)} within 10 %")
+          f"error {pairs.median_error():.1%}, {sum(e <= 0.10 for e in pairs.errors)}/{len(pairs.errors)} within 10 %")
     return 0
 
 

@@ -280,11 +280,14 @@ def _pick(args: argparse.Namespace) -> int:
 
 
 def _check_device(target: "Target") -> None:
-    import torch
+    """This machine can measure ``target`` in its runtime (litv2.runtimes.check_runtime: a GPU,
+    onnxruntime and its provider), or one line that says where to pick instead."""
+    from litv2.runtimes import check_runtime
 
-    if target.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"target {target} needs a CUDA GPU, and this machine has none: pick on the deployment "
-                         "machine, or name a cpu target")
+    try:
+        check_runtime(target)
+    except ValueError as error:
+        raise ValueError(f"{error}: pick on the deployment machine, or name a target this machine runs") from None
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -265,19 +265,19 @@ class Search:
         node's own is of an older format (said; a table named by ``path`` is refused). A search
         ranked by prediction alone takes a table made on the target's own machine, which is
         not a node of this cluster: only its target must match."""
-        from litv2.latency import OutdatedTable, default_table_path, load_table, predict
+        from litv2.latency import OutdatedTable, default_table_path, open_table, predict
 
         named, path = path is not None, path or default_table_path(self.target, fingerprint)
         if not path.is_file():
             return None
         try:
-            table = load_table(path)
+            _, table = open_table(self.target, None if self.settings.search.throughput == PREDICTED else fingerprint,
+                                  path)
         except OutdatedTable as error:
             if named:  # asked for by --latency-table: refused in one line
                 raise
             self._say(f"not predicting throughput: the node's {path}: {error} (python -m space lut build)")
             return None
-        table.check(self.target, None if self.settings.search.throughput == PREDICTED else fingerprint)
         self._say(f"predicting throughput from {path} ({len(table.parts)} parts): a constraint a prediction "
                   f"settles is not measured")
 
