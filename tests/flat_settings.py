@@ -16,5 +16,6 @@ def flat_settings(**options) -> SearchSettings:
     run = {name: options.pop(name) for name in list(options) if name in RUN_FIELDS}
     options["budget"] = parse_budget(options["budget"])
     options["target"] = parse_target(options["target"]) if options.get("target") else None
+    options["more_targets"] = tuple(parse_target(t) for t in options.get("more_targets", ()))
     options["constraints"] = options.get("constraints") or Constraints()
     return SearchSettings(SearchConfig(**options), RunConfig(Path(run.pop("workdir")), **run))

@@ -54,7 +54,9 @@ def measured(throughput: float, target: str = TARGET, device_name: str | None = 
     fingerprint = measuring_fingerprint(target)
     record = dict(device_name=device_name or fingerprint["device_name"],
                   versions={k: v for k, v in fingerprint.items() if k != "device_name"},
-                  ci_low=throughput - spread, ci_high=throughput + spread)
+                  ci_low=throughput - spread, ci_high=throughput + spread, runtime=parse_target(target).runtime)
+    if record["runtime"] == "ort":  # the provider a real onnxruntime measurement names (the card shows it)
+        record["provider"] = "CPUExecutionProvider"
     return dict(throughput=throughput, throughput_spread=spread, samples=[throughput] * 3, measurement=record)
 
 

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli.main import main
 from search.engine.executor import ray_system_config
-from search.core.objectives import OBJECTIVES
+from search.core.objectives import OBJECTIVES, objectives, slug
 from search.engine.driver import RUN_ID_ATTR, Search, SearchError, budget_used
 from flat_settings import flat_settings
 
@@ -144,6 +144,38 @@ def test_status_and_front_commands(three_trials, tmp_path, capsys):
                                                     "measured_times,params,flops,summary")
     assert png_path.read_bytes()[:4] == b"\x89PNG"
     assert main(["status", "--study", "nope", "--workdir", workdir]) == 2
+
+
+def test_a_study_of_two_targets_has_three_objectives_two_fronts_and_a_pick_for_each(tmp_path, capsys):
+    """Eager PyTorch and onnxruntime on the same node: every trained architecture measured in
+    both runtimes, one front per target in MLflow, ``front`` and ``pick`` per target."""
+    settings = make_settings(tmp_path, max_trials=2, more_targets=("cpu:bs1:64:ort",))
+    assert Search(settings, out=io.StringIO()).run() == 0
+    study, keys = load(settings), [t.key for t in settings.search.targets]
+    assert study.metric_names == [o.name for o in objectives(keys)] and len(keys) == 2
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2
+    for trial in complete:
+        figures = trial.user_attrs["target_figures"]
+        assert set(figures) == set(keys) and trial.values[1:] == [figures[key]["throughput"] for key in keys]
+    client = MlflowClient(settings.run.tracking_uri)
+    parent_id = study.user_attrs[RUN_ID_ATTR]
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {f"front-{slug(key)}.{suffix}" for key in keys for suffix in ("csv", "png")} <= artifacts
+    for name in ["hypervolume"] + [f"hypervolume/{slug(key)}" for key in keys]:
+        assert [m.step for m in client.get_metric_history(parent_id, name)] == [1, 2]
+    for child in (c for c in child_runs(settings, parent_id) if c.data.tags["status"] == "complete"):
+        assert {o.name for o in objectives(keys)} <= set(child.data.metrics)
+    capsys.readouterr()
+    workdir = str(settings.run.workdir)
+    for key in keys:
+        assert main(["front", "--study", "s", "--workdir", workdir, "--target", key,
+                     "--csv", str(tmp_path / f"{slug(key)}.csv")]) == 0
+        assert main(["pick", "--study", "s", "--workdir", workdir, "--target", key, "--top", "1"]) == 0
+        out = capsys.readouterr().out
+        assert f"re-measured on {key}" in out and "(cache)" in out  # the search's own figures, in its runtime
+    assert main(["front", "--study", "s", "--workdir", workdir, "--csv", str(tmp_path / "both.csv")]) == 2
+    assert not (tmp_path / "both.csv").exists()
 
 
 def test_an_architecture_is_never_trained_twice(tmp_path):

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,7 @@ import clusters
 
 from search.engine import outbox
 from search.core.faults import NON_FINITE, OUT_OF_MEMORY, WORKER_LOST, RetryPolicy, failure_reason
+from search.core.record import TrialRecord
 from search.engine.lease import LEASE_ATTR, Lease, LeaseHeld
 from search.engine.driver import RUN_ID_ATTR, Search, budget_used
 from search.engine.reaper import descendants, process_start, still_running
@@ -170,11 +172,21 @@ def _search_command(workdir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "search", *args, "--workdir", str(workdir)]
 
 
+def _mid_job(study: optuna.Study) -> bool:
+    """A trial finished, and a job of another still running that started before the driver's
+    last heartbeat: a kill now leaves work to charge and to re-run."""
+    lease = study.user_attrs.get(LEASE_ATTR)
+    trials = study.get_trials(deepcopy=False)
+    started = [TrialRecord.of(t).job["started"] for t in trials
+               if t.state == TrialState.RUNNING and TrialRecord.of(t).job]
+    return (lease is not None and any(t.state == TrialState.COMPLETE for t in trials)
+            and any(start < lease["heartbeat"] - 0.5 for start in started))
+
+
 @pytest.mark.slow
 def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path):
-    # The priors of a first count and measurement alone are 80 cpu-s. Three epochs of full training take
-    # longer than the lease's 5-s heartbeat even on an idle machine (one epoch took 2-3 s: the search
-    # could finish between the "training" line and the next heartbeat, and there was nothing to kill).
+    # The kill waits, by polling the study, for a job that started before a heartbeat (every 5 s), not
+    # for a printed line: a training of 3 epochs takes 3 s here, and a beat need not fall inside it.
     budget = 170
     # The tool starts its own Ray (and must take it down): never a cluster an earlier test left in the environment.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}
@@ -183,24 +195,18 @@ def test_a_killed_driver_is_resumed_with_nothing_lost_or_trained_twice(tmp_path)
                         "cpu:bs1:64", "--budget", f"{budget}cpu-s", "--sampler", "random", "--epochs", "3",
                             "--scheduler", "full"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    seen = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # one trial done and another training: mid-search
-        seen.append(driver.stdout.readline())
-        if "top-1" in "".join(seen) and "training" in seen[-1] or driver.poll() is not None:
+    seen: list[str] = []
+    threading.Thread(target=lambda: seen.extend(driver.stdout), daemon=True).start()
+    storage, deadline = f"sqlite:///{tmp_path / 'optuna.db'}", time.monotonic() + 300
+    while driver.poll() is None and time.monotonic() < deadline:
+        if "top-1" in "".join(seen) and _mid_job(optuna.load_study(study_name="k", storage=storage)):
             break
-    assert driver.poll() is None, "".join(seen)
-    training_since = time.time()
-    while time.monotonic() < deadline:  # a heartbeat after the training started: the driver's last sign of it
-        lease = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'optuna.db'}").user_attrs[LEASE_ATTR]
-        assert lease is not None, "the search ended before it could be killed"
-        if lease["heartbeat"] > training_since + 1:
-            break
-        time.sleep(0.5)
+        time.sleep(0.2)
+    assert driver.poll() is None, "the search ended before it could be killed:\n" + "".join(seen)
     ray_processes = descendants([driver.pid])
     assert len(ray_processes) > 3  # GCS, raylet, workers, agents, the reaper
     driver.send_signal(signal.SIGKILL)
-    driver.communicate()
+    driver.wait()
     deadline = time.monotonic() + 30
     while still_running(ray_processes) and time.monotonic() < deadline:
         time.sleep(0.2)

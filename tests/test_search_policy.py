@@ -34,16 +34,16 @@ def test_moasha_rungs_and_a_dominated_trial_stops():
     assert scheduler.rungs == (1, 3, 9)
     # Trial 1 dominates both others at rung 1: with 3 results and eta 3 only it goes on.
     for key, accuracy, throughput in (("a", 50.0, 100.0), ("b", 60.0, 120.0), ("c", 40.0, 90.0)):
-        scheduler.report(key, ord(key), [accuracy], throughput)
+        scheduler.report(key, ord(key), [accuracy], [throughput])
     assert scheduler.recorded(1) == 3 and scheduler.recorded(3) == 0
     assert [scheduler.decide(key, 1) for key in "bac"] == [Decision.CONTINUE, Decision.STOP, Decision.STOP]
-    scheduler.report("c", 99, [40.0] * 9, 90.0)  # the same key again (a re-run) replaces its result
+    scheduler.report("c", 99, [40.0] * 9, [90.0])  # the same key again (a re-run) replaces its result
     assert scheduler.recorded(1) == 3 and scheduler.decide("c", 9) == Decision.COMPLETE
 
 
 def test_moasha_is_asynchronous_the_first_result_continues():
     scheduler = MOASHA(epochs=9, min_epochs=1, eta=3)
-    scheduler.report(("arch", 0), 7, [10.0], 5.0)
+    scheduler.report(("arch", 0), 7, [10.0], [5.0])
     assert scheduler.decide(("arch", 0), 1) == Decision.CONTINUE
 
 

@@ -149,7 +149,7 @@ class FrontMeasuringRecorder(ProgressRecorder):
     def log_progress(self, step: int, metrics: dict[str, float]) -> None:
         self._used = float(metrics["budget_used"])  # the front follows (log_front)
 
-    def log_front(self, csv_text: str, plot: Any) -> None:
+    def log_front(self, csv_text: str, plot: Any, name: str = "") -> None:
         front = [(float(point["accuracy"]), self.jobs.rows[point["arch_id"]])
                  for point in csv.DictReader(io.StringIO(csv_text))]
         self._front_cost = sum(row.measure_seconds for _, row in front) * self.workers

@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", default="cluttered-digits",
                      help=dataset_choices())
     run.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
-    run.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS], e.g. cpu:bs1:224 "
-                          "(1 thread), cpu:bs8:224:t4 or cuda:bs64:224:fp16 (default: the local device)")
+    run.add_argument("--target", action="append",
+                     help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS][:RUNTIME], e.g. cpu:bs1:224 "
+                          "(1 thread), cpu:bs8:224:t4, cpu:bs1:224:ort or cuda:bs64:224:fp16 (default: the local "
+                          "device); repeat it for several targets: one throughput objective each, one front each")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     run.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: a local Ray instance)")
     run.add_argument("--sampler", default=DEFAULT_SAMPLER, help=sampler_choices())
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(front)
     front.add_argument("--csv", help="write the front as CSV")
     front.add_argument("--plot", help="write the front as a PNG plot")
+    front.add_argument("--target", help="the front on this target, one of the study's (needed to write a file of a "
+                       "study of several targets)")
     pick = commands.add_parser("pick", help="the most accurate model of a study's front that meets a target")
     _common(pick)
     pick.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS] (default: the "
@@ -151,7 +155,8 @@ def _run(args: argparse.Namespace) -> int:
     study = args.study if args.study is not None else default_study_name(Path(args.space).stem)
     what = SearchConfig(
         study=study, space=args.space, budget=parse_budget(args.budget),
-        target=parse_target(args.target) if args.target else None, dataset=args.dataset, sampler=args.sampler,
+        target=parse_target(args.target[0]) if args.target else None,
+        more_targets=tuple(parse_target(t) for t in (args.target or [])[1:]), dataset=args.dataset, sampler=args.sampler,
         scheduler=args.scheduler, epochs=args.epochs, min_epochs=args.min_epochs, eta=args.eta, seed=args.seed,
         seeds=args.seeds, max_trials=args.max_trials, constraints=_constraints(args),
         measure_seconds=args.measure_seconds, throughput=args.throughput)
@@ -219,7 +224,8 @@ def _front(args: argparse.Namespace) -> int:
     study = _study(args)
     csv_path = _new_file(args.csv, "--csv", (".csv",))
     plot_path = _new_file(args.plot, "--plot", PLOT_SUFFIXES)
-    print(write_front(study, _storage(args), csv_path, plot_path))
+    target = parse_target(args.target) if args.target else None
+    print(write_front(study, _storage(args), csv_path, plot_path, target))
     return 0
 
 
@@ -253,7 +259,7 @@ def _pick(args: argparse.Namespace) -> int:
         folder = check_new_folder(args.export, "--export")
     study = open_study(_storage(args), name)
     settings = _moved(settings_of(study), args)
-    target = target or settings.search.target
+    target = target or _only_target(settings, name)
     _check_device(target)
     from ..engine.cache import CACHE_FILE, ThroughputCache
     from ..deploy.package import Deployment, export_deployment, log_deployment
@@ -277,6 +283,15 @@ def _pick(args: argparse.Namespace) -> int:
             uri = log_deployment(deployment, folder)
             print(f"logged to MLflow run {deployment.run_id} (deploy/{pick.chosen.arch_id}/) and as model {uri}")
     return 0
+
+
+def _only_target(settings: "SearchSettings", study: str) -> "Target":
+    """The study's target where it has one; a study of several needs ``--target``."""
+    targets = settings.search.targets
+    if len(targets) > 1:
+        raise ValueError(f"study {study!r} has {len(targets)} targets, one front each: name the one to pick for with "
+                         f"--target (one of {', '.join(t.key for t in targets)})")
+    return targets[0]
 
 
 def _check_device(target: "Target") -> None:

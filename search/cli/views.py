@@ -6,12 +6,15 @@ from pathlib import Path
 
 import optuna
 
+from litv2.files import atomic_write, atomic_write_text
+
 from ..core.prediction import PredictionMargin
 from ..core.record import TrialRecord
 from ..study.front import evaluated_points, front_csv, front_table, hypervolume, pareto_front, plot_front
 from ..study.studies import budget_used, open_study, settings_of
 from ..core.scheduler import make_scheduler, rung_counts
 from ..study.settings import SearchSettings
+from ..core.target import Target
 
 TrialState = optuna.trial.TrialState
 COST_KINDS = (("train", "training"), ("measure", "measuring"), ("count", "counting"), ("lost", "lost to crashes"))
@@ -40,9 +43,9 @@ def status_text(study_name: str, storage_url: str) -> str:
     split = Counter()
     for trial in trials:
         split.update(records[trial.number].costs)
-    front = pareto_front(study)
+    targets = ", ".join(map(str, settings.search.targets))
     lines = [
-        f"study {study_name}: space {settings.search.space}, data {settings.search.dataset}, target {settings.search.target}, "
+        f"study {study_name}: space {settings.search.space}, data {settings.search.dataset}, target {targets}, "
         f"scheduler {settings.search.scheduler}",
         f"trials: {status['complete']} complete, {status['stopped']} stopped early, {status['infeasible']} infeasible, "
         f"{len(failed)} failed, {len(duplicates)} duplicates answered from the study, "
@@ -63,8 +66,11 @@ def status_text(study_name: str, storage_url: str) -> str:
         lines.append("constraints " + ", ".join(f"{k}={v:g}" for k, v in settings.search.constraints.to_dict().items())
                      + ": violated by " + (", ".join(f"{n} ({k})" for k, n in violations.items()) or "none"))
     lines.append(measurement_line(own))
-    lines += [f"front (full fidelity only): {len(front)} architectures, hypervolume {hypervolume(front):.1f}",
-              front_table(front)]
+    for target in settings.search.targets:
+        front = pareto_front(study, target.key)
+        on = f" on {target}" if len(settings.search.targets) > 1 else ""
+        lines += [f"front{on} (full fidelity only): {len(front)} architectures, hypervolume {hypervolume(front):.1f}",
+                  front_table(front)]
     return "\n".join(lines)
 
 
@@ -100,15 +106,29 @@ def prediction_text(records: list[TrialRecord]) -> str:
     return f"\npredicted throughput: {errors}; {ruled_out} ruled out by prediction (not measured)"
 
 
-def write_front(study_name: str, storage_url: str, csv_path: str | None, plot_path: str | None) -> str:
+def write_front(study_name: str, storage_url: str, csv_path: str | None, plot_path: str | None,
+                target: Target | None = None) -> str:
+    """The front on ``target`` (one of the study's; None: its only one) as a table, and as CSV
+    and plot files where asked; a study of several targets without ``target`` prints every
+    front and writes none (which one would a file hold?)."""
     study, settings = _load(study_name, storage_url)
-    points = evaluated_points(study)
-    front = pareto_front(study)
+    keys = [t.key for t in settings.search.targets]
+    if target is not None and target.key not in keys:
+        raise ValueError(f"--target {target.key} is not a target of study {study_name!r}; expected one of "
+                         f"{', '.join(keys)}")
+    if target is None and len(keys) > 1:
+        if csv_path or plot_path:
+            raise ValueError(f"study {study_name!r} has {len(keys)} targets, one front each: name the front to "
+                             f"write with --target (one of {', '.join(keys)})")
+        return "\n\n".join(f"front on {key}:\n{front_table(pareto_front(study, key))}" for key in keys)
+    key = target.key if target is not None else keys[0]
+    points, front = evaluated_points(study, key), pareto_front(study, key)
     if csv_path:
-        Path(csv_path).write_text(front_csv(front))
+        atomic_write_text(csv_path, front_csv(front))
     if plot_path:
         from litv2 import LITV2_S
         from space import arch_id
 
-        plot_front(points, front, Path(plot_path), f"study {study_name}", settings.search.target.key, {arch_id(LITV2_S): "LITv2-S"})
+        marked = {arch_id(LITV2_S): "LITv2-S"}
+        atomic_write(plot_path, lambda partial: plot_front(points, front, partial, f"study {study_name}", key, marked))
     return front_table(front)

@@ -1,11 +1,17 @@
 """The study's objectives, declared once.
 
-Study creation, ``tell``, MLflow, the front, the hypervolume and the plots all read this
-tuple, so an objective's name, direction and unit never drift apart between them.
+Study creation, ``tell``, MLflow, the fronts, the hypervolumes and the plots all read
+:func:`objectives`, so an objective's name, direction and unit never drift apart between
+them. Accuracy is shared by every target (the same trained proxy serves them all); each
+deployment target adds a throughput objective of its own. A study of one target keeps the
+names it always had (``proxy_top1``, ``throughput``); with several, each throughput is named
+after its target (``throughput/cpu_bs1_224_fp32_t1_ort``: MLflow groups names by ``/``, and a
+``:`` is refused in names on Windows).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import optuna
 
@@ -27,17 +33,31 @@ class Objective:
 
 ACCURACY = Objective("proxy_top1", "maximize", "proxy top-1", "%")
 THROUGHPUT = Objective("throughput", "maximize", "measured throughput", "img/s")
-OBJECTIVES: tuple[Objective, ...] = (ACCURACY, THROUGHPUT)
+OBJECTIVES: tuple[Objective, ...] = (ACCURACY, THROUGHPUT)  # a study of one target
 
 
-def create_objective_study(name: str, storage: optuna.storages.BaseStorage,
-                           sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """A new study with :data:`OBJECTIVES` as its directions and metric names."""
+def slug(target_key: str) -> str:
+    """A target key as a name MLflow takes everywhere, and a file name: ``:`` becomes ``_``."""
+    return target_key.replace(":", "_")
+
+
+def objectives(target_keys: Sequence[str]) -> tuple[Objective, ...]:
+    """Accuracy, then one throughput per target, in the order the targets were given."""
+    if len(target_keys) == 1:
+        return OBJECTIVES
+    return (ACCURACY, *(Objective(f"{THROUGHPUT.name}/{slug(key)}", THROUGHPUT.direction, THROUGHPUT.label,
+                                  THROUGHPUT.unit) for key in target_keys))
+
+
+def create_objective_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler,
+                           target_keys: Sequence[str] = ("",)) -> optuna.Study:
+    """A new study with :func:`objectives` of ``target_keys`` as its directions and metric names."""
     import warnings
 
+    chosen = objectives(target_keys)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                directions=[o.direction for o in OBJECTIVES])
+                                directions=[o.direction for o in chosen])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([o.name for o in OBJECTIVES])
+        study.set_metric_names([o.name for o in chosen])
     return study

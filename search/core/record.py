@@ -41,6 +41,9 @@ class TrialRecord:
     latency_ms: float | None = None
     predicted_throughput: float | None = None  # img/s from the node's latency table (litv2.latency)
     throughput_predicted_only: bool = False  # --throughput predicted: the throughput figures are the prediction
+    # a study of several targets: each target's figures (throughput, its interval, latency), by target key; the
+    # fields above are the first target's
+    target_figures: dict[str, dict[str, Any]] = field(default_factory=dict)
     # ---- proxy training
     epochs_done: int = 0
     epoch_accuracies: list[float] = field(default_factory=list)

@@ -9,7 +9,8 @@ the driver follows its decision (:meth:`Scheduler.decide`). Three schedulers:
   geometric ladder of epochs counted down from the top: ``epochs // eta**k`` while that is
   at least ``min_epochs`` (9 epochs, eta 3: rungs 1, 3, 9; 10 epochs: 1, 3, 10). A trial that
   finishes a rung continues only if it is in the top ``1/eta`` of every result recorded at
-  that rung so far, ranked over (accuracy at the rung, measured throughput): first by
+  that rung so far, ranked over (accuracy at the rung, measured throughput on each of the
+  study's targets): first by
   non-dominated sorting, then, inside the front where the cut falls, by each point's
   hypervolume contribution. Hypervolume contribution rather than crowding distance because
   (a) it rewards exactly what the search is scored by (the front's hypervolume), (b) in two
@@ -40,11 +41,11 @@ class Decision(enum.Enum):
 
 @dataclass(frozen=True)
 class RungResult:
-    """What a trial scored at a rung: both objectives maximised."""
+    """What a trial scored at a rung, and its throughput on each target: all maximised."""
 
     trial: int
     accuracy: float
-    throughput: float
+    throughputs: tuple[float, ...]
 
 
 class Scheduler:
@@ -68,12 +69,13 @@ class Scheduler:
         """The epoch a trial that has trained ``epochs_done`` epochs trains up to next."""
         return next(r for r in self.rungs if r > epochs_done)
 
-    def report(self, key: Hashable, trial: int, accuracies: Sequence[float], throughput: float) -> None:
-        """A trial's accuracy after each epoch trained so far, and its measured throughput:
-        kept at every rung it has reached (also for trials of earlier drivers, on resume)."""
+    def report(self, key: Hashable, trial: int, accuracies: Sequence[float], throughputs: Sequence[float]) -> None:
+        """A trial's accuracy after each epoch trained so far, and its measured throughput on
+        each target: kept at every rung it has reached (also for trials of earlier drivers, on
+        resume)."""
         for rung in self.rungs:
             if len(accuracies) >= rung:
-                self._results.setdefault(rung, {})[key] = RungResult(trial, accuracies[rung - 1], throughput)
+                self._results.setdefault(rung, {})[key] = RungResult(trial, accuracies[rung - 1], tuple(throughputs))
 
     def recorded(self, rung: int) -> int:
         """How many trials have a result at ``rung``."""
@@ -119,7 +121,7 @@ class MOASHA(Scheduler):
         if rung >= self.max_epochs:
             return Decision.COMPLETE
         keep = max(1, len(recorded) // self.eta)
-        order = promotion_order([(r.accuracy, r.throughput) for r in recorded])
+        order = promotion_order([(r.accuracy, *r.throughputs) for r in recorded])
         kept = {recorded[i].trial for i in order[:keep]}
         return Decision.CONTINUE if result.trial in kept else Decision.STOP
 
@@ -141,12 +143,12 @@ def default_scheduler(epochs: int, min_epochs: int, eta: int) -> str:
 
 
 # ---------------------------------------------------------------------- ranking
-def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return a[0] >= b[0] and a[1] >= b[1] and a != b
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x >= y for x, y in zip(a, b)) and tuple(a) != tuple(b)
 
 
-def nondominated_ranks(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Front index of each point (0 = not dominated), both objectives maximised."""
+def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
+    """Front index of each point (0 = not dominated), every objective maximised."""
     ranks = [-1] * len(points)
     left = set(range(len(points)))
     front = 0
@@ -159,7 +161,7 @@ def nondominated_ranks(points: Sequence[tuple[float, float]]) -> list[int]:
     return ranks
 
 
-def promotion_order(points: Sequence[tuple[float, float]]) -> list[int]:
+def promotion_order(points: Sequence[Sequence[float]]) -> list[int]:
     """Indices best first: by non-dominated rank, then by hypervolume contribution inside a
     rank, then by accuracy (the objective the proxy exists to estimate), then index."""
     ranks = nondominated_ranks(points)

@@ -1,7 +1,8 @@
 """``search pick``: the most accurate model of a study's front that meets a deployment target.
 
 Candidates are the study's full-fidelity Pareto set (``Study.best_trials``: feasible COMPLETE
-trials; trials stopped by successive halving never). The target may differ from the one the
+trials; trials stopped by successive halving never); on a target of a study of several,
+that target's own front (:func:`search.study.front.pareto_front`). The target may differ from the one the
 search measured on: every candidate is measured there unless the work directory's throughput
 cache holds a figure for it under this machine's measuring fingerprint (device and library
 versions: a figure from another GPU model or another torch does not count), and new figures
@@ -107,10 +108,17 @@ class Pick:
         return candidate.feasible(self.constraints, self.target.batch_size)
 
 
-def front_candidates(study: optuna.Study) -> list[Candidate]:
-    """The study's full-fidelity feasible Pareto set as candidates (figures not yet attached)."""
+def front_candidates(study: optuna.Study, target: str | None = None) -> list[Candidate]:
+    """The study's full-fidelity feasible Pareto set as candidates (figures not yet attached);
+    ``target``: the front on that target of the study's (a key), not the whole Pareto set."""
+    from ..study.front import pareto_front
+
+    trials = study.best_trials
+    if target is not None:
+        on_front = {point.trial for point in pareto_front(study, target)}
+        trials = [trial for trial in trials if trial.number in on_front]
     out = []
-    for trial in study.best_trials:
+    for trial in trials:
         record = TrialRecord.of(trial)
         out.append(Candidate(
             trial=trial.number, arch_id=record.arch_id, summary=record.summary,
@@ -138,7 +146,8 @@ def pick_model(study: optuna.Study, settings: SearchSettings, target: Target, co
     fingerprint = measuring_fingerprint(target.key)
     if top < 1:
         raise ValueError(f"--top {top} is invalid: expected a positive integer")
-    candidates = front_candidates(study)
+    keys = [t.key for t in settings.search.targets]
+    candidates = front_candidates(study, target.key if len(keys) > 1 and target.key in keys else None)
     if not candidates:
         raise ValueError(f"study {study.study_name!r} has no full-fidelity feasible trial to pick from (its front is "
                          f"empty): resume the search with more budget, or lower --epochs in a new one")

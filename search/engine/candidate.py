@@ -1,8 +1,9 @@
 """One trial on its way through the search: count -> measure -> rungs of training.
 
 A candidate's :attr:`~Candidate.stage` is the job it needs next, read from what it has:
-no figures yet, it is counted; no throughput yet, it is measured; then it trains rung by
-rung. The stage names are the job kinds (:mod:`search.engine.jobs`), which name the
+no figures yet, it is counted; no throughput on one of the study's targets yet, it is
+measured there (targets in the order given: the first, which constraints are checked on,
+first); then it trains rung by rung. The stage names are the job kinds (:mod:`search.engine.jobs`), which name the
 driver's queues and the budget's cost entries too.
 """
 from __future__ import annotations
@@ -31,12 +32,13 @@ class Candidate:
     arch: str
     summary: str
     seed: int
+    targets: tuple[str, ...]  # the study's target keys, the first first
     started: float = field(default_factory=time.perf_counter)
     figures: dict[str, Any] | None = None  # params and FLOPs at full size
-    measured: dict[str, Any] | None = None  # the throughput figure kept (measured now or cached)
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)  # target key -> the figure kept (now or cached)
     measured_now: bool = False
-    predicted: float | None = None  # img/s from the latency table, where it has every part
-    measurements: list[dict[str, Any]] = field(default_factory=list)  # this trial's own, repeats included
+    predicted: float | None = None  # img/s on the first target from the latency table, where it has every part
+    measurements: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # this trial's own, by target
     epochs_done: int = 0
     accuracies: list[float] = field(default_factory=list)
     costs: dict[str, float] = field(default_factory=dict)  # device-seconds by job kind
@@ -52,7 +54,22 @@ class Candidate:
         """The job it needs next: :data:`COUNT`, :data:`MEASURE` or :data:`TRAIN`."""
         if self.figures is None:
             return COUNT
-        return MEASURE if self.measured is None else TRAIN
+        return MEASURE if self.unmeasured is not None else TRAIN
+
+    @property
+    def unmeasured(self) -> str | None:
+        """The first target it has no throughput figure on yet (None: it has them all)."""
+        return next((key for key in self.targets if key not in self.measured), None)
+
+    @property
+    def first_measured(self) -> dict[str, Any] | None:
+        """Its figure on the first target, the one constraints and predictions are of."""
+        return self.measured.get(self.targets[0])
+
+    @property
+    def throughputs(self) -> list[float]:
+        """Its throughput on every target, in the study's order (once all are measured)."""
+        return [self.measured[key]["throughput"] for key in self.targets]
 
     @property
     def untrained(self) -> bool:

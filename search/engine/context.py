@@ -57,14 +57,14 @@ class SearchContext:
     settings: SearchSettings
     study: optuna.Study
     space: SearchSpace
-    target: Target
+    target: Target  # the first target: constraints, predictions and the FLOPs' resolution are its
     budget: Budget
     scheduler: Scheduler
     constraints: Constraints
     retry: RetryPolicy
     executor: Executor
     devices: dict[str, float]  # devices a job of each kind holds ("lost": interrupted work)
-    fingerprint: dict[str, str]  # where measurements run: the throughput cache keys on it
+    fingerprints: dict[str, dict[str, str]]  # target key -> where its measurements run: the throughput cache keys on it
     cache: ThroughputCache
     costs: CostModel
     ledger: Ledger
@@ -77,6 +77,16 @@ class SearchContext:
     active: dict[int, Candidate] = field(default_factory=dict)  # trial number -> candidate, until it ends
     failures_in_a_row: int = 0
     unaffordable_in_a_row: int = 0
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every target's key, the first first: one throughput objective each."""
+        return tuple(t.key for t in self.settings.search.targets)
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """Where the first target's measurements run."""
+        return self.fingerprints[self.target.key]
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)

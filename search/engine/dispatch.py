@@ -27,7 +27,8 @@ class Dispatcher:
         self.endings = endings
 
     def advance(self, candidate: Candidate) -> None:
-        """Count, check, measure, check, train a rung: queue the next job it needs."""
+        """Count, check, measure on each target (the first, then check), train a rung: queue
+        the next job it needs."""
         context = self.context
         if candidate.figures is None:
             candidate.figures = context.cache.get_figures(candidate.arch, context.target.img_size)
@@ -37,21 +38,26 @@ class Dispatcher:
         figures = candidate.figures
         if self.endings.infeasible(candidate, context.constraints.static_violations(figures["params"], figures["flops"])):
             return
-        if candidate.measured is None:
-            candidate.measured = context.cache.get(candidate.arch, context.target.key, context.fingerprint)
+        for key in candidate.targets:
+            if key not in candidate.measured:
+                cached = context.cache.get(candidate.arch, key, context.fingerprints[key])
+                if cached is not None:
+                    candidate.measured[key] = cached
         self._predict(candidate)
-        if candidate.stage == MEASURE and context.settings.search.throughput == PREDICTED:
+        if candidate.first_measured is None and context.settings.search.throughput == PREDICTED:
             if not self._take_prediction(candidate):
                 return
-        if candidate.stage == MEASURE:
+        first = candidate.first_measured
+        if first is None:
             if candidate.predicted is not None and self.endings.infeasible(
                     candidate, context.margin.rules_out(candidate.predicted, context.constraints,
                                                         context.target.batch_size), predicted=True):
                 return
-            context.queues[MEASURE].append(candidate)
+        elif self.endings.infeasible(candidate, context.constraints.measured_violations(
+                first["throughput"], context.target.batch_size)):
             return
-        if self.endings.infeasible(candidate, context.constraints.measured_violations(
-                candidate.measured["throughput"], context.target.batch_size)):
+        if candidate.stage == MEASURE:
+            context.queues[MEASURE].append(candidate)
             return
         earlier = context.cache.get_training(candidate.arch, context.recipe(candidate))
         if earlier is not None:
@@ -76,7 +82,8 @@ class Dispatcher:
             self.endings.fail(candidate, "predict", "the latency table lacks a part of this architecture, and "
                                                     "--throughput predicted measures nothing", NO_PREDICTION)
             return False
-        candidate.measured = dict(throughput=candidate.predicted, throughput_spread=0.0, measured_times=0)
+        candidate.measured[self.context.target.key] = dict(throughput=candidate.predicted, throughput_spread=0.0,
+                                                           measured_times=0)
         write(candidate.trial, throughput_predicted_only=True)
         return True
 
@@ -92,7 +99,7 @@ class Dispatcher:
             # (a measurement that costs no devices is never stopped).
             estimate, devices = context.costs.measure(context.devices[MEASURE]), context.devices[MEASURE]
             grant, allowed = context.ledger.grant(estimate), context.ledger.allowance()
-            job = MeasureJob(candidate.number, candidate.config.to_json(), context.target.key,
+            job = MeasureJob(candidate.number, candidate.config.to_json(), candidate.unmeasured,
                              context.settings.search.measure_seconds, allowed_seconds=allowed / devices if devices else None)
             if not self._submit(candidate, job, estimate, grant):
                 break
@@ -127,20 +134,24 @@ class Dispatcher:
     def _shared(self, candidate: Candidate, kind: str) -> bool:
         """Whether a queued count or measurement is answered by another trial of the same
         architecture (other seeds, re-runs): from the cache once that one is done - the
-        candidate then moves on - or by waiting while it runs."""
+        candidate then moves on - or by waiting while it runs (a measurement: on the target
+        this candidate needs next)."""
         context = self.context
+        target = candidate.unmeasured
         if kind == COUNT:
             candidate.figures = context.cache.get_figures(candidate.arch, context.target.img_size)
             found = candidate.figures is not None
         else:
-            candidate.measured = context.cache.get(candidate.arch, context.target.key, context.fingerprint)
-            found = candidate.measured is not None
+            cached = context.cache.get(candidate.arch, target, context.fingerprints[target])
+            if cached is not None:
+                candidate.measured[target] = cached
+            found = cached is not None
         if found:
             context.queues[kind].remove(candidate)
             self.advance(candidate)
             return True
         return any(job.kind == kind and context.active[job.trial].arch == candidate.arch
-                   for job in context.executor.running())
+                   and (kind == COUNT or job.target_key == target) for job in context.executor.running())
 
     def _submit(self, candidate: Candidate, job: Job, estimate: float, grant: float | None = None) -> bool:
         """Start ``job`` if its ``estimate`` fits the budget; ``grant`` (default: the estimate)

@@ -93,7 +93,8 @@ class Search:
                 study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
             self._prepare(study)
             for number in recovered:
-                self.endings.interrupted(as_candidate(study.trials[number], self.space, self.settings.search.seed))
+                self.endings.interrupted(as_candidate(study.trials[number], self.space, self.settings.search.seed,
+                                                      self.context.targets))
             status = "FAILED"
             try:
                 while self._step():
@@ -166,7 +167,8 @@ class Search:
         context = self.context
         arch = TrialRecord.of(self.study.trials[rerun_of]).arch_id
         return (arch is not None and context.cache.get_figures(arch, self.target.img_size) is not None
-                and context.cache.get(arch, self.target.key, context.fingerprint) is not None)
+                and all(context.cache.get(arch, key, context.fingerprints[key]) is not None
+                        for key in context.targets))
 
     def _ask(self) -> Candidate | None:
         """The next trial as a candidate, or None when the study already has its architecture."""
@@ -180,7 +182,7 @@ class Search:
         write(trial, arch_id=arch, summary=text, config=config.to_json(), seed=seed)
         if self.duplicates.answer(trial, arch, seed):
             return None
-        candidate = Candidate(trial, config, arch, text, seed)
+        candidate = Candidate(trial, config, arch, text, seed, self.context.targets)
         if queued.rerun_of is not None:
             self._continue_interrupted(candidate, self.study.get_trials(deepcopy=False)[queued.rerun_of])
         self.context.active[trial.number] = candidate
@@ -215,7 +217,8 @@ class Search:
         if self.settings.search.study in names:
             raise ValueError(f"study {self.settings.search.study!r} already exists; continue it with "
                              f"'python -m search resume --study {self.settings.search.study}' or pick another --study")
-        self.study = create_objective_study(self.settings.search.study, storage, sampler)
+        self.study = create_objective_study(self.settings.search.study, storage, sampler,
+                                            [t.key for t in self.settings.search.targets])
         if self.space.fixed_points:
             # Ablation tables: every (point, seed) exactly once, seed by seed in the table's order,
             # so a budget that runs short leaves seeds missing, not whole rows.
@@ -239,13 +242,14 @@ class Search:
         learn_costs(study, costs)
         scheduler = make_scheduler(settings.search.scheduler, settings.search.epochs, settings.search.min_epochs, settings.search.eta,
                                    self.space.fixed_points)
-        report_rungs(study, scheduler)
+        report_rungs(study, scheduler, [t.key for t in settings.search.targets])
         self.context = SearchContext(
             settings=settings, study=study, space=self.space, target=self.target, budget=self.budget,
             scheduler=scheduler, constraints=settings.search.constraints, retry=RetryPolicy(settings.run.max_retries),
             executor=executor, devices={**executor.devices, "lost": 0.0},
             # Asked where measurements run (device model, library versions): the cache keys on it.
-            fingerprint=executor.fingerprint(self.target.key), cache=ThroughputCache(workdir / CACHE_FILE),
+            fingerprints={t.key: executor.fingerprint(t.key) for t in settings.search.targets},
+            cache=ThroughputCache(workdir / CACHE_FILE),
             costs=costs, ledger=Ledger(self.budget, budget_used(study)), tracker=tracker, out=self.out)
         self.context.predictor = self._given_predictor or self._predictor(settings.run.latency_table,
                                                                           self.context.fingerprint)
@@ -256,7 +260,7 @@ class Search:
         self.duplicates = Duplicates(self.context, arch_id)
         self._say(f"study {settings.search.study}: space {settings.search.space}, budget {self.budget} "
                   f"({self.budget.seconds:.0f} {self.budget.kind}-s), used {self.context.ledger.spent:.0f}, "
-                  f"target {self.target}, data {settings.search.dataset}, scheduler {scheduler.name} "
+                  f"target {', '.join(map(str, settings.search.targets))}, data {settings.search.dataset}, scheduler {scheduler.name} "
                   f"(rungs {', '.join(map(str, scheduler.rungs))}); storage {settings.run.storage}; MLflow run {run_id}")
 
     def _predictor(self, path: Path | None, fingerprint: dict[str, str]) -> Callable[[LITConfig], float | None] | None:
@@ -358,6 +362,8 @@ def _ray_executor(search: Search) -> Executor:
                      _system_config=ray_system_config())
             guard(children_of(os.getpid()) - before)  # this Ray dies with this driver, even a SIGKILLed one
     on_disk_images = search.settings.search.dataset.startswith("imagefolder:")
-    resources = plan_resources(search.budget.kind, search.target, search.settings.run.trials_per_device,
+    # A study's targets share a device kind (SearchConfig): the one of most threads asks most of a measuring node.
+    widest = max(search.settings.search.targets, key=lambda target: target.threads)
+    resources = plan_resources(search.budget.kind, widest, search.settings.run.trials_per_device,
                                search.settings.run.cpus_per_trial, data_workers=IMAGEFOLDER_GPU_WORKERS if on_disk_images else 0)
     return RayExecutor(resources)

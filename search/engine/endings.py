@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from ..core.constraints import latency_ms, violated
-from ..core.objectives import OBJECTIVES
+from ..core.objectives import objectives, slug
 from ..core.record import TrialRecord, write
 from ..core.repeats import interval
 from ..study.studies import budget_used
@@ -68,11 +68,12 @@ class Endings:
         context.cache.put_training(candidate.arch, context.recipe(candidate), dict(
             epoch_accuracies=candidate.accuracies, study=context.settings.search.study, trial=candidate.number))
         figures = self.figures(candidate)
-        values = [candidate.accuracies[-1], candidate.measured["throughput"]]
+        values = [candidate.accuracies[-1], *candidate.throughputs]
         self.close(candidate, TrialState.COMPLETE, figures, values=values, status="complete")
         self._publish_front()
         used, budget = budget_used(context.study), context.budget
-        context.say(f"[trial {candidate.number}] top-1 {values[0]:.2f}%  {values[1]:.1f} img/s  "
+        speeds = " / ".join(f"{v:.1f}" for v in values[1:])
+        context.say(f"[trial {candidate.number}] top-1 {values[0]:.2f}%  {speeds} img/s  "
                     f"{figures['params'] / 1e6:.2f}M params | budget {used:.0f}/{budget.seconds:.0f} "
                     f"{budget.kind}-s ({100 * used / budget.seconds:.0f}%)")
 
@@ -118,15 +119,16 @@ class Endings:
         self._log(candidate, attrs, values)
 
     def figures(self, candidate: Candidate) -> dict[str, Any]:
-        """Params and FLOPs, and the throughput figure with its interval and latency."""
+        """Params and FLOPs, and the first target's throughput figure with its interval and
+        latency; with several targets, each one's figures under ``target_figures``."""
         out = dict(candidate.figures or {})
-        measured = candidate.measured
-        if measured is not None:
-            low, high = interval(measured)
-            out.update(throughput=measured["throughput"], throughput_spread=measured.get("throughput_spread", 0.0),
-                       throughput_low=low, throughput_high=high, measured_times=measured.get("measured_times", 1),
-                       peak_memory_mb=measured.get("peak_memory_mb"),
-                       latency_ms=latency_ms(measured["throughput"], self.context.target.batch_size))
+        first = candidate.first_measured
+        if first is not None:
+            out.update(_throughput_figures(first, self.context.target.batch_size))
+        if len(candidate.targets) > 1:
+            batch = {t.key: t.batch_size for t in self.context.settings.search.targets}
+            out["target_figures"] = {key: _throughput_figures(measured, batch[key])
+                                     for key, measured in candidate.measured.items()}
         return out
 
     def _log(self, candidate: Candidate, attrs: dict[str, Any], values: list[float] | None) -> None:
@@ -135,11 +137,14 @@ class Endings:
                       **{f"space.{k}": v for k, v in candidate.trial.params.items()})
         metrics = {k: attrs[k] for k in ("params", "flops", "throughput", "throughput_spread", "throughput_low",
                                          "throughput_high", "measured_times", "latency_ms") if k in attrs}
+        for key, figures in attrs.get("target_figures", {}).items():  # a study of several targets
+            metrics.update({f"{name}/{slug(key)}": figures[name] for name in
+                            ("throughput", "throughput_low", "throughput_high", "latency_ms")})
         if candidate.predicted is not None:
             metrics["predicted_throughput"] = candidate.predicted
         metrics.update(fidelity_epochs=candidate.epochs_done, device_seconds=sum(candidate.costs.values()))
         if values is not None:
-            metrics.update({o.name: v for o, v in zip(OBJECTIVES, values)})
+            metrics.update({o.name: v for o, v in zip(objectives(self.context.targets), values)})
         tags = {"arch_id": candidate.arch, "summary": candidate.summary, "status": attrs["status"]}
         record = TrialRecord.of(candidate.trial)
         if record.failure is not None:
@@ -154,15 +159,31 @@ class Endings:
         from litv2 import LITV2_S
         from space import arch_id
 
-        from ..study.front import evaluated_points, front_csv, hypervolume, pareto_front, plot_front
+        from ..study.front import evaluated_points, front_csv, hypervolume, pareto_front, plot_front, study_hypervolume
 
         context = self.context
-        points, front = evaluated_points(context.study), pareto_front(context.study)
-        context.tracker.log_progress(context.tally.completed, dict(
-            hypervolume=hypervolume(front), front_size=len(front), budget_used=budget_used(context.study)))
+        fronts = {key: (evaluated_points(context.study, key), pareto_front(context.study, key))
+                  for key in context.targets}  # one per target, named after it where there are several
+        named = {key: "" if len(fronts) == 1 else f"/{slug(key)}" for key in fronts}
+        progress = dict(budget_used=budget_used(context.study), hypervolume=study_hypervolume(context.study))
+        for key, (_, front) in fronts.items():
+            progress[f"front_size{named[key]}"] = len(front)
+            if named[key]:
+                progress[f"hypervolume{named[key]}"] = hypervolume(front)
+        context.tracker.log_progress(context.tally.completed, progress)
         marked = {arch_id(LITV2_S): "LITv2-S"}
-        context.tracker.log_front(front_csv(front), lambda path: plot_front(
-            points, front, path, f"study {context.settings.search.study}", context.target.key, marked))
+        for key, (points, front) in fronts.items():
+            context.tracker.log_front(front_csv(front), lambda path, points=points, front=front, key=key: plot_front(
+                points, front, path, f"study {context.settings.search.study}", key, marked),
+                name=named[key].replace("/", "-"))
+
+
+def _throughput_figures(measured: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """A kept throughput figure as a trial records it: median, interval, latency per batch."""
+    low, high = interval(measured)
+    return dict(throughput=measured["throughput"], throughput_spread=measured.get("throughput_spread", 0.0),
+                throughput_low=low, throughput_high=high, measured_times=measured.get("measured_times", 1),
+                peak_memory_mb=measured.get("peak_memory_mb"), latency_ms=latency_ms(measured["throughput"], batch_size))
 
 
 def _figure_text(figures: dict[str, Any]) -> str:

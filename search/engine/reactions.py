@@ -46,7 +46,7 @@ class Reactions:
         if kind == COUNT:
             self._counted(candidate, result)
         elif kind == MEASURE:
-            self._measured(candidate, result)
+            self._measured(candidate, event.job.target_key, result)
         else:
             self._trained(candidate, event.job, result)
 
@@ -62,9 +62,9 @@ class Reactions:
         context.cache.put_figures(candidate.arch, context.target.img_size, candidate.figures)
         self.dispatcher.advance(candidate)
 
-    def _measured(self, candidate: Candidate, result: dict[str, Any]) -> None:
-        """Keep a new figure, or measure once more when it is too wide to rank by; of the
-        figures then at hand the better-supported one is kept and cached."""
+    def _measured(self, candidate: Candidate, target: str, result: dict[str, Any]) -> None:
+        """Keep a new figure on ``target``, or measure once more when it is too wide to rank
+        by; of the figures then at hand the better-supported one is kept and cached."""
         context = self.context
         # The node's one-off calibration is charged, but is no estimate of the next measurement.
         once = result.get("calibration_seconds", 0.0)
@@ -74,20 +74,22 @@ class Reactions:
             why = "its measurement used up what was left of the budget"
             self.endings.leave_untrained(candidate, why, why)
             return
-        candidate.measurements.append(result)
-        if len(candidate.measurements) == 1 and is_wide(result) and self._repeat_affordable(candidate):
+        measurements = candidate.measurements.setdefault(target, [])
+        measurements.append(result)
+        if len(measurements) == 1 and is_wide(result) and self._repeat_affordable(candidate):
             context.tally.remeasured += 1
             low, high = interval(result)
-            context.say(f"[trial {candidate.number}] {candidate.arch}: {result['throughput']:.1f} img/s "
+            on = f" on {target}" if len(context.targets) > 1 else ""
+            context.say(f"[trial {candidate.number}] {candidate.arch}: {result['throughput']:.1f} img/s{on} "
                         f"[{low:.1f}, {high:.1f}] is too wide to rank by; measuring it again")
             context.queues[MEASURE].append(candidate)
             return
-        kept = dict(best_supported(candidate.measurements))
-        kept["measured_times"] = len(candidate.measurements)
-        if candidate.predicted is not None:  # the margin a prediction is trusted within learns from it
+        kept = dict(best_supported(measurements))
+        kept["measured_times"] = len(measurements)
+        if candidate.predicted is not None and target == context.target.key:  # the margin learns from it
             context.margin.observe(candidate.predicted, kept["throughput"])
-        candidate.measured, candidate.measured_now = kept, True
-        context.cache.put(candidate.arch, context.target.key, kept)
+        candidate.measured[target], candidate.measured_now = kept, True
+        context.cache.put(candidate.arch, target, kept)
         self.dispatcher.advance(candidate)
 
     def _repeat_affordable(self, candidate: Candidate) -> bool:
@@ -112,7 +114,7 @@ class Reactions:
               checkpoint_seconds=record.checkpoint_seconds + result.get("checkpoint_seconds", 0.0),
               train_intervals=record.train_intervals + [where_and_when(result)])
         scheduler, rung = context.scheduler, job.to_epoch
-        scheduler.report(candidate.key, candidate.number, candidate.accuracies, candidate.measured["throughput"])
+        scheduler.report(candidate.key, candidate.number, candidate.accuracies, candidate.throughputs)
         decision = scheduler.decide(candidate.key, rung)
         if decision == Decision.CONTINUE:
             context.say(f"[trial {candidate.number}] rung {rung}: top-1 {candidate.accuracies[-1]:.2f}% -> continues "

@@ -57,14 +57,15 @@ def requeue_interrupted(study: optuna.Study, previous_lease: dict[str, Any] | No
     return recovered
 
 
-def as_candidate(trial: optuna.trial.FrozenTrial, space: SearchSpace, default_seed: int) -> Candidate:
+def as_candidate(trial: optuna.trial.FrozenTrial, space: SearchSpace, default_seed: int,
+                 targets: tuple[str, ...]) -> Candidate:
     """A dead driver's trial as far as its record goes (for its MLflow child run)."""
     from space import arch_id, summary
 
     record = TrialRecord.of(trial)
     config = LITConfig.from_json(record.config) if record.config else space.sample(optuna.trial.FixedTrial(trial.params))
     return Candidate(trial, config, record.arch_id or arch_id(config), record.summary or summary(config),
-                     default_seed if record.seed is None else record.seed, epochs_done=record.epochs_done,
+                     default_seed if record.seed is None else record.seed, targets, epochs_done=record.epochs_done,
                      accuracies=list(record.epoch_accuracies), costs=dict(record.costs))
 
 
@@ -90,10 +91,17 @@ def learn_margin(study: optuna.Study, margin: PredictionMargin) -> None:
             margin.observe(record.predicted_throughput, record.throughput)
 
 
-def report_rungs(study: optuna.Study, scheduler: Scheduler) -> None:
+def report_rungs(study: optuna.Study, scheduler: Scheduler, targets: list[str]) -> None:
     """Rung results recorded by earlier drivers, for asynchronous promotion after a resume."""
     for trial in study.get_trials(deepcopy=False):
         record = TrialRecord.of(trial)
         if record.epoch_accuracies and record.throughput and record.duplicate_of is None:
             scheduler.report((record.arch_id, record.seed or 0), trial.number, record.epoch_accuracies,
-                             record.throughput)
+                             throughputs(record, targets))
+
+
+def throughputs(record: TrialRecord, targets: list[str]) -> list[float]:
+    """A trial's throughput on each target (a study of one target keeps it in ``throughput``)."""
+    if len(targets) == 1:
+        return [record.throughput]
+    return [record.target_figures[key]["throughput"] for key in targets]

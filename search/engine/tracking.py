@@ -79,12 +79,13 @@ class StudyTracker:
         now = _now_ms()
         self.outbox.put(batch(self.run_id, metrics=[(k, float(v), now, step) for k, v in metrics.items()]))
 
-    def log_front(self, csv_text: str, plot: Callable[[Path], None]) -> None:
-        """Replace the parent's ``front.csv`` and ``front.png`` with the current front."""
+    def log_front(self, csv_text: str, plot: Callable[[Path], None], name: str = "") -> None:
+        """Replace the parent's ``front{name}.csv`` and ``front{name}.png`` with the current
+        front (``name``: a target's, in a study of several)."""
         with tempfile.TemporaryDirectory() as folder:
-            csv_path = Path(folder) / "front.csv"
+            csv_path = Path(folder) / f"front{name}.csv"
             csv_path.write_text(csv_text)
-            png_path = Path(folder) / "front.png"
+            png_path = Path(folder) / f"front{name}.png"
             plot(png_path)
             self.outbox.put_file(self.run_id, csv_path)
             self.outbox.put_file(self.run_id, png_path)

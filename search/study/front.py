@@ -2,7 +2,10 @@
 
 The front is Optuna's own ``Study.best_trials`` (feasible COMPLETE trials only, so trials
 stopped early by successive halving, infeasible ones and duplicates answered from the
-study never appear), and the hypervolume is :func:`search.core.hypervolume.hypervolume`, against
+study never appear). A study of several targets has one front per target: the trials of
+``best_trials`` (Pareto-optimal over accuracy and every throughput) that no other dominates
+in accuracy and that target's throughput; with one target that is ``best_trials`` itself.
+The hypervolume is :func:`search.core.hypervolume.hypervolume`, against
 the reference point (0 % accuracy, 0 img/s): it only grows as the search improves, which makes
 it a readable progress metric per trial. Objectives come from :data:`search.core.objectives.OBJECTIVES`.
 """
@@ -41,30 +44,45 @@ class Point:
     summary: str
 
 
-def _point(trial: optuna.trial.FrozenTrial) -> Point:
+def _point(trial: optuna.trial.FrozenTrial, target: str | None) -> Point:
+    """``trial`` on ``target`` (a target key; None: the study's first, or only, target)."""
     record = TrialRecord.of(trial)
-    throughput = trial.values[1]
-    low = record.throughput_low if record.throughput_low is not None else throughput
-    high = record.throughput_high if record.throughput_high is not None else throughput
+    figures = record.target_figures.get(target) if target is not None else None
+    if figures is None:  # the first target's figures are the record's own fields
+        figures = dict(throughput=trial.values[1], throughput_low=record.throughput_low,
+                       throughput_high=record.throughput_high, measured_times=record.measured_times)
+    throughput = figures["throughput"]
+    low = figures.get("throughput_low")
+    high = figures.get("throughput_high")
     return Point(trial.number, record.arch_id if record.arch_id is not None else "", trial.values[0], throughput,
-                 float(low), float(high), int(record.measured_times),
-                 int(record.params if record.params is not None else 0),
+                 float(throughput if low is None else low), float(throughput if high is None else high),
+                 int(figures.get("measured_times", 1)), int(record.params if record.params is not None else 0),
                  int(record.flops if record.flops is not None else 0), record.summary)
 
 
-def evaluated_points(study: optuna.Study) -> list[Point]:
-    """Every architecture trained to full fidelity (duplicates are never COMPLETE)."""
-    return [_point(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+def evaluated_points(study: optuna.Study, target: str | None = None) -> list[Point]:
+    """Every architecture trained to full fidelity (duplicates are never COMPLETE), on ``target``."""
+    return [_point(t, target) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
 
 
-def pareto_front(study: optuna.Study) -> list[Point]:
-    """The study's feasible Pareto set, by throughput."""
-    return sorted((_point(t) for t in study.best_trials), key=lambda p: (p.throughput, p.accuracy))
+def pareto_front(study: optuna.Study, target: str | None = None) -> list[Point]:
+    """The study's feasible Pareto set on ``target`` (a key; None: its first), by throughput."""
+    from ..core.scheduler import nondominated_ranks
+
+    points = [_point(t, target) for t in study.best_trials]
+    ranks = nondominated_ranks([(p.accuracy, p.throughput) for p in points])
+    return sorted((p for p, rank in zip(points, ranks) if rank == 0), key=lambda p: (p.throughput, p.accuracy))
 
 
 def hypervolume(front: list[Point]) -> float:
     """Area the front dominates above the reference point (0, 0), in %-img/s."""
     return _hypervolume.hypervolume([(p.accuracy, p.throughput) for p in front])
+
+
+def study_hypervolume(study: optuna.Study) -> float:
+    """The volume ``best_trials`` dominate in every objective (accuracy and each target's
+    throughput): the study's one progress figure; with one target, its front's area."""
+    return _hypervolume.hypervolume([tuple(t.values) for t in study.best_trials])
 
 
 def front_csv(front: list[Point]) -> str:

@@ -58,15 +58,37 @@ def _positive(**values: int | None) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {value} is invalid: expected a positive integer")
 
 
+def _check_targets(targets: tuple[Target, ...], throughput: str) -> None:
+    """Targets one study can serve: each once, one resolution (the architectures' FLOPs and a
+    FLOPs constraint are counted at it), one device kind (one kind of measuring node serves
+    them), and measured ones only where there are several."""
+    keys = [t.key for t in targets]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"--target {repeated[0]} is given twice; expected each target once")
+    if len({t.img_size for t in targets}) > 1:
+        raise ValueError(f"--target {', '.join(keys)}: the targets of one study share a resolution; expected one "
+                         f"of {targets[0].img_size} px (a study per resolution)")
+    if len({t.device for t in targets}) > 1:
+        raise ValueError(f"--target {', '.join(keys)}: the targets of one study run on one device kind; expected "
+                         f"only {targets[0].device} targets (a study per device kind)")
+    if len(targets) > 1 and throughput != MEASURED:
+        raise ValueError(f"--throughput {throughput} ranks by one latency table, of one target; expected a single "
+                         f"--target (given {len(targets)})")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """What to search (stored with the study). ``target`` None takes the budget's default
-    device; ``scheduler`` None takes MO-ASHA where ``epochs`` leaves room for two rungs."""
+    device; ``more_targets`` are further deployment targets, each a throughput objective of
+    its own beside the shared accuracy (constraints and a latency table's predictions are the
+    first target's); ``scheduler`` None takes MO-ASHA where ``epochs`` leaves room for two rungs."""
 
     study: str
     space: str
     budget: Budget
     target: Target | None = None
+    more_targets: tuple[Target, ...] = ()
     dataset: str = DEFAULT_DATASET
     sampler: str = DEFAULT_SAMPLER
     scheduler: str | None = None
@@ -115,10 +137,17 @@ class SearchConfig:
         object.__setattr__(self, "scheduler", scheduler)
         if self.target is None:
             object.__setattr__(self, "target", default_target(self.budget.kind))
+        object.__setattr__(self, "more_targets", tuple(self.more_targets))
+        _check_targets(self.targets, self.throughput)
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """Every deployment target, the first (``target``) first: one throughput objective each."""
+        return (self.target, *self.more_targets)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(asdict(self), budget=self.budget.text, target=self.target.key,
-                    constraints=self.constraints.to_dict())
+                    more_targets=[t.key for t in self.more_targets], constraints=self.constraints.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
@@ -126,6 +155,7 @@ class SearchConfig:
         moved since, and ``status`` answers without loading any space)."""
         trainer = data.get("trainer", PROXY_TRAINER)
         return _as_stored(cls, dict(data, budget=parse_budget(data["budget"]), target=parse_target(data["target"]),
+                                    more_targets=tuple(parse_target(t) for t in data.get("more_targets") or ()),
                                     constraints=Constraints.from_dict(data.get("constraints") or {}),
                                     trainer=LEGACY_TRAINERS.get(trainer, trainer)))
 
@@ -235,4 +265,4 @@ class SearchSettings:
     def as_params(self) -> dict[str, Any]:
         """The settings as MLflow parameters (paths included, for the record)."""
         flat = {**self.search.to_dict(), **self.run.to_dict()}
-        return {k: v for k, v in flat.items() if v is not None and v != {}}
+        return {k: v for k, v in flat.items() if v is not None and v != {} and v != []}
