@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from litv2.argparsing import StrictParser
+from litv2.argparsing import StrictParser, interrupted
 from search.core.errors import EXIT_USAGE, usage_error
 
 if TYPE_CHECKING:
@@ -100,6 +100,8 @@ def guarded(action: Callable[[], int]) -> int:
     except (ValueError, RuntimeError) as error:  # SpaceError (a bad recipe) is a ValueError
         print(f"experiments: error: {error}", file=sys.stderr)
         return EXIT_USAGE if usage_error(error) else 1
+    except KeyboardInterrupt:
+        return interrupted("experiments")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

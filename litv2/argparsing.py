@@ -10,6 +10,16 @@ import sys
 from typing import NoReturn
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+
+
+def interrupted(prog: str) -> int:
+    """Ctrl-C in a command: one line instead of a traceback, and exit 130. What it was
+    writing stays unwritten: the project writes files whole, under a temporary name."""
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 class StrictParser(argparse.ArgumentParser):
     """argparse without prefix matching (``--epoch`` is not ``--epochs``), whose options take
     values that start with a dash (``--budget -1gpu-h`` reaches the check that names it), and

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .argparsing import StrictParser
+from .argparsing import StrictParser, interrupted
 from .named import config_from
 from .protocol import MIN_SAMPLES_FOR_CI, MeasureProtocol
 from .target import PRECISIONS, parse_target
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"litv2.bench: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        return interrupted("litv2.bench")
 
 
 def runtime_protocol(args: argparse.Namespace) -> MeasureProtocol:

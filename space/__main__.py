@@ -17,7 +17,7 @@ from pathlib import Path
 import warnings
 from typing import TYPE_CHECKING
 
-from litv2.argparsing import StrictParser
+from litv2.argparsing import StrictParser, interrupted
 from litv2.bench import add_runtime_targets, runtime_protocol, runtime_targets
 
 from .errors import SpaceError
@@ -83,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             return _lut(args, space)
         if args.command == "runtimes":
             return _runtimes(args, space)
+        if args.command == "validate":
+            print(f"{args.space}: ok (space {space.name!r}, size {_size(space)})")
+        else:
+            show_space(space, args.samples, args.seed)
     except (SpaceError, ValueError) as err:
         print(f"space: error: {err}", file=sys.stderr)
         return EXIT_INVALID
-    if args.command == "validate":
-        print(f"{args.space}: ok (space {space.name!r}, size {_size(space)})")
-    else:
-        show_space(space, args.samples, args.seed)
+    except KeyboardInterrupt:
+        return interrupted("space")
     return 0
 
 

@@ -348,6 +348,27 @@ def test_a_second_driver_is_refused_and_ctrl_c_after_a_rung_resumes_from_the_che
     assert MlflowClient(settings.run.tracking_uri).get_run(study.user_attrs[RUN_ID_ATTR]).info.status == "FINISHED"
 
 
+def test_sigterm_stops_a_search_as_ctrl_c_does_with_exit_143(tmp_path):
+    """Ray's core worker catches SIGTERM itself (it aborted the driver with six '*** SIGTERM
+    received' lines): the search's own handler answers it as it answers Ctrl-C."""
+    import signal
+
+    process = _start_search(tmp_path, "--epochs", "2", "--scheduler", "full", "--max-trials", "1")
+    try:
+        seen = _read_until(process, "[trial 0] training")
+        assert "[trial 0] training" in seen, seen
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, seen + rest
+    assert "terminated (SIGTERM): running trials were stopped and will continue on 'search resume'" in rest
+    assert "SIGTERM received" not in rest and "Traceback" not in rest
+    study = load(make_settings(tmp_path))
+    assert [t.user_attrs.get("interrupted") for t in study.trials] == [True]
+    assert MlflowClient(make_settings(tmp_path).run.tracking_uri).get_run(
+        study.user_attrs[RUN_ID_ATTR]).info.status == "KILLED"
+
+
 def test_a_crashing_search_fails_its_mlflow_run(tmp_path):
     from dataclasses import replace
 

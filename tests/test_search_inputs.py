@@ -125,9 +125,13 @@ def test_a_database_url_without_its_driver_names_the_extra_to_install(monkeypatc
     from search.study import preflight
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name in ("psycopg2", "pymysql") else real(name))
-    with pytest.raises(ValueError, match=r"needs the psycopg2 driver: pip install 'litv2-search\[postgres\]'"):
+    missing = ("psycopg", "psycopg2", "pymysql")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name in missing else real(name))
+    # SQLAlchemy 2.1 loads psycopg 3 for a bare postgresql:// URL: that is the driver checked for
+    with pytest.raises(ValueError, match=r"needs the psycopg driver: pip install 'litv2-search\[postgres\]'"):
         preflight.check_storage_endpoint("postgresql://user:secret@127.0.0.1:1/optuna")
+    with pytest.raises(ValueError, match=r"needs the psycopg2 driver: pip install psycopg2-binary"):
+        preflight.check_storage_endpoint("postgresql+psycopg2://user:secret@127.0.0.1:1/optuna")
     with pytest.raises(ValueError, match=r"litv2-search\[mysql\]") as error:
         preflight.check_storage_endpoint("mysql://user:secret@127.0.0.1:1/optuna")
     assert "secret" not in str(error.value)  # passwords never reach the terminal

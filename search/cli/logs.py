@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-LOG_FILE = "search.log"
+from ..study.settings import LOG_FILE
+
 LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
 # Warnings that say all is as it should be, printed on every run: Ray's notice that the
 # local cluster it starts has token authentication on (its safe default). They go to the log

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from litv2.argparsing import StrictParser
+from litv2.argparsing import StrictParser, interrupted
 from space.registry import SPACE_NAMES
 
 from .bench import BENCH_HANDLERS, add_bench_commands
@@ -333,3 +333,5 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as error:  # RuntimeError: SearchError, the services behind a search
         print(f"search: error: {error}", file=sys.stderr)
         return EXIT_USAGE if usage_error(error) else 1
+    except KeyboardInterrupt:  # outside a search's loop, which stops its jobs and answers itself
+        return interrupted("search")

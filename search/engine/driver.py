@@ -49,6 +49,7 @@ from .endings import Endings, SearchError
 from .executor import Executor
 from .lease import TTL_SECONDS, Lease
 from .reactions import Reactions
+from .signals import exit_code, stop_reason, stopped_by_signals
 from .recovery import as_candidate, learn_costs, learn_margin, report_rungs, requeue_interrupted
 from .tracking import ARTIFACTS_DIR, StudyTracker
 
@@ -96,21 +97,23 @@ class Search:
                 self.endings.interrupted(as_candidate(study.trials[number], self.space, self.settings.search.seed,
                                                       self.context.targets))
             status = "FAILED"
-            try:
-                while self._step():
-                    pass
-                self.dispatcher.give_up_queued()
-                status = "FINISHED"
-            except KeyboardInterrupt:
-                status = "KILLED"
-                self._interrupt()
-                self.context.say("interrupted: running trials were stopped and will continue on 'search resume'")
-                return 130
-            except BaseException:
-                self._interrupt()  # whatever else was running re-runs on resume
-                raise
-            finally:
-                self.context.tracker.finish(status)
+            with stopped_by_signals():
+                try:
+                    while self._step():
+                        pass
+                    self.dispatcher.give_up_queued()
+                    status = "FINISHED"
+                except KeyboardInterrupt as stop:
+                    status = "KILLED"
+                    self._interrupt()
+                    self.context.say(f"{stop_reason(stop)}: running trials were stopped and will continue on "
+                                     "'search resume'")
+                    return exit_code(stop)
+                except BaseException:
+                    self._interrupt()  # whatever else was running re-runs on resume
+                    raise
+                finally:
+                    self.context.tracker.finish(status)
         self.context.say(self._closing_line())
         return 0
 
@@ -352,7 +355,9 @@ def _ray_executor(search: Search) -> Executor:
 
     if not ray.is_initialized():
         if search.settings.run.address:
-            ray.init(address=search.settings.run.address, log_to_driver=False)
+            from .joining import join_cluster
+
+            join_cluster(search.settings.run.address, search.settings.run.log_file)
         else:
             from .reaper import children_of, guard
 

@@ -8,6 +8,7 @@ an MLflow outage during a search delays the records and never the search.
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -29,13 +30,19 @@ class StudyTracker:
 
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None,
                  say: Callable[[str], None] | None = None) -> None:
+        # A tracking server's client prints "View run ... / View experiment ..." on every run it
+        # ends (a dozen lines a search); the tool prints the study's run once.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = tracking_uri
         self.say = say or _to_stderr
         self.spool = (artifact_root.parent if artifact_root is not None else Path(tempfile.gettempdir())) / OUTBOX_DIR
         self.client = MlflowClient(tracking_uri)
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
-            location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+            # A server decides where artifacts go (mlflow-artifacts:/ when it serves them): a
+            # file:// location would keep fronts and deployments on the driver's disk alone.
+            local = artifact_root is not None and not tracking_uri.startswith(("http://", "https://"))
+            location = artifact_root.resolve().as_uri() if local else None
             self.experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=location)
         else:
             self.experiment_id = experiment.experiment_id

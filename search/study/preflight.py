@@ -27,23 +27,25 @@ if TYPE_CHECKING:
     from .settings import SearchSettings
 
 CONNECT_TIMEOUT_S = 3.0
-# Database schemes -> (the module SQLAlchemy imports for them, the pyproject extra that installs it).
+# Database schemes -> (the module SQLAlchemy 2.1 imports for them, what installs it). A bare
+# postgresql:// loads psycopg 3, not psycopg2: checking for psycopg2 passed and the storage
+# then failed to open ("Failed to import DB access module").
 DB_DRIVERS = {
-    "postgresql": ("psycopg2", "postgres"), "postgresql+psycopg2": ("psycopg2", "postgres"),
-    "mysql": ("pymysql", "mysql"), "mysql+pymysql": ("pymysql", "mysql"),
+    "postgresql": ("psycopg", "'litv2-search[postgres]'"), "postgresql+psycopg": ("psycopg", "'litv2-search[postgres]'"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "mysql": ("pymysql", "'litv2-search[mysql]'"), "mysql+pymysql": ("pymysql", "'litv2-search[mysql]'"),
 }
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "http": 80, "https": 443}
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 
 
 def check_database_driver(url: str, what: str) -> None:
-    """A database URL whose driver is missing: name the extra that installs it."""
+    """A database URL whose driver is missing: name what installs it."""
     scheme = url.split("://", 1)[0]
     if scheme in DB_DRIVERS:
-        module, extra = DB_DRIVERS[scheme]
+        module, package = DB_DRIVERS[scheme]
         if importlib.util.find_spec(module) is None:
-            raise ValueError(f"{what} {_hide_password(url)!r} needs the {module} driver: "
-                             f"pip install 'litv2-search[{extra}]'")
+            raise ValueError(f"{what} {_hide_password(url)!r} needs the {module} driver: pip install {package}")
 
 
 def check_storage_endpoint(url: str) -> None:

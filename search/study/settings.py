@@ -34,7 +34,8 @@ from .storage import check_storage_url, check_tracking_uri, default_storage_url,
 # Study names: a file-name-safe set (they name checkpoint folders and MLflow runs), not starting with a dot.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 STUDY_NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
-MAX_SEED = 2**32 - 1  # numpy's and the samplers' seed range
+MAX_SEED = 2**32 - 1
+LOG_FILE = "search.log"  # in the work directory  # numpy's and the samplers' seed range
 PROXY_TRAINER = "search.training.proxy:train_proxy"
 LEGACY_TRAINERS = {"search.train:train_proxy": PROXY_TRAINER}  # where it was before search/ had sub-packages
 
@@ -205,6 +206,11 @@ class RunConfig:
     @property
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.workdir / "checkpoints"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the libraries' own lines go (``search.cli.logs``), Ray's C++ ones included."""
+        return self.workdir / LOG_FILE
 
     def moved_to(self, workdir: str | Path, storage: str | None, tracking_uri: str | None) -> "RunConfig":
         """This run's settings for a command in ``workdir`` (``resume``, ``pick``, ...): the storage
