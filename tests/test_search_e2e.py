@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow  # every test here starts Ray workers
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, resources={"bench": 1}, include_dashboard=False, log_to_driver=False,
+    # address="local": a Ray of its own, never a cluster another test's `ray start` left named as this machine's
+    ray.init(address="local", num_cpus=2, resources={"bench": 1}, include_dashboard=False, log_to_driver=False,
              _system_config=ray_system_config())  # as the tool starts its own
     yield
     ray.shutdown()
