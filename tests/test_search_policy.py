@@ -528,3 +528,20 @@ def test_a_narrow_figure_is_measured_once(tmp_path, capsys):
     assert len(jobs.measured) == 4
     assert {t.user_attrs["measured_times"] for t in study.trials} == {1}
     assert "0 throughput figures measured twice" in capsys.readouterr().out
+
+
+def test_a_budget_raised_on_resume_is_the_studys_from_then_on(tmp_path):
+    from search.core.budget import parse_budget
+    from search.study.studies import settings_of
+
+    study = run_in_process(tmp_path, FakeJobs(), scheduler="full", epochs=1, max_trials=1, budget="200cpu-s")
+    settings = settings_of(study)
+    raised = settings.with_budget(settings.search.budget.plus(parse_budget("100cpu-s")))
+
+    def executor(search):
+        return InProcessExecutor([Node("local", 2, bench=True)], FakeJobs().runners(),
+                                 devices=dict(count=1.0, measure=2.0, train=1.0))
+
+    assert Search(raised, executor=executor, tracker=ProgressRecorder()).run(resume=True) == 0
+    again = optuna.load_study(study_name="s", storage=settings.run.storage)
+    assert settings_of(again).search.budget.seconds == 300  # what `status` reports the study's budget as

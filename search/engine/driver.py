@@ -90,8 +90,8 @@ class Search:
         study = self._open(resume)
         with Lease(study, ttl=self.lease_ttl) as lease:
             recovered = requeue_interrupted(study, lease.previous, self.settings.search.seed) if resume else []
-            if not resume:
-                study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
+            # stored on resume too: a budget raised by `resume --budget MORE` is the study's from now on
+            study.set_user_attr(SETTINGS_ATTR, self.settings.to_json())
             self._prepare(study)
             for number in recovered:
                 self.endings.interrupted(as_candidate(study.trials[number], self.space, self.settings.search.seed,

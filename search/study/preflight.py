@@ -106,6 +106,17 @@ def check_writable_folder(folder: Path, what: str) -> None:
         raise ValueError(f"{what}: the folder {str(folder)!r} is not writable ({error.strerror})") from None
 
 
+def check_checkpoint_folder(folder: Path) -> None:
+    """Rung checkpoints go to ``folder``, made if missing: it must not be a file, and the
+    nearest folder that exists must take files."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--checkpoint-dir {str(folder)!r} is a file: expected a folder (made if missing)")
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--checkpoint-dir {str(folder)!r} is under the file {str(existing)!r}: expected a folder")
+    check_writable_folder(existing, "--checkpoint-dir")
+
+
 def check_cpus_per_trial(cpus_per_trial: int, address: str | None) -> None:
     """A local Ray instance has this machine's cores; a trial cannot have more (a joined
     cluster's nodes are checked once Ray answers, before the study exists)."""
@@ -156,6 +167,7 @@ def preflight_search(settings: "SearchSettings") -> list[str]:
 
     check_latency_table(settings)
     check_writable_folder(settings.run.workdir, "--workdir")
+    check_checkpoint_folder(settings.run.checkpoints)
     check_storage_endpoint(settings.run.storage)
     check_tracking_endpoint(settings.run.tracking_uri)
     check_ray_address(settings.run.address)

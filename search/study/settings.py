@@ -115,6 +115,9 @@ class SearchConfig:
             raise ValueError(f"sampler {self.sampler!r} is unknown; expected one of {', '.join(SAMPLERS)}")
         _positive(epochs=self.epochs, max_trials=self.max_trials, seeds=self.seeds, min_epochs=self.min_epochs,
                   eta=self.eta)
+        if self.min_epochs > self.epochs:  # whichever scheduler runs: a later `--scheduler mo-asha` must not meet it
+            raise ValueError(f"--min-epochs {self.min_epochs} is invalid: expected 1 <= min-epochs <= --epochs "
+                             f"{self.epochs}")
         if self.throughput not in THROUGHPUT_SOURCES:
             raise ValueError(f"--throughput {self.throughput!r} is unknown; expected one of "
                              f"{', '.join(THROUGHPUT_SOURCES)}")
