@@ -60,6 +60,15 @@ def unit_interval(value: float) -> str | None:
     return None if 0.0 <= value <= 1.0 else f"{value!r} is outside [0, 1]"
 
 
+def between(low: int, high: int) -> Callable[[int], str | None]:
+    """An integer from ``low`` to ``high``: the range a real search needs (a bigger value is a
+    typo that would only fail once memory or time runs out)."""
+    def check(value: int) -> str | None:
+        return None if low <= value <= high else f"{value!r} is outside {low}..{high}"
+
+    return check
+
+
 def one_of(options: Sequence[str]) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         return None if value in options else f"{value!r} is not one of {', '.join(options)}"

@@ -61,13 +61,19 @@ def _resolve_extends(data: Any) -> Any:
 
 
 def _read(path: Path) -> Any:
+    """The file's data; what is not a regular file of UTF-8 text (a FIFO would block the read
+    for good) is refused before it is read."""
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            raise SpaceError(None, "is not a regular file (a FIFO, socket or device): expected a .yaml/.json file")
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise SpaceError(None, f"is {size / 1e6:.1f} MB: a space file is at most {MAX_FILE_BYTES / 1e6:g} MB")
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise SpaceError(None, f"cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise SpaceError(None, f"is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     try:
         return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as err:

@@ -24,23 +24,34 @@ mentioned keep the base's values.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, NamedTuple
 
 from litv2 import ATTENTION_KINDS, MERGE_KINDS, NAMED_CONFIGS, LITConfig
 
-from .dims import Domain, check_keys, one_of, parse_dimension, parse_per_stage, positive, positive_int, unit_interval
+from litv2.target import MIN_RESOLUTION
+
+from .dims import (Domain, between, check_keys, one_of, parse_dimension, parse_per_stage, positive, positive_int,
+                   unit_interval)
 from .errors import SpaceError
 from .proxy import ProxySettings
 
+# What a real search needs, checked before anything is built: larger values are typos that
+# would only fail once memory or time ran out (a 99999999-px image, a stage of 100000 blocks).
+MAX_IMG_SIZE = 4096
+MAX_STAGES = 8
+MAX_STAGE_DEPTH = 64  # LITv2-B has 18 blocks in its third stage
+MAX_EMBED_DIM = 2048
+SPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ +-]{0,99}")  # it names files, folders and MLflow runs
 # Position encodings LITv2's Table 5 moves between: (rel_pos_bias, ffn).
 POS_ENCODINGS: dict[str, tuple[bool, str]] = {
     "rpe": (True, "mlp"), "convffn": (False, "convffn"), "both": (True, "convffn"), "none": (False, "mlp"),
 }
 # Axes drawn once per architecture, by their own name.
 FLAT_AXES: dict[str, Domain] = {
-    "embed_dim": Domain(int, positive_int),
+    "embed_dim": Domain(int, between(1, MAX_EMBED_DIM)),
     "mlp_ratio": Domain(float, positive),
     "merge": Domain(str, one_of(MERGE_KINDS)),
     "attn_kind": Domain(str, one_of(ATTENTION_KINDS)),
@@ -49,7 +60,7 @@ FLAT_AXES: dict[str, Domain] = {
 }
 # Axes with one dimension per stage (drawn as depth_s{i}, mlp_only_s{i}, ws_s{i}, alpha_s{i}).
 STAGE_AXES: dict[str, Domain] = {
-    "depth": Domain(int, positive_int),
+    "depth": Domain(int, between(1, MAX_STAGE_DEPTH)),
     "mlp_only": Domain(bool),
     "window_size": Domain(int, positive_int),
     "alpha_per_stage": Domain(float, unit_interval),
@@ -81,17 +92,20 @@ def parse_space(data: Any, default_name: str) -> dict[str, Any]:
     base_name = data.get("base", DEFAULT_BASE)
     fixed = data.get("fixed", {})
     base = make_config(base_name, fixed, "base", "fixed")
+    check_size(base, "fixed")
     proxy = data.get("proxy", {})
     _require_mapping(proxy, "proxy")
     check_keys(proxy, PROXY_KEYS, "proxy")
     args: dict[str, Any] = {
-        "name": Domain(str).coerce(data.get("name", default_name), "name"),
+        "name": Domain(str, _space_name).coerce(data.get("name", default_name), "name"),
         "description": Domain(str).coerce(data.get("description", ""), "description"),
         "base_name": base_name,
         "base": base,
-        "deploy_img_size": Domain(int, positive_int).coerce(data.get("deploy_img_size", 224), "deploy_img_size"),
+        "deploy_img_size": Domain(int, between(MIN_RESOLUTION, MAX_IMG_SIZE)).coerce(
+            data.get("deploy_img_size", 224), "deploy_img_size"),
         "proxy": ProxySettings(
-            img_size=Domain(int, positive_int).coerce(proxy.get("img_size", ProxySettings.img_size), "proxy.img_size"),
+            img_size=Domain(int, between(MIN_RESOLUTION, MAX_IMG_SIZE)).coerce(
+                proxy.get("img_size", ProxySettings.img_size), "proxy.img_size"),
             width_mult=Domain(float, positive).coerce(
                 proxy.get("width_mult", ProxySettings.width_mult), "proxy.width_mult"),
         ),
@@ -182,6 +196,22 @@ def _parse_points(data: Any, base_name: str, fixed: Mapping[str, Any]) -> tuple[
         _require_mapping(extra, f"{field}.fixed")
         points.append(Point(label, name, make_config(name, {**fixed, **extra}, f"{field}.base", f"{field}.fixed")))
     return tuple(points)
+
+
+def check_size(config: LITConfig, field: str) -> None:
+    """A network no larger than :data:`MAX_STAGES` stages of :data:`MAX_STAGE_DEPTH` blocks,
+    :data:`MAX_EMBED_DIM` channels in its first."""
+    if config.num_stages > MAX_STAGES:
+        raise SpaceError(field, f"{config.num_stages} stages: expected at most {MAX_STAGES}")
+    if max(config.depths) > MAX_STAGE_DEPTH:
+        raise SpaceError(f"{field}.depths", f"{list(config.depths)}: expected at most {MAX_STAGE_DEPTH} blocks a stage")
+    if config.embed_dim > MAX_EMBED_DIM:
+        raise SpaceError(f"{field}.embed_dim", f"{config.embed_dim}: expected at most {MAX_EMBED_DIM}")
+
+
+def _space_name(value: str) -> str | None:
+    return None if SPACE_NAME.fullmatch(value) else (f"{value!r} is not 1-100 letters, digits, spaces or '._+-', "
+                                                      "starting with a letter or digit")
 
 
 def _require_mapping(value: Any, field: str | None) -> None:

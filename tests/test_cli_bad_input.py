@@ -108,11 +108,78 @@ CASES = [
     ("experiments", ["show", "--study", ".."], "'..'"),
     ("experiments", ["show", "--study", "absent"], "'absent'"),
 ]
+# Storages that are not what they claim, through every command that opens one: refused before Optuna
+# touches them, and what can help named.
+DAMAGED_SQLITE = {"truncated": "is damaged", "zeroed": "is damaged", "overwritten": "is damaged",
+                  "text": "is damaged", "folder": "is a folder", "fifo": "not a regular file",
+                  "foreign": "not an Optuna storage"}
+DAMAGED_JOURNAL = {"garbage": "line 1 of", "bad-line": "line 2 of"}
+STORAGE_COMMANDS = (["status", "--study", "s"], ["front", "--study", "s"], ["resume", "--study", "s"],
+                    ["pick", "--study", "s"], ["run", "--study", "s"])
+CASES += [("search", [*command, "--storage", f"sqlite:///{{data}}/{kind}.db"], needle)
+          for kind, needle in DAMAGED_SQLITE.items() for command in STORAGE_COMMANDS]
+CASES += [("search", [*command, "--storage", f"journal:{{data}}/{kind}.log"], needle)
+          for kind, needle in DAMAGED_JOURNAL.items() for command in STORAGE_COMMANDS]
+# Space files that are not what they claim or ask for more than a search can give, through every
+# command that reads one (the tiny space with one field changed, or not a text file at all).
+HOSTILE_SPACES = {"not-utf8.yaml": "is not UTF-8 text", "fifo.yaml": "not a regular file", "empty.yaml": "expected a mapping",
+                  "folder.yaml": "Is a directory", "broken.json": "does not parse", "deep.yaml": "at most 64 blocks",
+                  "huge-image.yaml": "outside 32..4096", "wide.yaml": "at most 2048", "bad-name.yaml": "field 'name'",
+                  "tiny-proxy.yaml": "proxy.img_size"}
+CASES += [(module, [*command, f"{{data}}/{name}"], needle) for name, needle in HOSTILE_SPACES.items()
+          for module, command in (("space", ["validate"]), ("space", ["show"]), ("search", ["run", "--space"]))]
+
+
+def _damaged_storages(folder: Path) -> None:
+    """A real study's sqlite file damaged in the ways files get damaged, a folder and a FIFO in
+    its place, another program's database, and journals with a garbage or a broken line."""
+    import sqlite3
+
+    import optuna
+
+    good = folder / "good.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{good}", directions=["maximize"] * 2)
+    study.enqueue_trial({})
+    study.tell(study.ask(), [1.0, 2.0])
+    data = good.read_bytes()
+    (folder / "truncated.db").write_bytes(data[:len(data) // 3])
+    (folder / "zeroed.db").write_bytes(bytes(len(data)))
+    (folder / "overwritten.db").write_bytes(data[:100] + bytes(range(256)) * 16 + data[100 + 4096:])
+    (folder / "text.db").write_text("not a database\n" * 100)
+    (folder / "folder.db").mkdir()
+    os.mkfifo(folder / "fifo.db")
+    with sqlite3.connect(folder / "foreign.db") as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    (folder / "garbage.log").write_bytes(bytes(range(128, 256)) * 10 + b"\n")
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "bad-line.log")))
+    optuna.create_study(study_name="s", storage=journal)
+    lines = (folder / "bad-line.log").read_bytes().splitlines(keepends=True)
+    (folder / "bad-line.log").write_bytes(lines[0] + b"{not json\n" + b"".join(lines[1:]))
+
+
+def _hostile_spaces(folder: Path) -> None:
+    tiny = (ROOT / "space" / "spaces" / "tiny.yaml").read_text()
+    changed = {"deep.yaml": ("depths: [1, 1, 2, 1]", "depths: [1, 1, 100000, 1]"),
+               "huge-image.yaml": ("deploy_img_size: 224", "deploy_img_size: 99999999"),
+               "wide.yaml": ("embed_dim: 32", "embed_dim: 100000"),
+               "bad-name.yaml": ("name: tiny", 'name: "../\\x01tiny"'),
+               "tiny-proxy.yaml": ("img_size: 64", "img_size: 7")}
+    for name, (old, new) in changed.items():
+        assert old in tiny
+        (folder / name).write_text(tiny.replace(old, new))
+    (folder / "not-utf8.yaml").write_bytes(b"name: x\n\xff\xfe: [1\n")
+    os.mkfifo(folder / "fifo.yaml")
+    (folder / "empty.yaml").write_text("")
+    (folder / "folder.yaml").mkdir()
+    (folder / "broken.json").write_text("[1, 2")
 
 
 def _bad_data(folder: Path) -> None:
     """A space file far over the size limit (sparse: nothing is written), an empty image folder,
-    one with a single class, and one whose second class is too small for a validation split."""
+    one with a single class, one whose second class is too small for a validation split, and
+    damaged storages."""
+    _damaged_storages(folder)
+    _hostile_spaces(folder)
     with open(folder / "huge.yaml", "wb") as handle:
         handle.truncate(2 * 1024**3)
     (folder / "empty" / "cat").mkdir(parents=True)
@@ -156,8 +223,8 @@ def answers(tmp_path_factory):
     return results
 
 
-def test_there_are_at_least_forty_distinct_bad_inputs():
-    assert len({(module, tuple(args)) for module, args, _ in CASES}) == len(CASES) >= 40
+def test_there_are_at_least_a_hundred_and_fifty_distinct_bad_inputs():
+    assert len({(module, tuple(args)) for module, args, _ in CASES}) == len(CASES) >= 150
 
 
 @pytest.mark.parametrize("index", range(len(CASES)),

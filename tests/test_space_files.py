@@ -97,7 +97,9 @@ BAD = [
     # window size < 1, non-positive depth
     ({"dimensions": {"window_size": [None, None, 0, 1]}},
      "field 'dimensions.window_size[2]': 0 is not a positive integer"),
-    ({"dimensions": {"depth": [2, 0, 6, 2]}}, "field 'dimensions.depth[1]': 0 is not a positive integer"),
+    ({"dimensions": {"depth": [2, 0, 6, 2]}}, "field 'dimensions.depth[1]': 0 is outside 1..64"),
+    ({"dimensions": {"depth": [2, 65, 6, 2]}}, "field 'dimensions.depth[1]': 65 is outside 1..64"),
+    ({"deploy_img_size": 16, "dimensions": {}}, "field 'deploy_img_size': 16 is outside 32..4096"),
     ({"fixed": {"depths": [2, -1, 6, 2]}, "dimensions": {}}, "field 'fixed': LITConfig.depths[1]=-1 is invalid"),
     # heads that do not divide a width
     ({"fixed": {"embed_dim": 64}, "dimensions": {}}, "field 'fixed': LITConfig.num_heads[2]=12 is invalid"),

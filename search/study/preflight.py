@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .storage import storage_file
+from .storage import check_storage_file, storage_file
 
 if TYPE_CHECKING:
     from .settings import SearchSettings
@@ -52,6 +52,7 @@ def check_storage_endpoint(url: str) -> None:
     """A file storage's folder must be writable; a database server must be installed-for and answer."""
     path = storage_file(url)
     if path is not None:
+        check_storage_file(url)
         check_writable_folder(path.parent, f"storage {url!r}")
         if path.exists() and not os.access(path, os.W_OK):
             raise ValueError(f"storage {url!r}: the file {str(path)!r} is not writable")

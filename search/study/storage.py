@@ -67,10 +67,71 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
+def check_storage_file(url: str) -> None:
+    """A sqlite or journal file that exists must be one, and whole: a folder, a FIFO, a file
+    of another kind or a damaged one is a one-line ValueError that says what can help. Found
+    by reading alone (sqlite opened read-only), so a refusal changes nothing."""
+    path = storage_file(url)
+    if path is None or not path.exists():
+        return
+    kind = "journal" if url.startswith("journal:") else "SQLite"
+    if path.is_dir():
+        raise ValueError(f"storage {url!r} is a folder: expected a {kind} file")
+    if not path.is_file():
+        raise ValueError(f"storage {url!r} is not a regular file (a FIFO, socket or device): expected a {kind} file")
+    if kind == "SQLite":
+        _check_sqlite(url, path)
+    else:
+        _check_journal(url, path)
+
+
+def _check_sqlite(url: str, path: Path) -> None:
+    import contextlib
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as error:
+        verdict, tables = str(error), set()
+    if verdict != "ok":
+        raise ValueError(f"storage {url!r} is damaged: {str(path)!r} is not a whole SQLite database ({verdict}); "
+                         f"nothing was changed: restore it from a backup, or save what SQLite can still read with "
+                         f"'sqlite3 {path} .recover | sqlite3 {path.with_name(path.stem + '-recovered.db')}'")
+    if tables and "studies" not in tables:
+        raise ValueError(f"storage {url!r}: {str(path)!r} is a SQLite database but not an Optuna storage "
+                         f"(it has no 'studies' table)")
+
+
+def _check_journal(url: str, path: Path) -> None:
+    """Every complete line a JSON record (a last line without its newline is a write the
+    journal's reader itself skips)."""
+    import json
+
+    with path.open("rb") as journal:
+        for number, line in enumerate(journal, start=1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except ValueError as error:  # UnicodeDecodeError and JSONDecodeError alike
+                record, why = None, f"{type(error).__name__}: {error}"
+            else:
+                why = "not a record"
+            if not isinstance(record, dict):
+                kept = (f" (a journal only grows: its first {number - 1} lines are the study as it was up to then)"
+                        if number > 1 else "")
+                raise ValueError(f"storage {url!r} is damaged: line {number} of {str(path)!r} is not a journal record "
+                                 f"({why}); nothing was changed: restore the file from a backup{kept}")
+
+
 def open_existing_storage(url: str) -> "optuna.storages.BaseStorage":
     """The storage at ``url`` for reading a study: a file storage that does not exist is a
-    one-line ValueError, never a new empty file (``status``, ``front``, ``resume``)."""
+    one-line ValueError, never a new empty file (``status``, ``front``, ``resume``); a
+    damaged one is refused before Optuna opens it (:func:`check_storage_file`)."""
     check_storage_url(url)
+    check_storage_file(url)
     path = storage_file(url)
     if path is not None and not path.is_file():
         raise ValueError(f"storage {url!r} holds no studies: the file {str(path)!r} does not exist")
