@@ -7,6 +7,7 @@ from pathlib import Path
 
 from search.core.datasets import DEFAULT_DATASET
 from search.core.budget import parse_budget
+from search.core.constraints import parse_count
 from search.core.target import parse_target
 from search.study.settings import RunConfig, SearchConfig, SearchSettings, default_study_name
 
@@ -32,6 +33,10 @@ class RunOptions:
     max_memory: str | None = None
     seed: int = 0
     measure_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_memory is not None:  # read by measured recipes alone, checked for every recipe, before any work
+            parse_count(self.max_memory, "--max-memory")
 
 
 def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:

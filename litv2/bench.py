@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .argparsing import StrictParser, interrupted
+from .files import check_writable_folder
 from .named import config_from
 from .protocol import MIN_SAMPLES_FOR_CI, MeasureProtocol
 from .target import PRECISIONS, parse_target
@@ -149,8 +150,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         return
     if args.block_seconds <= 0:
         raise ValueError(f"--block-seconds {args.block_seconds} is invalid: expected a positive number of seconds")
-    if args.json not in (None, "-") and not Path(args.json).resolve().parent.is_dir():
-        raise ValueError(f"--json {args.json!r} is invalid: its folder {str(Path(args.json).parent)!r} does not exist")
+    if args.json not in (None, "-"):
+        if Path(args.json).is_dir():
+            raise ValueError(f"--json {args.json!r} is a folder: expected a file name")
+        check_writable_folder(Path(args.json).resolve().parent, f"--json {args.json!r}")
     if args.command == "table":
         if args.repeats < MIN_SAMPLES_FOR_CI:
             raise ValueError(f"--repeats {args.repeats} is invalid: expected at least {MIN_SAMPLES_FOR_CI} "

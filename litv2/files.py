@@ -33,3 +33,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of ``text`` (UTF-8)."""
     return atomic_write(path, lambda partial: partial.write_text(text, encoding="utf-8"))
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """``folder`` exists and a file can be made in it (tried with a temporary file, removed at
+    once): a place that refuses writes is said in one line before the work starts, not after."""
+    import tempfile
+
+    if not folder.is_dir():
+        if folder.exists():
+            raise ValueError(f"{what}: {str(folder)!r} is a file, not a folder")
+        raise ValueError(f"{what}: the folder {str(folder)!r} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what}: the folder {str(folder)!r} is not writable ({error.strerror})") from None

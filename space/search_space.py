@@ -43,7 +43,7 @@ from .errors import SpaceError
 from .grid import Continuous, Draw, walk
 from .identity import arch_id, canonical
 from .proxy import ProxySettings, proxy_of, stage_map_sizes, window_fits
-from .spec import POS_ENCODINGS, Point, dump_space, parse_space
+from .spec import MAX_FIXED_POINTS, POS_ENCODINGS, Point, dump_space, parse_space
 
 if TYPE_CHECKING:
     import optuna
@@ -100,6 +100,10 @@ class SearchSpace:
                 self._check_stage_defaults(resolved, kind)
         if self.fixed_points and self.size() == math.inf:
             raise SpaceError("fixed_points", "a fixed-point space must be finite; a dimension is continuous")
+        if self.fixed_points and self.size() > MAX_FIXED_POINTS:
+            raise SpaceError("fixed_points", f"{self.size()} points: an ablation table trains every point, and "
+                                             f"expects at most {MAX_FIXED_POINTS} (a searched space draws from "
+                                             "any number: set fixed_points: false)")
 
     def _map_sides(self, config: LITConfig, i: int) -> tuple[int, int]:
         """Stage ``i``'s feature-map side at the proxy and at the deployment resolution."""

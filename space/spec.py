@@ -44,6 +44,7 @@ MAX_IMG_SIZE = 4096
 MAX_STAGES = 8
 MAX_STAGE_DEPTH = 64  # LITv2-B has 18 blocks in its third stage
 MAX_EMBED_DIM = 2048
+MAX_FIXED_POINTS = 1000  # rows of an ablation table, each trained (x seeds): a 20480-point grid ran until killed
 SPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ +-]{0,99}")  # it names files, folders and MLflow runs
 # Position encodings LITv2's Table 5 moves between: (rel_pos_bias, ffn).
 POS_ENCODINGS: dict[str, tuple[bool, str]] = {

@@ -43,6 +43,7 @@ CASES = [
     ("search", ["run", "--target", "gpu:bs1:224"], "'gpu:bs1:224'"),
     ("search", ["run", "--max-params", "3X"], "'3X'"),
     ("search", ["run", "--cpus-per-trial", "999"], "--cpus-per-trial 999"),
+    ("search", ["run", "--target", "cpu:bs1:64:t999"], "uses 999 threads"),
     ("search", ["run", "--space", "nope"], "'nope'"),
     ("search", ["run", "--space", "{data}/huge.yaml"], "huge.yaml"),
     ("search", ["run", "--epochs", "2", "--min-epochs", "5"], "--min-epochs 5"),
@@ -68,6 +69,8 @@ CASES = [
     ("search", ["run", "--dataset", "imagefolder:{data}/empty"], "empty"),
     ("search", ["run", "--dataset", "imagefolder:{data}/one-class"], "one-class"),
     ("search", ["run", "--dataset", "imagefolder:{data}/small-class"], "small-class/dog"),
+    ("search", ["run", "--dataset", "imagefolder:{data}/loop"], "holds a link loop"),
+    ("search", ["train", "--model", "litv2_s", "--dataset", "imagefolder:{data}/loop"], "holds a link loop"),
     # search: read-only commands
     ("search", ["status"], "--study"),
     ("search", ["status", "--study", "absent"], "'absent'"),
@@ -75,6 +78,8 @@ CASES = [
     ("search", ["front", "--study", "absent", "--plot", "x.txt", "--csv", "f.csv"], "'x.txt'"),
     ("search", ["front", "--study", "absent", "--csv", "missing/f.csv"], "'missing/f.csv'"),
     ("search", ["front", "--study", "absent", "--target", "cpu:bs1"], "'cpu:bs1'"),
+    ("search", ["front", "--study", "absent", "--csv", "/proc/front.csv"], "is not writable"),
+    ("search", ["front", "--study", "absent", "--plot", "{data}/huge.yaml/front.png"], "is a file, not a folder"),
     ("search", ["resume", "--study", "absent"], "'absent'"),
     ("search", ["resume", "--study", "absent", "--budget", "-1cpu-h"], "'-1cpu-h'"),
     ("search", ["pick", "--study", "absent", "--top", "0"], "--top 0"),
@@ -93,6 +98,8 @@ CASES = [
     ("litv2.bench", ["--repeats", "0"], "--repeats 0"),
     ("litv2.bench", ["--threads", "-1"], "--threads -1"),
     ("litv2.bench", ["--json", "missing/rows.json"], "'missing/rows.json'"),
+    ("litv2.bench", ["--json", "/proc/rows.json"], "is not writable"),
+    ("litv2.bench", ["measure", "--config", "litv2_s", "--json", "{data}"], "is a folder"),
     ("litv2.bench", ["--precision", "fp8"], "'fp8'"),
     ("litv2.bench", ["measure", "--config", "nope"], "'nope'"),
     ("litv2.bench", ["repeatability", "--runs", "1"], "--runs 1"),
@@ -105,6 +112,8 @@ CASES = [
     ("experiments", ["run", "table5", "--out", "missing/table"], "'missing/table'"),
     ("experiments", ["run", "table5", "--tracking-uri", "http://127.0.0.1:1"], "'http://127.0.0.1:1'"),
     ("experiments", ["run", "table5", "--study", ""], "--study ''"),
+    ("experiments", ["run", "table5", "--max-memory", "abc"], "--max-memory 'abc'"),
+    ("experiments", ["run", "attention-resolution", "--max-memory", "-8G"], "--max-memory '-8G'"),
     ("experiments", ["show", "--study", ".."], "'..'"),
     ("experiments", ["show", "--study", "absent"], "'absent'"),
 ]
@@ -125,7 +134,7 @@ CASES += [("search", [*command, "--storage", f"journal:{{data}}/{kind}.log"], ne
 HOSTILE_SPACES = {"not-utf8.yaml": "is not UTF-8 text", "fifo.yaml": "not a regular file", "empty.yaml": "expected a mapping",
                   "folder.yaml": "Is a directory", "broken.json": "does not parse", "deep.yaml": "at most 64 blocks",
                   "huge-image.yaml": "outside 32..4096", "wide.yaml": "at most 2048", "bad-name.yaml": "field 'name'",
-                  "tiny-proxy.yaml": "proxy.img_size"}
+                  "tiny-proxy.yaml": "proxy.img_size", "grid.yaml": "expects at most 1000"}
 CASES += [(module, [*command, f"{{data}}/{name}"], needle) for name, needle in HOSTILE_SPACES.items()
           for module, command in (("space", ["validate"]), ("space", ["show"]), ("search", ["run", "--space"]))]
 
@@ -163,7 +172,9 @@ def _hostile_spaces(folder: Path) -> None:
                "huge-image.yaml": ("deploy_img_size: 224", "deploy_img_size: 99999999"),
                "wide.yaml": ("embed_dim: 32", "embed_dim: 100000"),
                "bad-name.yaml": ("name: tiny", 'name: "../\\x01tiny"'),
-               "tiny-proxy.yaml": ("img_size: 64", "img_size: 7")}
+               "tiny-proxy.yaml": ("img_size: 64", "img_size: 7"),
+               "grid.yaml": ("fixed_points: false\ndimensions:\n", "fixed_points: true\ndimensions:\n  embed_dim: [16, 24, "
+                             "32, 40, 48, 56, 64, 72, 80, 96]\n  mlp_ratio: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n")}
     for name, (old, new) in changed.items():
         assert old in tiny
         (folder / name).write_text(tiny.replace(old, new))
@@ -184,11 +195,12 @@ def _bad_data(folder: Path) -> None:
         handle.truncate(2 * 1024**3)
     (folder / "empty" / "cat").mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name, counts in (("one-class", {"cat": 6}), ("small-class", {"cat": 6, "dog": 2})):
+    for name, counts in (("one-class", {"cat": 6}), ("small-class", {"cat": 6, "dog": 2}), ("loop", {"a": 6, "b": 6})):
         for label, count in counts.items():
             (folder / name / label).mkdir(parents=True)
             for i in range(count):
                 Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / name / label / f"{i}.png")
+    (folder / "loop" / "a" / "up").symlink_to("..")  # torchvision's ImageFolder follows it round and round
 
 
 def _snapshot(folder: Path) -> dict[str, float]:

@@ -150,8 +150,9 @@ def test_the_readme_cluster_recipe_runs_as_written(postgres, tmp_path):
         run = argv(driver) + ["--study", "recipe", "--max-trials", "2", "--epochs", "1", "--measure-seconds", "1",
                               "--workdir", str(workdir)]
         # a driver without the token: one line naming what to set, nothing created
-        refused = subprocess.run(run, env=env | {"RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
-                                 timeout=120)
+        # (Ray's 20 connection attempts, a second apart, cut to 2: the refusal is the same)
+        refused = subprocess.run(run, env=env | {"RAY_AUTH_MODE": "disabled", "RAY_gcs_server_port_wait_time_s": "2"},
+                                 capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and "refused this driver's token" in refused.stderr
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr + refused.stdout
         storage = f"postgresql://optuna@{postgres}/optuna"

@@ -87,3 +87,42 @@ def test_a_file_that_fails_to_decode_is_named_in_the_error(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:60])
     with pytest.raises(OSError, match=repr(str(truncated)).replace(".", r"\.")):
         _decode_rgb(str(truncated))
+
+
+def _bomb(path: Path, side: int = 60000) -> None:
+    """A PNG whose header claims side x side pixels (a few hundred bytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100)))
+                     + chunk(b"IEND", b""))
+
+
+def test_an_image_claiming_billions_of_pixels_is_skipped_never_decoded(tmp_path):
+    from search.core.datasets import scan_image_folder
+    from search.training.data import _decode_rgb
+
+    _write_images(tmp_path, {"cat": 5, "dog": 5})
+    bomb = tmp_path / "cat" / "bomb.png"
+    _bomb(bomb)
+    [warning] = scan_image_folder(tmp_path).warnings()
+    assert repr(str(bomb)) in warning and "too large to decode safely" in warning
+    bundle = load_dataset(f"imagefolder:{tmp_path}", img_size=32)
+    assert len(bundle.train) + len(bundle.val) == 10
+    with pytest.raises(OSError, match="cannot decode image"):
+        _decode_rgb(str(bomb))
+
+
+def test_a_link_loop_in_an_image_folder_is_refused(tmp_path):
+    """torchvision's ImageFolder follows links to folders: `cat/up -> ..` read 6 images 732 times
+    over, and a search trained and scored on the copies."""
+    from search.core.datasets import scan_image_folder
+
+    _write_images(tmp_path, {"cat": 6, "dog": 6})
+    (tmp_path / "cat" / "up").symlink_to("..")
+    with pytest.raises(ValueError, match="holds a link loop"):
+        scan_image_folder(tmp_path)

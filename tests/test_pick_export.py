@@ -219,6 +219,17 @@ def test_pick_prints_the_candidates_table_when_it_fails(study_dir, capsys):
     assert "| trial | arch id |" in captured.out and "300.0 [298.0, 302.0] (cache)" in captured.out
 
 
+@pytest.mark.parametrize("export,message", [
+    ("/proc/deploy", "is not writable"),
+    ("{study}/optuna.db/deploy", "is a file, not a folder"),
+    ("{study}/missing/deploy", "does not exist"),
+])
+def test_an_export_folder_that_cannot_be_made_is_refused_before_measuring(study_dir, capsys, export, message):
+    code = main(["pick", "--workdir", str(study_dir), "--study", "s", "--export", export.format(study=study_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+
+
 def test_an_existing_export_folder_is_refused_before_measuring(study_dir, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     code = main(["pick", "--workdir", str(study_dir), "--study", "s", "--target", "cpu:bs2:32",

@@ -214,11 +214,12 @@ def test_budget_stops_the_search(tmp_path, capsys):
     assert "the budget is spent" in capsys.readouterr().out
 
 
-def test_a_tiny_budget_runs_nothing(tmp_path, capsys):
-    assert main(["run", "--budget", "1cpu-s", "--dataset", "digits", "--study", "s", "--workdir", str(tmp_path)]) == 0
-    study = load(make_settings(tmp_path))
-    assert budget_used(study) == 0 and not study.trials
-    assert "used 0 of 1 cpu-s" in capsys.readouterr().out
+def test_a_budget_that_cannot_pay_one_trial_is_refused_and_creates_no_study(tmp_path, capsys):
+    # it used to start Ray, create the study and its MLflow run, and end "done ... 0 architectures trained", exit 0
+    assert main(["run", "--budget", "1cpu-s", "--dataset", "digits", "--study", "s", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot pay one trial's count and measurement" in err and "expected at least" in err and "\n" not in err
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_resume_reruns_interrupted_trials_and_keeps_the_run(tmp_path):

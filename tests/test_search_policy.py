@@ -216,11 +216,20 @@ def test_fixed_points_times_seeds_run_exactly_once_each(tmp_path, capsys):
     assert "every point was run" in capsys.readouterr().out
 
 
+def test_a_budget_that_cannot_pay_one_trial_is_refused_before_the_study_exists(tmp_path):
+    # The priors: a count of 20 cpu-s on 1 core and a measurement of 30 s holding the 2 cores of
+    # run_in_process's measuring node: 80 cpu-s before anything is measured.
+    jobs = FakeJobs()
+    with pytest.raises(ValueError, match=r"--budget 79cpu-s \(79 cpu-s\) cannot pay one trial's count and "
+                                         r"measurement .* expected at least 80cpu-s"):
+        run_in_process(tmp_path, jobs, budget="79cpu-s", epochs=1)
+    assert not jobs.measured and optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}") == []
+
+
 def test_budget_is_a_hard_cap_with_priors(tmp_path, capsys):
     jobs = FakeJobs()
-    study = run_in_process(tmp_path, jobs, budget="1cpu-s", epochs=1)
-    assert budget_used(study) <= 1.0
-    assert not jobs.trained
+    study = run_in_process(tmp_path, jobs, budget="80cpu-s", epochs=1)
+    assert 0 < budget_used(study) <= 80.0
     assert "the budget is spent" in capsys.readouterr().out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from litv2.argparsing import StrictParser, interrupted
+from litv2.files import check_writable_folder
 from space.registry import SPACE_NAMES
 
 from .bench import BENCH_HANDLERS, add_bench_commands
@@ -236,10 +237,9 @@ def _new_file(path: str | None, flag: str, suffixes: tuple[str, ...]) -> str | N
     file = Path(path)
     if file.suffix.lower() not in suffixes:
         raise ValueError(f"{flag} {path!r} is invalid: expected a {'/'.join(suffixes)} file")
-    if not file.resolve().parent.is_dir():
-        raise ValueError(f"{flag} {path!r} is invalid: its folder {str(file.parent)!r} does not exist")
     if file.is_dir():
         raise ValueError(f"{flag} {path!r} is a folder: expected a file name")
+    check_writable_folder(file.resolve().parent, f"{flag} {path!r}")  # missing, a file, or refusing writes
     return path
 
 
@@ -307,8 +307,6 @@ def _check_device(target: "Target") -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from ..core.datasets import check_dataset
-    from ..study.preflight import check_writable_folder
-
     check_writable_folder(Path(args.workdir), "--workdir")
     for line in check_dataset(args.dataset, args.data_root) if args.dataset else ():
         print(line, flush=True)

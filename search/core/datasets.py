@@ -99,6 +99,8 @@ def _unreadable_reason(path: Path) -> str | None:
     try:
         with Image.open(path):
             return None
+    except Image.DecompressionBombError as error:  # a header claiming billions of pixels: never decoded
+        return f"too large to decode safely: {error}".split(", could be")[0]
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return str(error).replace(str(path), "").strip(" '\":") or type(error).__name__
 
@@ -128,13 +130,30 @@ def scan_image_folder(path: str | os.PathLike) -> FolderScan:
         classes = sorted(p for p in root.iterdir() if p.is_dir())
         counts = {}
         for class_dir in classes:
-            images = [p for p in sorted(class_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            images = [p for p in _files_under(class_dir) if p.suffix.lower() in IMAGE_SUFFIXES]
             bad = [(p, reason) for p in images if (reason := _unreadable_reason(p)) is not None]
             scan.unreadable += bad
             counts[class_dir.name] = len(images) - len(bad)
         scan.splits[split] = counts
     _check_classes(folder, scan)
     return scan
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file under ``folder`` as torchvision's ImageFolder finds them (it follows links to
+    folders); a link back into a folder already walked is a loop, through which ImageFolder
+    would read the same images again and again (a loop `a/up -> ..` made 6 images 732)."""
+    seen: set[str] = set()
+    files = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            raise ValueError(f"imagefolder {str(folder)!r} holds a link loop: {root!r} is {real!r} again; expected "
+                             "folders that lead nowhere twice")
+        seen.add(real)
+        dirs.sort()
+        files += [Path(root) / name for name in sorted(names) if (Path(root) / name).is_file()]
+    return files
 
 
 def _check_classes(folder: Path, scan: FolderScan) -> None:

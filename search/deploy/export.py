@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from litv2 import NAMED_CONFIGS, LITConfig
+from litv2.files import check_writable_folder
 from litv2.runtimes import ONNX_INPUT, ONNX_OUTPUT, export_onnx
 
 from ..core.versions import installed_versions
@@ -49,12 +50,12 @@ def require_export_extra() -> None:
 
 
 def check_new_folder(folder: str | Path, flag: str) -> Path:
-    """A folder that does not exist yet, in a parent that does (one-line ValueError otherwise)."""
+    """A folder that does not exist yet, in a folder that exists and takes files (one-line
+    ValueError otherwise, naming which: a missing parent, a file, a place that refuses writes)."""
     path = Path(folder)
     if path.exists():
         raise ValueError(f"{flag} {str(folder)!r} already exists: expected a new folder (nothing is overwritten)")
-    if not path.parent.is_dir():
-        raise ValueError(f"{flag} {str(folder)!r} is invalid: its parent folder {str(path.parent)!r} does not exist")
+    check_writable_folder(path.parent, f"{flag} {str(folder)!r}")
     return path
 
 

@@ -19,6 +19,7 @@ starts, within the budget), :mod:`~search.engine.reactions` (what a finished job
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -210,6 +211,8 @@ class Search:
         sampler = make_sampler(self.settings.search.sampler, self.settings.search.seed)
         # A cluster that cannot serve the search must leave nothing behind, not even a storage.
         self.executor = None if resume else self._make_executor(self)
+        if not resume:
+            self._check_affordable(self.executor.devices)
         storage = open_storage(self.settings.run.storage)
         names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
         if resume:
@@ -229,6 +232,19 @@ class Search:
                 for params in self.space.grid_params():
                     self.study.enqueue_trial(params, user_attrs=TrialRecord(seed=seed).to_user_attrs())
         return self.study
+
+    def _check_affordable(self, devices: dict[str, float]) -> None:
+        """A new study whose budget cannot pay one trial's count and measurement, as the search
+        estimates them before it has measured anything, would end having trained nothing: it
+        is refused before it exists, naming the smallest budget that starts a trial."""
+        priors = CostModel(self.budget.kind, train_images=1, proxy_scale=1.0)
+        first = priors.count(devices[COUNT]) + priors.measure(devices[MEASURE])
+        if self.budget.seconds < first:
+            kind = self.budget.kind
+            raise ValueError(f"--budget {self.budget} ({self.budget.seconds:g} {kind}-s) cannot pay one trial's count "
+                             f"and measurement as they are estimated before anything is measured here (about "
+                             f"{first:.0f} {kind}-s: a measurement holds {devices[MEASURE]:g} {kind}s); expected at "
+                             f"least {math.ceil(first)}{kind}-s")
 
     def _prepare(self, study: optuna.Study) -> None:
         """The executor, caches, MLflow run, cost model and ledger; then the parts that use them."""

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from litv2.files import check_writable_folder
+
 from .storage import check_storage_file, storage_file
 
 if TYPE_CHECKING:
@@ -96,17 +98,6 @@ def check_ray_address(address: str | None) -> None:
     _connect(host, int(port), f"--address {address!r}")
 
 
-def check_writable_folder(folder: Path, what: str) -> None:
-    """``folder`` exists and a file can be made in it (tried with a temporary file, removed at once)."""
-    if not folder.is_dir():
-        raise ValueError(f"{what}: the folder {str(folder)!r} does not exist")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise ValueError(f"{what}: the folder {str(folder)!r} is not writable ({error.strerror})") from None
-
-
 def check_checkpoint_folder(folder: Path) -> None:
     """Rung checkpoints go to ``folder``, made if missing: it must not be a file, and the
     nearest folder that exists must take files."""
@@ -125,6 +116,17 @@ def check_cpus_per_trial(cpus_per_trial: int, address: str | None) -> None:
     if address is None and cpus_per_trial > cores:
         raise ValueError(f"--cpus-per-trial {cpus_per_trial} is more than the {cores} CPU cores of this machine "
                          "(the local Ray cluster)")
+
+
+def check_target_threads(settings: "SearchSettings") -> None:
+    """A CPU target measured by a local Ray instance cannot use more threads than this machine
+    has cores (a joined cluster's measuring node is checked once Ray answers): said before
+    Ray starts, not 14 s later."""
+    cores = os.cpu_count() or 1
+    for target in settings.search.targets:
+        if settings.run.address is None and target.device == "cpu" and target.threads > cores:
+            raise ValueError(f"target {target} uses {target.threads} threads but this machine (the local Ray "
+                             f"cluster's measuring node) has {cores} CPU cores; lower the target's :tTHREADS")
 
 
 def _check_connects(url: str, what: str) -> None:
@@ -173,4 +175,5 @@ def preflight_search(settings: "SearchSettings") -> list[str]:
     check_tracking_endpoint(settings.run.tracking_uri)
     check_ray_address(settings.run.address)
     check_cpus_per_trial(settings.run.cpus_per_trial, settings.run.address)
+    check_target_threads(settings)
     return check_dataset(settings.search.dataset, settings.run.data_root)

@@ -455,5 +455,5 @@ def _decode_rgb(path: str):
     try:
         with open(path, "rb") as handle:
             return Image.open(handle).convert("RGB")
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError) as error:
         raise OSError(f"cannot decode image {path!r}: {error}") from None
