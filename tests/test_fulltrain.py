@@ -130,6 +130,7 @@ def test_an_unreadable_image_is_reported_and_skipped(export_dir, tmp_path, caplo
     (["--model", "{export}", "--dataset", "mnist"], "dataset 'mnist' is unknown"),
     (["--model", "{export}", "--dataset", "digits", "--batch-size", "7"], "--batch-size 7 is invalid"),
     (["--model", "{export}", "--dataset", "digits", "--epochs", "0"], "--epochs 0 is invalid"),
+    (["--model", "{export}", "--dataset", "digits", "--img-size", "7"], "--img-size 7 is invalid: expected 32 to 4096"),
     (["--model", "{export}", "--dataset", "digits", "--epochs", "2", "--stop-after-epoch", "3"],
      "--stop-after-epoch 3 is invalid"),
     (["--resume", "{tmp}/nothing.pt"], "is not a file"),

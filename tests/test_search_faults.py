@@ -1,6 +1,7 @@
 """Faults, each proved by killing or breaking a real part: a Ray node, the driver, the MLflow
 server, a training. The policies behind them are tested first, without Ray."""
 import io
+import json
 import os
 import shutil
 import signal
@@ -113,6 +114,21 @@ class FlakyClient:
     def set_terminated(self, run_id, status="FINISHED"):
         self._call()
         self.ended.append((run_id, status))
+
+
+@pytest.mark.parametrize("damage,line", [(b"{not json\n", 2), (b'{"kind": "launch", "args": {}}\n', 2),
+                                          (b"\xff\xfe\n", 2), (b'{"colour": 1}\n', 2)])
+def test_damaged_kept_records_are_named_never_blamed_on_mlflow(tmp_path, damage, line):
+    from search.engine.tracking import OUTBOX_DIR, send_kept
+
+    path = outbox.pending_file(tmp_path / OUTBOX_DIR, "s")
+    path.parent.mkdir()
+    good = outbox.Record("terminate", dict(run_id="r", status="FINISHED"))
+    path.write_bytes(json.dumps({"kind": good.kind, "args": good.args}).encode() + b"\n" + damage)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=f"kept MLflow records .* are damaged at line {line} .*move the file away"):
+        send_kept(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, "s")
+    assert path.read_bytes() == before and not (tmp_path / "mlflow.db").exists()
 
 
 def test_the_outbox_keeps_records_through_an_outage_and_never_doubles_a_run(tmp_path, monkeypatch):

@@ -125,6 +125,21 @@ def test_a_rung_needs_a_checkpoint_and_a_span_of_the_schedule(digits, tmp_path):
         train(digits, epochs=3, start_epoch=1, checkpoint=tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "another-file"])
+def test_a_damaged_rung_checkpoint_is_named_with_what_to_do(digits, tmp_path, damage):
+    path = tmp_path / "rung.pt"
+    train(digits, epochs=3, stop_epoch=1, checkpoint=path, seed=3)
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    elif damage == "zeroed":
+        path.write_bytes(bytes(len(data)))
+    else:
+        torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match=f"rung checkpoint {path} is damaged .*delete it to train this trial from epoch 0"):
+        train(digits, epochs=3, start_epoch=1, stop_epoch=2, checkpoint=path, seed=3)
+
+
 def test_uint8_sets_are_resized_and_normalised_per_batch_on_the_device():
     from torch.utils.data import TensorDataset
 

@@ -187,9 +187,13 @@ def _search(settings: "SearchSettings", resume: bool) -> int:
         print(line, flush=True)
     from .logs import route_library_logs
     from ..engine.driver import Search
+    from ..engine.signals import EXIT_CODES, quit_on_signals
 
     route_library_logs(settings.run.workdir)
-    return Search(settings).run(resume=resume)
+    code = Search(settings).run(resume=resume)
+    if code in EXIT_CODES.values():  # stopped by a signal: another one while Ray shuts down at exit ends it quietly
+        quit_on_signals()
+    return code
 
 
 def _moved(settings: "SearchSettings", args: argparse.Namespace) -> "SearchSettings":

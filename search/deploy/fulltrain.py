@@ -42,6 +42,8 @@ from torch import nn
 
 from litv2 import NAMED_CONFIGS, LITConfig
 from litv2.files import atomic_write
+from litv2.target import MIN_RESOLUTION
+from space.spec import MAX_IMG_SIZE
 
 from .export import create_lit_model, read_export, save_timm_folder, write_atomically
 from ..training.common import LossScaler, autocast, rng_state, seed_everything, set_rng_state, training_step
@@ -186,6 +188,9 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
                         ("--img-size", request.img_size), ("--workers", request.workers + 1),
                         ("--stop-after-epoch", request.stop_after_epoch)):
         _positive(value, flag)
+    if request.img_size is not None and not MIN_RESOLUTION <= request.img_size <= MAX_IMG_SIZE:
+        raise ValueError(f"--img-size {request.img_size} is invalid: expected {MIN_RESOLUTION} to {MAX_IMG_SIZE} px "
+                         f"({MIN_RESOLUTION}: the smallest input whose last stage keeps a feature map)")
     if request.warmup_epochs is not None and request.warmup_epochs < 0:
         raise ValueError(f"--warmup-epochs {request.warmup_epochs} is invalid: expected 0 or more")
     if request.ema_decay is not None and not 0 < request.ema_decay < 1:

@@ -38,9 +38,12 @@ FLUSH_SECONDS = 30.0
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
+RECORD_KINDS = ("batch", "child", "artifact", "terminate")
+
+
 @dataclass
 class Record:
-    """One MLflow write: ``kind`` is ``batch``, ``child``, ``artifact`` or ``terminate``."""
+    """One MLflow write: ``kind`` is one of :data:`RECORD_KINDS`."""
 
     kind: str
     args: dict[str, Any] = field(default_factory=dict)
@@ -188,9 +191,25 @@ def save_pending(path: Path, records: list[Record]) -> None:
 
 
 def load_pending(path: Path) -> list[Record]:
+    """The records kept in ``path``; a line that is not one is a one-line ValueError naming
+    the file and the line (the file is ours, not MLflow's: it is never blamed on MLflow)."""
     if not path.exists():
         return []
-    return [Record(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    with path.open("rb") as kept:
+        for number, line in enumerate(kept, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line.decode("utf-8"))
+                records.append(Record(**data))
+                why = None if records[-1].kind in RECORD_KINDS else f"unknown kind {records[-1].kind!r}"
+            except (ValueError, TypeError) as error:  # not UTF-8, not JSON, not a record's fields
+                why = f"{type(error).__name__}: {str(error)[:200]}"
+            if why is not None:
+                raise ValueError(f"the kept MLflow records {str(path)!r} are damaged at line {number} ({why}); "
+                                 f"nothing was sent: move the file away to go on without them")
+    return records
 
 
 def sync(client: MlflowClient, path: Path) -> int:

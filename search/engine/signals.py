@@ -42,13 +42,19 @@ def exit_code(stop: KeyboardInterrupt) -> int:
 
 def _raise(signum: int, _frame) -> None:
     _received.append(signum)
-    for stopping in EXIT_CODES:  # the stop itself must not be stopped half-way by a Python exception
-        signal.signal(stopping, _quit)
+    quit_on_signals()  # the stop itself must not be stopped half-way by a Python exception
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _quit(signum: int, _frame) -> None:
     os._exit(EXIT_CODES[signum])
+
+
+def quit_on_signals() -> None:
+    """From now on SIGINT and SIGTERM end the process at once, without a traceback: for a
+    command that was stopped and is exiting (Ray's shutdown at exit takes a second or two)."""
+    for stopping in EXIT_CODES:
+        signal.signal(stopping, _quit)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from .outbox import Outbox, Record, batch, fail_fast_over_http, pending_file, save_pending, sync
+from .outbox import Outbox, Record, batch, fail_fast_over_http, load_pending, pending_file, save_pending, sync
 
 EXPERIMENT = "litv2-search"
 ARTIFACTS_DIR = "mlartifacts"  # in the work directory: the artifact store of the experiment, when this creates it
@@ -122,6 +122,7 @@ def send_kept(tracking_uri: str, workdir: Path, study: str) -> str:
     path = pending_file(workdir / OUTBOX_DIR, study)
     if not path.exists():
         return f"nothing to send: no MLflow records of study {study!r} are kept in {path.parent}"
+    load_pending(path)  # a damaged file is ours to name, not MLflow's fault
     fail_fast_over_http(tracking_uri)
     try:
         sent = sync(MlflowClient(tracking_uri), path)

@@ -251,11 +251,20 @@ def _save_state(path: Path, epoch: int, accuracies: list[float], model: nn.Modul
     atomic_write(path, lambda partial: torch.save(state, partial))
 
 
+RUNG_STATE_KEYS = {"epoch", "accuracies", "model", "optimizer", "scheduler", "scaler", "rng"}
+
+
 def _load_state(path: Path, epoch: int, model: nn.Module, optimizer, scheduler, scaler,
                 generator: torch.Generator) -> list[float]:
     if not path.is_file():
         raise FileNotFoundError(f"no rung checkpoint at {path} to resume epoch {epoch} from")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        why = None if isinstance(state, dict) and RUNG_STATE_KEYS <= state.keys() else "not a rung checkpoint"
+    except Exception as error:  # noqa: BLE001 - torch.load raises whatever its unpickler meets
+        why = f"{type(error).__name__}: {str(error)[:200]}"
+    if why is not None:
+        raise ValueError(f"rung checkpoint {path} is damaged ({why}); delete it to train this trial from epoch 0")
     if state["epoch"] != epoch:
         raise ValueError(f"checkpoint {path} is at epoch {state['epoch']}, not {epoch}")
     model.load_state_dict(state["model"])
