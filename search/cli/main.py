@@ -263,7 +263,7 @@ def _pick(args: argparse.Namespace) -> int:
         folder = check_new_folder(args.export, "--export")
     study = open_study(_storage(args), name)
     settings = _moved(settings_of(study), args)
-    target = target or _only_target(settings, name)
+    target = target or settings.search.only_target("pick from")
     _check_device(target)
     from ..engine.cache import CACHE_FILE, ThroughputCache
     from ..deploy.package import Deployment, export_deployment, log_deployment
@@ -287,15 +287,6 @@ def _pick(args: argparse.Namespace) -> int:
             uri = log_deployment(deployment, folder)
             print(f"logged to MLflow run {deployment.run_id} (deploy/{pick.chosen.arch_id}/) and as model {uri}")
     return 0
-
-
-def _only_target(settings: "SearchSettings", study: str) -> "Target":
-    """The study's target where it has one; a study of several needs ``--target``."""
-    targets = settings.search.targets
-    if len(targets) > 1:
-        raise ValueError(f"study {study!r} has {len(targets)} targets, one front each: name the one to pick for with "
-                         f"--target (one of {', '.join(t.key for t in targets)})")
-    return targets[0]
 
 
 def _check_device(target: "Target") -> None:

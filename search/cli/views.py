@@ -43,9 +43,9 @@ def status_text(study_name: str, storage_url: str) -> str:
     split = Counter()
     for trial in trials:
         split.update(records[trial.number].costs)
-    targets = ", ".join(map(str, settings.search.targets))
     lines = [
-        f"study {study_name}: space {settings.search.space}, data {settings.search.dataset}, target {targets}, "
+        f"study {study_name}: space {settings.search.space}, data {settings.search.dataset}, "
+        f"target {', '.join(settings.search.target_keys)}, "
         f"scheduler {settings.search.scheduler}",
         f"trials: {status['complete']} complete, {status['stopped']} stopped early, {status['infeasible']} infeasible, "
         f"{len(failed)} failed, {len(duplicates)} duplicates answered from the study, "
@@ -112,16 +112,13 @@ def write_front(study_name: str, storage_url: str, csv_path: str | None, plot_pa
     and plot files where asked; a study of several targets without ``target`` prints every
     front and writes none (which one would a file hold?)."""
     study, settings = _load(study_name, storage_url)
-    keys = [t.key for t in settings.search.targets]
+    keys = settings.search.target_keys
     if target is not None and target.key not in keys:
         raise ValueError(f"--target {target.key} is not a target of study {study_name!r}; expected one of "
                          f"{', '.join(keys)}")
-    if target is None and len(keys) > 1:
-        if csv_path or plot_path:
-            raise ValueError(f"study {study_name!r} has {len(keys)} targets, one front each: name the front to "
-                             f"write with --target (one of {', '.join(keys)})")
+    if target is None and len(keys) > 1 and not (csv_path or plot_path):
         return "\n\n".join(f"front on {key}:\n{front_table(pareto_front(study, key))}" for key in keys)
-    key = target.key if target is not None else keys[0]
+    key = (target or settings.search.only_target("write")).key
     points, front = evaluated_points(study, key), pareto_front(study, key)
     if csv_path:
         atomic_write_text(csv_path, front_csv(front))

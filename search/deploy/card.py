@@ -132,7 +132,7 @@ def render_card(deployment: Deployment) -> str:
         "",
         "## Provenance",
         "",
-        f"- study `{pick.study}` in `{settings.run.storage}`, space `{settings.search.space}`, searched on `{', '.join(map(str, settings.search.targets))}`",
+        f"- study `{pick.study}` in `{settings.run.storage}`, space `{settings.search.space}`, searched on `{', '.join(settings.search.target_keys)}`",
         f"- MLflow parent run `{deployment.run_id}` at `{deployment.tracking_uri}`",
         f"- command: `{deployment.command}`",
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in deployment.versions.items()),

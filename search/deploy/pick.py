@@ -146,7 +146,7 @@ def pick_model(study: optuna.Study, settings: SearchSettings, target: Target, co
     fingerprint = measuring_fingerprint(target.key)
     if top < 1:
         raise ValueError(f"--top {top} is invalid: expected a positive integer")
-    keys = [t.key for t in settings.search.targets]
+    keys = settings.search.target_keys
     candidates = front_candidates(study, target.key if len(keys) > 1 and target.key in keys else None)
     if not candidates:
         raise ValueError(f"study {study.study_name!r} has no full-fidelity feasible trial to pick from (its front is "

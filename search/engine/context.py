@@ -81,7 +81,7 @@ class SearchContext:
     @property
     def targets(self) -> tuple[str, ...]:
         """Every target's key, the first first: one throughput objective each."""
-        return tuple(t.key for t in self.settings.search.targets)
+        return self.settings.search.target_keys
 
     @property
     def fingerprint(self) -> dict[str, str]:

@@ -40,9 +40,7 @@ class Dispatcher:
             return
         for key in candidate.targets:
             if key not in candidate.measured:
-                cached = context.cache.get(candidate.arch, key, context.fingerprints[key])
-                if cached is not None:
-                    candidate.measured[key] = cached
+                self._from_cache(candidate, key)
         self._predict(candidate)
         if candidate.first_measured is None and context.settings.search.throughput == PREDICTED:
             if not self._take_prediction(candidate):
@@ -64,6 +62,15 @@ class Dispatcher:
             self._reuse(candidate, earlier)
             return
         context.queues[TRAIN].append(candidate)
+
+    def _from_cache(self, candidate: Candidate, target: str) -> bool:
+        """Whether the throughput cache holds ``candidate``'s figure on ``target`` (measured
+        here, under the same fingerprint); it becomes the candidate's if so."""
+        context = self.context
+        cached = context.cache.get(candidate.arch, target, context.fingerprints[target])
+        if cached is not None:
+            candidate.measured[target] = cached
+        return cached is not None
 
     def _predict(self, candidate: Candidate) -> None:
         """The candidate's throughput predicted from the latency table (once; None where the
@@ -142,10 +149,7 @@ class Dispatcher:
             candidate.figures = context.cache.get_figures(candidate.arch, context.target.img_size)
             found = candidate.figures is not None
         else:
-            cached = context.cache.get(candidate.arch, target, context.fingerprints[target])
-            if cached is not None:
-                candidate.measured[target] = cached
-            found = cached is not None
+            found = self._from_cache(candidate, target)
         if found:
             context.queues[kind].remove(candidate)
             self.advance(candidate)

@@ -224,7 +224,7 @@ class Search:
             raise ValueError(f"study {self.settings.search.study!r} already exists; continue it with "
                              f"'python -m search resume --study {self.settings.search.study}' or pick another --study")
         self.study = create_objective_study(self.settings.search.study, storage, sampler,
-                                            [t.key for t in self.settings.search.targets])
+                                            self.settings.search.target_keys)
         if self.space.fixed_points:
             # Ablation tables: every (point, seed) exactly once, seed by seed in the table's order,
             # so a budget that runs short leaves seeds missing, not whole rows.
@@ -261,7 +261,7 @@ class Search:
         learn_costs(study, costs)
         scheduler = make_scheduler(settings.search.scheduler, settings.search.epochs, settings.search.min_epochs, settings.search.eta,
                                    self.space.fixed_points)
-        report_rungs(study, scheduler, [t.key for t in settings.search.targets])
+        report_rungs(study, scheduler, settings.search.target_keys)
         self.context = SearchContext(
             settings=settings, study=study, space=self.space, target=self.target, budget=self.budget,
             scheduler=scheduler, constraints=settings.search.constraints, retry=RetryPolicy(settings.run.max_retries),
@@ -279,7 +279,7 @@ class Search:
         self.duplicates = Duplicates(self.context, arch_id)
         self._say(f"study {settings.search.study}: space {settings.search.space}, budget {self.budget} "
                   f"({self.budget.seconds:.0f} {self.budget.kind}-s), used {self.context.ledger.spent:.0f}, "
-                  f"target {', '.join(map(str, settings.search.targets))}, data {settings.search.dataset}, scheduler {scheduler.name} "
+                  f"target {', '.join(settings.search.target_keys)}, data {settings.search.dataset}, scheduler {scheduler.name} "
                   f"(rungs {', '.join(map(str, scheduler.rungs))}); storage {settings.run.storage}; MLflow run {run_id}")
 
     def _predictor(self, path: Path | None, fingerprint: dict[str, str]) -> Callable[[LITConfig], float | None] | None:

@@ -8,7 +8,7 @@ scheduler, so promotion after a resume sees the same rungs as before it.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import optuna
 
@@ -91,7 +91,7 @@ def learn_margin(study: optuna.Study, margin: PredictionMargin) -> None:
             margin.observe(record.predicted_throughput, record.throughput)
 
 
-def report_rungs(study: optuna.Study, scheduler: Scheduler, targets: list[str]) -> None:
+def report_rungs(study: optuna.Study, scheduler: Scheduler, targets: Sequence[str]) -> None:
     """Rung results recorded by earlier drivers, for asynchronous promotion after a resume."""
     for trial in study.get_trials(deepcopy=False):
         record = TrialRecord.of(trial)
@@ -100,7 +100,7 @@ def report_rungs(study: optuna.Study, scheduler: Scheduler, targets: list[str]) 
                              throughputs(record, targets))
 
 
-def throughputs(record: TrialRecord, targets: list[str]) -> list[float]:
+def throughputs(record: TrialRecord, targets: Sequence[str]) -> list[float]:
     """A trial's throughput on each target (a study of one target keeps it in ``throughput``)."""
     if len(targets) == 1:
         return [record.throughput]

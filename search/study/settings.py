@@ -63,7 +63,7 @@ def _check_targets(targets: tuple[Target, ...], throughput: str) -> None:
     """Targets one study can serve: each once, one resolution (the architectures' FLOPs and a
     FLOPs constraint are counted at it), one device kind (one kind of measuring node serves
     them), and measured ones only where there are several."""
-    keys = [t.key for t in targets]
+    keys = [t.key for t in targets]  # the instance's target_keys, before it is made
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
         raise ValueError(f"--target {repeated[0]} is given twice; expected each target once")
@@ -148,6 +148,18 @@ class SearchConfig:
     def targets(self) -> tuple[Target, ...]:
         """Every deployment target, the first (``target``) first: one throughput objective each."""
         return (self.target, *self.more_targets)
+
+    @property
+    def target_keys(self) -> tuple[str, ...]:
+        return tuple(t.key for t in self.targets)
+
+    def only_target(self, doing: str) -> Target:
+        """The study's target where it has one; with several, which front ``doing`` (``write``,
+        ``pick from``) is meant for is the user's to say: a one-line ValueError."""
+        if self.more_targets:
+            raise ValueError(f"study {self.study!r} has {len(self.targets)} targets, one front each: name the front "
+                             f"to {doing} with --target (one of {', '.join(self.target_keys)})")
+        return self.target
 
     def to_dict(self) -> dict[str, Any]:
         return dict(asdict(self), budget=self.budget.text, target=self.target.key,
