@@ -18,7 +18,7 @@ from search.core.target import parse_target
 from search.deploy.pick import front_candidates
 from search.study.front import pareto_front
 from search.study.settings import SearchSettings
-from search.study.studies import SETTINGS_ATTR
+from search.study.studies import budget_used
 from flat_settings import flat_settings
 from test_search_policy import FakeJobs, _figures, run_in_process
 from test_vocabularies import _optuna_hypervolume
@@ -208,3 +208,13 @@ def test_a_constraint_on_the_first_target_spares_the_other_measurements(tmp_path
         assert _figures(LITConfig.from_json(trial.user_attrs["config"]))[2] < 700.0
     assert not list(itertools.chain.from_iterable(
         t.user_attrs.get("infeasible", []) for t in study.trials if t.state == TrialState.COMPLETE))
+
+
+def test_a_new_architecture_of_two_targets_is_estimated_at_two_measurements(tmp_path):
+    # The priors on run_in_process's node: a count of 20 cpu-s, a measurement of 30 s on 2 cores per target.
+    jobs = TargetJobs()
+    with pytest.raises(ValueError, match=r"expected at least 140cpu-s"):
+        run_in_process(tmp_path, jobs, budget="139cpu-s", epochs=1, more_targets=("cpu:bs1:64:ort",))
+    assert not jobs.measured_on
+    study = run_in_process(tmp_path, jobs, budget="140cpu-s", epochs=1, more_targets=("cpu:bs1:64:ort",))
+    assert [key for _, key in jobs.measured_on][:2] == [EAGER, ORT] and budget_used(study) <= 140

@@ -115,6 +115,11 @@ class CostModel:
         """Device-seconds of a count on ``devices`` (as :meth:`measure`)."""
         return PRIOR_COUNT_SECONDS * devices if self._count is None else self._count
 
+    def new_architecture(self, count_devices: float, measure_devices: float, targets: int = 1) -> float:
+        """Device-seconds an architecture costs before it trains: its count, and a measurement
+        on each of ``targets`` targets."""
+        return self.count(count_devices) + targets * self.measure(measure_devices)
+
 
 GRANT_FACTOR = 2.0
 """A measurement's estimate is the longest one so far; with three test workers joining the

@@ -154,7 +154,8 @@ class Search:
         if untrained >= max(1, context.executor.placement.capacity):
             return False  # every slot already has a trial on its way
         costs, devices = context.costs, context.devices
-        estimate = 0.0 if self._next_is_cached_rerun() else costs.count(devices[COUNT]) + costs.measure(devices[MEASURE])
+        estimate = 0.0 if self._next_is_cached_rerun() else costs.new_architecture(devices[COUNT], devices[MEASURE],
+                                                                                   len(context.targets))
         typical = costs.typical_flops()
         if typical is not None:  # and a first rung of a typical architecture
             estimate += costs.train(typical, context.scheduler.rungs[0], devices[TRAIN])
@@ -234,11 +235,11 @@ class Search:
         return self.study
 
     def _check_affordable(self, devices: dict[str, float]) -> None:
-        """A new study whose budget cannot pay one trial's count and measurement, as the search
+        """A new study whose budget cannot pay one trial's count and measurements, as the search
         estimates them before it has measured anything, would end having trained nothing: it
         is refused before it exists, naming the smallest budget that starts a trial."""
         priors = CostModel(self.budget.kind, train_images=1, proxy_scale=1.0)
-        first = priors.count(devices[COUNT]) + priors.measure(devices[MEASURE])
+        first = priors.new_architecture(devices[COUNT], devices[MEASURE], len(self.settings.search.targets))
         if self.budget.seconds < first:
             kind = self.budget.kind
             raise ValueError(f"--budget {self.budget} ({self.budget.seconds:g} {kind}-s) cannot pay one trial's count "
