@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -33,6 +33,24 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of ``text`` (UTF-8)."""
     return atomic_write(path, lambda partial: partial.write_text(text, encoding="utf-8"))
+
+
+def json_lines(path: Path, skip_blank: bool = False) -> Iterator[tuple[int, bool, Any, str | None]]:
+    """Each line of a JSON-lines file as ``(number, complete, value, why)``: ``why`` says what
+    the line is instead of JSON (not UTF-8, not JSON; a blank line too, unless ``skip_blank``),
+    ``complete`` whether it ends in a newline (a last line cut short by a crash does not).
+    Read as bytes, so an undecodable line is named by its number rather than ending the read."""
+    import json
+
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if skip_blank and not line.strip():
+                continue
+            try:
+                value, why = json.loads(line.decode("utf-8")), None
+            except ValueError as error:  # UnicodeDecodeError and JSONDecodeError alike
+                value, why = None, f"{type(error).__name__}: {str(error)[:200]}"
+            yield number, line.endswith(b"\n"), value, why
 
 
 def check_writable_folder(folder: Path, what: str) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from litv2.files import atomic_write_text
+from litv2.files import atomic_write_text, json_lines
 
 RETRY_SECONDS = 2.0
 FLUSH_SECONDS = 30.0
@@ -196,19 +196,16 @@ def load_pending(path: Path) -> list[Record]:
     if not path.exists():
         return []
     records = []
-    with path.open("rb") as kept:
-        for number, line in enumerate(kept, start=1):
-            if not line.strip():
-                continue
+    for number, _, data, why in json_lines(path, skip_blank=True):
+        if why is None:
             try:
-                data = json.loads(line.decode("utf-8"))
                 records.append(Record(**data))
                 why = None if records[-1].kind in RECORD_KINDS else f"unknown kind {records[-1].kind!r}"
-            except (ValueError, TypeError) as error:  # not UTF-8, not JSON, not a record's fields
+            except TypeError as error:  # not a record's fields
                 why = f"{type(error).__name__}: {str(error)[:200]}"
-            if why is not None:
-                raise ValueError(f"the kept MLflow records {str(path)!r} are damaged at line {number} ({why}); "
-                                 f"nothing was sent: move the file away to go on without them")
+        if why is not None:
+            raise ValueError(f"the kept MLflow records {str(path)!r} are damaged at line {number} ({why}); "
+                             f"nothing was sent: move the file away to go on without them")
     return records
 
 

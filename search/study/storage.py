@@ -107,23 +107,16 @@ def _check_sqlite(url: str, path: Path) -> None:
 def _check_journal(url: str, path: Path) -> None:
     """Every complete line a JSON record (a last line without its newline is a write the
     journal's reader itself skips)."""
-    import json
+    from litv2.files import json_lines
 
-    with path.open("rb") as journal:
-        for number, line in enumerate(journal, start=1):
-            if not line.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except ValueError as error:  # UnicodeDecodeError and JSONDecodeError alike
-                record, why = None, f"{type(error).__name__}: {error}"
-            else:
-                why = "not a record"
-            if not isinstance(record, dict):
-                kept = (f" (a journal only grows: its first {number - 1} lines are the study as it was up to then)"
-                        if number > 1 else "")
-                raise ValueError(f"storage {url!r} is damaged: line {number} of {str(path)!r} is not a journal record "
-                                 f"({why}); nothing was changed: restore the file from a backup{kept}")
+    for number, complete, record, why in json_lines(path):
+        if not complete:
+            break
+        if not isinstance(record, dict):
+            kept = (f" (a journal only grows: its first {number - 1} lines are the study as it was up to then)"
+                    if number > 1 else "")
+            raise ValueError(f"storage {url!r} is damaged: line {number} of {str(path)!r} is not a journal record "
+                             f"({why or 'not a record'}); nothing was changed: restore the file from a backup{kept}")
 
 
 def open_existing_storage(url: str) -> "optuna.storages.BaseStorage":
