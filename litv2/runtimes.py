@@ -11,17 +11,24 @@ the one exporter of the project.
 
 On a one-thread CPU target onnxruntime runs the graph on the calling thread (a pool of one
 thread is no pool), so the thread's CPU clock times it as it times PyTorch.
+
+An exported graph accepts other resolutions than the measured one where the network allows it
+(:func:`dynamic_input_sides`); the file says which in its metadata (:class:`InputSides`).
 """
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
+from .config import LITConfig
 from .target import Target
 
 ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
@@ -32,16 +39,119 @@ PROVIDERS = {("ort", "cpu"): ("CPUExecutionProvider",), ("ort", "cuda"): ("CUDAE
 ORT_INSTALL = "pip install 'litv2-search[export]'"
 
 
-def export_onnx(model: nn.Module, path: str | Path, img_size: int) -> None:
-    """The eval-mode model as one ONNX file with a dynamic batch dimension (input ``images``,
-    output ``logits``), by torch's ``torch.export``-based exporter."""
+INPUT_SIDES_KEY = "litv2.input_sides"
+"""The ONNX metadata entry (``metadata_props``) that records, as JSON, the sides the graph accepts."""
+
+
+@dataclass(frozen=True)
+class InputSides:
+    """The image heights and widths an exported graph accepts, each side on its own: the multiples
+    of ``multiple`` from ``minimum`` up to ``maximum`` (None: unbounded).
+
+    onnxruntime refuses a side that a frozen graph was not traced at ("Expected: 224") and, in
+    every dynamic graph tried, a side off the multiples (one of the graph's Reshapes fails). A
+    single multiple, below the minimum, ran correctly in those graphs but is not a side
+    torch.export vouches for (see :func:`dynamic_input_sides`)."""
+
+    multiple: int
+    minimum: int
+    maximum: int | None = None
+
+    @classmethod
+    def only(cls, side: int) -> "InputSides":
+        """One resolution, ``side`` x ``side``: what a graph traced without dynamic sides accepts."""
+        return cls(multiple=side, minimum=side, maximum=side)
+
+    @property
+    def fixed(self) -> bool:
+        return self.minimum == self.maximum
+
+    def accepts(self, side: int) -> bool:
+        return side >= self.minimum and side % self.multiple == 0 and (self.maximum is None or side <= self.maximum)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> "InputSides | None":
+        """The sides recorded in an ONNX file's metadata - onnxruntime's
+        ``session.get_modelmeta().custom_metadata_map`` or onnx's ``metadata_props`` as a dict -
+        so a loader can name them before it feeds an image; None for a file exported before
+        :func:`export_onnx` recorded them."""
+        return cls(**json.loads(metadata[INPUT_SIDES_KEY])) if INPUT_SIDES_KEY in metadata else None
+
+    def __str__(self) -> str:
+        if self.fixed:
+            return f"{self.minimum}x{self.minimum} images only"
+        return (f"images whose height and width are each a multiple of {self.multiple}, from {self.minimum}"
+                + ("" if self.maximum is None else f" to {self.maximum}"))
+
+
+def _stage_divisor(config: LITConfig, stage: int) -> int:
+    """What stage ``stage``'s map sides must be multiples of for its attention to pad nothing:
+    HiLo's windows (Hi-Fi windows and Lo-Fi pooling alike), W-MSA's windows, SRA's reduction
+    ratio, T-MSA's windows and - from its second block on - its reduction ratio."""
+    if not config.attention[stage]:
+        return 1
+    kind, window, ratio = config.attn_kind[stage], config.window_size[stage], config.sr_ratio[stage]
+    if kind in ("hilo", "wmsa"):
+        return window
+    if kind == "sra":
+        return ratio
+    if kind == "tmsa":
+        return math.lcm(window, ratio) if config.depths[stage] > 1 else window
+    return 1  # global MSA
+
+
+def dynamic_input_sides(config: LITConfig) -> InputSides | None:
+    """The sides a graph of ``config`` exported with dynamic height and width accepts, or None
+    where a layer keeps height and width from being dynamic.
+
+    The multiple is the side that every stage divides exactly: the total stride
+    (``config.reduction``: the patch embedding, then each merge halves the map) and, at each
+    stage's stride, that stage's :func:`_stage_divisor`. On such sides no window or reduction
+    pads the map and no merge crops it, so the traced graph holds no branch on the size and
+    torch.export keeps each side symbolic as ``multiple * k``. Any other side makes the tracer
+    decide the padding for the example's size (torch.export refuses a plain dynamic side:
+    "Constraints violated"). The minimum is two multiples, as torch.export proves its graph for
+    ``k >= 2`` only: it treats a size of 0 or 1 as a constant.
+
+    None for shifted windows (W-MSA with ``shift``, a window of 2 or more and a second block)
+    and for global MSA's relative position bias: both build a constant in Python per map size
+    (the shift mask, the bias index), cached under the size, which a symbolic size cannot key.
+    """
+    for stage in range(config.num_stages):
+        kind = config.attn_kind[stage] if config.attention[stage] else None
+        shifted = (kind == "wmsa" and config.shift and config.window_size[stage] > 1 and config.depths[stage] > 1)
+        if shifted or (kind == "msa" and config.rel_pos_bias):
+            return None
+    multiple = math.lcm(config.reduction, *(config.patch_size * 2**stage * _stage_divisor(config, stage)
+                                             for stage in range(config.num_stages)))
+    return InputSides(multiple=multiple, minimum=2 * multiple)
+
+
+def export_onnx(model: nn.Module, path: str | Path, img_size: int) -> InputSides:
+    """The eval-mode model as one ONNX file (input ``images``, output ``logits``) by torch's
+    ``torch.export``-based exporter, with a dynamic batch and the sides it accepts in its
+    metadata (:data:`INPUT_SIDES_KEY`); returns those sides.
+
+    Height and width are dynamic too where the network allows it (:func:`dynamic_input_sides`)
+    and ``img_size`` is one of those sides; otherwise the graph is frozen at ``img_size``,
+    and onnxruntime refuses any other resolution that PyTorch would accept.
+    """
     model = model.eval()
+    config = getattr(model, "config", None)
+    rule = dynamic_input_sides(config) if isinstance(config, LITConfig) else None
+    sides = rule if rule is not None and rule.accepts(img_size) else InputSides.only(img_size)
     example = torch.randn(2, 3, img_size, img_size, device=next(model.parameters()).device)
-    batch = torch.export.Dim("batch", min=1)
+    shapes = {0: torch.export.Dim("batch", min=1)}
+    if not sides.fixed:
+        least = sides.minimum // sides.multiple
+        shapes[2] = sides.multiple * torch.export.Dim(f"height_div_{sides.multiple}", min=least)
+        shapes[3] = sides.multiple * torch.export.Dim(f"width_div_{sides.multiple}", min=least)
     with torch.no_grad():
         program = torch.onnx.export(model, (example,), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                                    dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+                                    dynamo=True, dynamic_shapes=(shapes,), external_data=False, verbose=False)
+    program.model.metadata_props[INPUT_SIDES_KEY] = json.dumps(asdict(sides))
     program.save(str(path), external_data=False)
+    return sides
 
 
 def providers_for(target: Target) -> list[str | tuple[str, dict[str, object]]]:

@@ -74,23 +74,33 @@ def arch_id(config: LITConfig) -> str:
 
 
 def summary(config: LITConfig) -> str:
-    """One line such as ``a0.9 ws[-,-,2,1] d[2,2,6,2] convffn dtm`` (LITv2-S).
+    """One line such as ``a0.9 lofi[-,-,10/12,24/24] ws[-,-,2,1] d[2,2,6,2] convffn dtm`` (LITv2-S).
 
-    Parts: HiLo's alpha where it matters (one value, or per stage); the attention layout per
-    stage (``-`` = MLP-only; HiLo / W-MSA windows, T-MSA ``window/sr``, SRA ``sr``, MSA ``g``;
-    prefixed by the kind unless it is HiLo); depths; FFN, ``+rpe`` with a relative position
-    bias; merging; then embed dim ``e``/MLP ratio ``r`` where they differ from LITv2-S, and
-    ``lofi-valid`` for HiLo's valid-token Lo-Fi average.
+    Parts: HiLo's alpha where it matters (one value, or per stage) as ``config`` has it, and
+    beside it the head split it makes, Lo-Fi heads / heads of each HiLo stage (``-`` for
+    MLP-only and other attention stages; a window of 1 makes every head Lo-Fi); the
+    attention layout per stage (``-`` = MLP-only; HiLo / W-MSA windows, T-MSA
+    ``window/sr``, SRA ``sr``, MSA ``g``; prefixed by the kind unless it is HiLo); depths;
+    FFN, ``+rpe`` with a relative position bias; merging; then embed dim ``e``/MLP ratio
+    ``r`` where they differ from LITv2-S, and ``lofi-valid`` for HiLo's valid-token Lo-Fi
+    average.
+
+    The alpha is ``config``'s own, not the canonical one: every alpha of one head split is
+    one network, so :func:`canonical` snaps 0.5 of 8 heads to 0.6 (4 Lo-Fi heads either
+    way). Given the config as sampled, the summary shows the alpha Optuna recorded, and the
+    split beside it shows which network that is; everything else is summarised canonical.
     """
     c = canonical(config)
     stages = range(c.num_stages)
-    alphas = [f"{c.alpha[i]:g}" if _alpha_matters(c, i) else "-" for i in stages]
+    alphas = [f"{config.alpha[i]:g}" if _alpha_matters(c, i) else "-" for i in stages]
     distinct = sorted({a for a in alphas if a != "-"})
     parts = []
     if len(distinct) == 1:
         parts.append(f"a{distinct[0]}")
     elif distinct:
         parts.append(f"a[{','.join(alphas)}]")
+    if any(_is_hilo(c, i) for i in stages):
+        parts.append(f"lofi[{','.join(_head_split(c, i) for i in stages)}]")
     used = sorted({c.attn_kind[i] for i in stages if c.attention[i]})
     mixed = len(used) > 1
     prefix = "attn" if mixed else "ws" if used in ([], ["hilo"]) else used[0]
@@ -105,6 +115,13 @@ def summary(config: LITConfig) -> str:
     if c.lofi_valid_average:
         parts.append("lofi-valid")
     return " ".join(parts)
+
+
+def _head_split(c: LITConfig, i: int) -> str:
+    """``lofi/heads`` of a HiLo stage, as :class:`litv2.layers.hilo.HiLo` splits them; else ``-``."""
+    if not _is_hilo(c, i):
+        return "-"
+    return f"{lofi_heads(c.num_heads[i], c.alpha[i], c.window_size[i])}/{c.num_heads[i]}"
 
 
 def _stage_token(c: LITConfig, i: int, with_kind: bool) -> str:
@@ -122,8 +139,12 @@ def _hifi_heads(config: LITConfig, i: int) -> int:
     return config.num_heads[i] - lofi_heads(config.num_heads[i], config.alpha[i], config.window_size[i])
 
 
+def _is_hilo(config: LITConfig, i: int) -> bool:
+    return config.attention[i] and config.attn_kind[i] == "hilo"
+
+
 def _alpha_matters(config: LITConfig, i: int) -> bool:
-    return config.attention[i] and config.attn_kind[i] == "hilo" and config.window_size[i] > 1
+    return _is_hilo(config, i) and config.window_size[i] > 1
 
 
 def _pools_lofi(config: LITConfig, i: int) -> bool:

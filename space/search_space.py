@@ -183,6 +183,12 @@ class SearchSpace:
     # ------------------------------------------------------------------ sampling
     def sample(self, trial: "optuna.Trial") -> LITConfig:
         """Draw one architecture through ``trial`` (define-by-run); always valid and canonical."""
+        return canonical(self.draw(trial))
+
+    def draw(self, trial: "optuna.Trial") -> LITConfig:
+        """The architecture exactly as ``trial`` draws it: valid, its alphas as sampled.
+        :func:`canonical` snaps each alpha to one representative of its head split (the
+        network and its id); :func:`summary` of this config shows the sampled alpha beside it."""
         return self._build(lambda name, dim: dim.suggest(trial, name))
 
     def _build(self, draw: Draw) -> LITConfig:
@@ -192,7 +198,7 @@ class SearchSpace:
         if self.points:
             labels = Choice(tuple(p.label for p in self.points))
             label = pick("point", labels)
-            return canonical(next(p.config for p in self.points if p.label == label))
+            return next(p.config for p in self.points if p.label == label)
         base, n = self.base, self.base.num_stages
         embed = pick("embed_dim", self._axis("embed_dim", base.embed_dim))
         mlp_ratio = pick("mlp_ratio", self._axis("mlp_ratio", base.mlp_ratio))
@@ -220,11 +226,11 @@ class SearchSpace:
             alphas[i] = shared if shared is not None else pick(
                 f"alpha_s{i}", self._stage_axis("alpha_per_stage", i, base.alpha[i]))
         rel_pos_bias, ffn = POS_ENCODINGS[pos_enc]
-        return canonical(base.replace(
+        return base.replace(
             embed_dim=embed, depths=depths, attention=attention, attn_kind=kinds, window_size=windows,
             alpha=tuple(alphas), num_heads=tuple(h * embed // base.embed_dim for h in base.num_heads),
             mlp_ratio=mlp_ratio, merge=merge, ffn=ffn, rel_pos_bias=rel_pos_bias,
-        ))
+        )
 
     def _axis(self, key: str, default: Any) -> Dimension:
         return self.axes.get(key) or Choice((default,))
@@ -240,7 +246,7 @@ class SearchSpace:
         found: dict[str, tuple[dict[str, Any], LITConfig]] = {}
         try:
             for params, config in walk(self._build):
-                found.setdefault(arch_id(config), (params, config))
+                found.setdefault(arch_id(config), (params, canonical(config)))
         except Continuous:
             return None
         return tuple(found.values())

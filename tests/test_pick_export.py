@@ -26,6 +26,10 @@ from flat_settings import flat_settings
 from search.study.storage import open_storage
 from search.core.target import parse_target
 from search.engine.tracking import StudyTracker
+from search.deploy.evaluation import evaluate_export
+from search.deploy.registry import log_and_register
+from search.deploy.trained import CURVE_FILE
+from servers import free_port, mlflow_server, stop_server
 
 TrialState = optuna.trial.TrialState
 TARGET = "cpu:bs1:32"
@@ -186,10 +190,10 @@ def test_a_new_target_is_measured_once_and_cached(study, tmp_path):
 
 
 def test_an_unreachable_constraint_names_the_closest_figure(study, tmp_path):
-    with pytest.raises(NoFeasibleModel, match=r"fastest candidate: 400\.0 img/s on cpu:bs1:32:fp32:t1; "
-                                              r"--min-throughput 1000 cannot be met"):
+    with pytest.raises(NoFeasibleModel, match=r"fastest candidate: trial 3, 400\.0 \[398\.0, 402\.0\] img/s on "
+                                              r"cpu:bs1:32:fp32:t1; --min-throughput 1000 cannot be met"):
         run_pick(study, tmp_path, constraints=Constraints(min_throughput=1000))
-    with pytest.raises(NoFeasibleModel, match=r"smallest candidate: 1\.00M params; --max-params 0\.5M cannot be met"):
+    with pytest.raises(NoFeasibleModel, match=r"smallest candidate: trial 2, 1\.00M params; --max-params 0\.5M cannot be met"):
         run_pick(study, tmp_path, constraints=Constraints(max_params=5e5))
     with pytest.raises(NoFeasibleModel, match=r"together; closest: trial"):
         run_pick(study, tmp_path, constraints=Constraints(min_throughput=350, max_params=1.2e6))
@@ -214,8 +218,8 @@ def test_bad_pick_input_is_one_line_and_exit_2(study_dir, tmp_path, capsys, argv
 def test_pick_prints_the_candidates_table_when_it_fails(study_dir, capsys):
     code = main(["pick", "--workdir", str(study_dir), "--study", "s", "--min-throughput", "1000"])
     captured = capsys.readouterr()
-    assert code == 2 and captured.err.strip() == ("search: error: fastest candidate: 400.0 img/s on cpu:bs1:32:fp32:t1; "
-                                                  "--min-throughput 1000 cannot be met")
+    assert code == 2 and captured.err.strip() == ("search: error: fastest candidate: trial 3, 400.0 [398.0, 402.0] img/s "
+                                                  "on cpu:bs1:32:fp32:t1; --min-throughput 1000 cannot be met")
     assert "| trial | arch id |" in captured.out and "300.0 [298.0, 302.0] (cache)" in captured.out
 
 
@@ -325,3 +329,142 @@ def test_a_folder_without_weights_is_not_an_export(exported, tmp_path):
     (partial / "config.json").write_text((folder / "config.json").read_text())
     with pytest.raises(ValueError, match="has no model.safetensors"):
         read_export(partial)
+
+
+def _predictions_agree(model_uri: str, tracking_uri: str, onnx_file: Path) -> None:
+    """``mlflow.pyfunc.load_model(model_uri)`` serves what the ONNX file computes."""
+    import mlflow
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    served = mlflow.pyfunc.load_model(model_uri)
+    images = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert np.abs(np.asarray(served.predict(images)["logits"]) - session.run(None, {"images": images})[0]).max() <= 1e-5
+
+
+def test_a_picked_export_says_it_is_untrained_and_is_registered_as_a_candidate(exported):
+    code, workdir, folder = exported
+    card = (folder / CARD_FILE).read_text().splitlines()
+    assert card[2].startswith("> **Untrained weights.**") and "import litv2" in card[4]
+    provenance = read_export(folder).provenance
+    assert provenance["weights"].startswith("untrained") and "import litv2" in provenance["loading"]
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    version = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("s", "candidate")
+    assert str(version.version) == "1"
+    assert {k: version.tags[k] for k in ("study", "trial", "arch_id", "target", "weights")} == dict(
+        study="s", trial=str(list(FRONT).index("b")), arch_id="b", target=parse_target(ORT_TARGET).key, weights="untrained")
+    _predictions_agree("models:/s@candidate", uri, folder / ONNX_FILE)
+
+
+@pytest.fixture(scope="module")
+def trained(exported, tmp_path_factory):
+    """``search train`` on the picked export, as a user continues after ``pick --export``."""
+    _, workdir, folder = exported
+    output = tmp_path_factory.mktemp("trained") / "run"
+    code = main(["train", "--model", str(folder), "--dataset", "digits", "--epochs", "2", "--batch-size", "64",
+                 "--workers", "0", "--workdir", str(workdir), "--output", str(output), "--export-every", "1"])
+    return code, workdir, output
+
+
+@pytest.mark.slow
+def test_a_trained_model_is_an_export_that_loads_evaluates_and_serves_as_its_card_says(trained):
+    code, workdir, output = trained
+    assert code == 0
+    model_dir = output / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(
+        ["config.json", "model.safetensors", ONNX_FILE, CARD_FILE, CURVE_FILE])
+    history = torch.load(output / "last.pt", weights_only=False)["history"]
+    final, best = history[-1]["val_top1"], max(r["val_top1"] for r in history)
+    # the figure the run reported, recomputed from the folder as a user loads it
+    assert evaluate_export(model_dir, "digits", workers=0).top1 == pytest.approx(final, abs=1e-9)
+    export = read_export(model_dir)
+    assert export.provenance["val_top1"] == final and export.provenance["weights"].startswith("trained: digits")
+    assert export.provenance["trial"] == list(FRONT).index("b") and export.provenance["study"] == "s"
+    card = (model_dir / CARD_FILE).read_text()
+    assert f"validation top-1 **{final:.2f} %** (best {best:.2f} %" in card
+    for record in history:
+        assert f"| {record['epoch']} | {record['train_loss']:.4f} | {record['val_top1']:.2f} |" in card
+    assert "## Measured on `cpu:bs1:32:fp32:t1:ort`" in card and "| throughput, img/s |" in card
+    model = timm.create_model(f"local-dir:{model_dir}", pretrained=True).eval()
+    assert model.num_classes == 10
+    images = torch.randn(3, 3, 32, 32)
+    session = onnxruntime.InferenceSession(str(model_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.abs(session.run(None, {"images": images.numpy()})[0] - model(images).numpy()).max() <= 1e-4
+    # --export-every 1: the first epoch's export beside the last
+    assert "epoch 1 of 2" in (output / "model-epoch1" / CARD_FILE).read_text()
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("s", "trained")
+    assert version.tags["val_top1"] == f"{final:.2f}" and version.tags["weights"] == "trained"
+    assert client.get_model_version_by_alias("s", "candidate").version != version.version
+    _predictions_agree("models:/s@trained", uri, model_dir / ONNX_FILE)
+
+
+@pytest.mark.slow
+def test_an_export_registers_on_a_tracking_server_and_loads_from_it(exported, tmp_path):
+    _, _, folder = exported
+    port = free_port()
+    server = mlflow_server(tmp_path, port)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        client = MlflowClient(uri)
+        run = client.create_run(client.create_experiment("shipping")).info.run_id
+        registration = log_and_register(uri, run, folder, artifact_path="model", model_name="shipped",
+                                        name="served", alias="trained", num_classes=1000, tags={"weights": "trained"})
+        assert registration.uri == "models:/served@trained" and registration.version == "1"
+        _predictions_agree(registration.uri, uri, folder / ONNX_FILE)
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def plain_export(tmp_path_factory):
+    """An untrained export folder as pick writes its timm part (no measuring: for bad-input tests)."""
+    from search.deploy.export import create_lit_model, save_timm_folder
+
+    folder = tmp_path_factory.mktemp("plain") / "export"
+    folder.mkdir()
+    config = FRONT["b"][0]
+    save_timm_folder(create_lit_model(config, 1000, 32), config, folder, 32, {"arch_id": "b", "study": "s"})
+    return folder
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--register", "a/b"], "--register 'a/b' is invalid"),
+    (["--export-every", "0"], "--export-every 0 is invalid"),
+    (["--target", "tpu:bs1:32"], "target 'tpu:bs1:32' is invalid"),
+])
+def test_bad_train_shipping_options_are_one_line_and_exit_2(plain_export, tmp_path, capsys, argv, message):
+    folder = plain_export
+    code = main(["train", "--model", str(folder), "--dataset", "digits", "--workdir", str(tmp_path),
+                 "--output", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_tracking_server_is_refused_before_training(plain_export, tmp_path, capsys):
+    folder = plain_export
+    code = main(["train", "--model", str(folder), "--dataset", "digits", "--workdir", str(tmp_path),
+                 "--output", str(tmp_path / "out"), "--tracking-uri", f"http://127.0.0.1:{free_port()}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not answer" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_pick_registers_under_a_valid_name_only_and_with_an_export(study_dir, tmp_path, capsys):
+    assert main(["pick", "--workdir", str(study_dir), "--study", "s", "--export", str(tmp_path / "x"),
+                 "--register", "no@alias"]) == 2
+    assert "--register 'no@alias' is invalid" in capsys.readouterr().err
+    assert main(["pick", "--workdir", str(study_dir), "--study", "s", "--register", "fine"]) == 2
+    assert "--register 'fine' needs --export" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_untrained_export_is_not_evaluated_on_a_data_set_of_other_classes(plain_export, capsys):
+    assert main(["evaluate", "--model", str(plain_export), "--dataset", "digits", "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has 1000 classes and digits has 10" in err and len(err.splitlines()) == 1

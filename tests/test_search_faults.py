@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -18,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import clusters
+from servers import free_port, mlflow_server, stop_server, wait_until_up
 
 from search.engine import outbox
 from search.core.faults import NON_FINITE, OUT_OF_MEMORY, WORKER_LOST, RetryPolicy, failure_reason
@@ -315,15 +315,17 @@ def queued_reruns(study):
 
 
 def assert_every_trial_accounted_for(study, tracking_uri):
-    """Every trial ended (complete, stopped, infeasible, duplicate or failed with its reason),
-    none left running; each architecture evaluated once; each evaluated trial has its child run.
+    """Every trial ended (complete, stopped, infeasible, duplicate, left untrained for budget or
+    failed with its reason), none left running; each architecture evaluated once; each
+    evaluated trial has its child run.
     Re-runs of interrupted trials that the budget could not pay for stay queued for a later resume."""
     queued = {t.number: t for t in queued_reruns(study)}
     assert all(study.trials[t.user_attrs["rerun_of"]].user_attrs.get("interrupted") for t in queued.values())
     trials = [t for t in study.get_trials(deepcopy=False) if t.number not in queued]
     assert all(t.state in ENDED for t in trials), [(t.number, t.state) for t in trials]
-    assert all(("error" in t.user_attrs and "failure" in t.user_attrs) or "not_trained" in t.user_attrs
+    assert all("error" in t.user_attrs and "failure" in t.user_attrs
                for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
+    assert all(t.state == TrialState.PRUNED for t in trials if "not_trained" in t.user_attrs)  # no failures
     evaluated = [t for t in trials if "duplicate_of" not in t.user_attrs and not t.user_attrs.get("interrupted")]
     arches = [t.user_attrs["arch_id"] for t in evaluated]
     assert len(arches) == len(set(arches))
@@ -366,44 +368,6 @@ def test_a_diverging_or_out_of_memory_trial_fails_with_its_reason_and_the_search
     assert tags[str(failed[NON_FINITE].number)]["failure"] == NON_FINITE
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _mlflow_server(folder: Path, port: int, wait: bool = True) -> subprocess.Popen:
-    """``mlflow server`` on a sqlite store in ``folder`` (returns once it answers, if ``wait``)."""
-    log = (folder / "server.log").open("a")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
-        # no job runner: its seven huey consumers would only slow the test down
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    if wait:
-        _wait_until_up(server, port)
-    return server
-
-
-def _wait_until_up(server: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "mlflow server exited"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError("mlflow server did not come up")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGKILL)  # the server and its uvicorn workers
-    server.wait()
-
-
 @pytest.mark.slow
 def test_an_mlflow_outage_loses_no_record(tmp_path, cluster, measured, monkeypatch, capsys):
     """The tracking server is killed once the first trial is logged and started again at once;
@@ -416,13 +380,13 @@ def test_an_mlflow_outage_loses_no_record(tmp_path, cluster, measured, monkeypat
     monkeypatch.setattr(outbox, "RETRY_SECONDS", 0.5)
     monkeypatch.setattr(outbox, "FLUSH_SECONDS", 1.0)
     (tmp_path / "server").mkdir()
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    servers = [_mlflow_server(tmp_path / "server", port)]
+    servers = [mlflow_server(tmp_path / "server", port)]
 
     def kill_and_restart():
-        _stop(servers[0])
-        servers.append(_mlflow_server(tmp_path / "server", port, wait=False))
+        stop_server(servers[0])
+        servers.append(mlflow_server(tmp_path / "server", port, wait=False))
 
     try:
         settings = make_settings(tmp_path, "small_train", measured, space=POINTS, tracking_uri=uri, max_trials=None)
@@ -435,7 +399,7 @@ def test_an_mlflow_outage_loses_no_record(tmp_path, cluster, measured, monkeypat
         assert was_kept == ("sync-mlflow --study f" in said), said
         if not was_kept:  # everything was sent, so the last outage ended (a slow restart may flap)
             assert said.rindex("is reachable again") > said.rindex("is unreachable"), said
-        _wait_until_up(servers[-1], port)
+        wait_until_up(servers[-1], port)
         capsys.readouterr()
         assert main(["sync-mlflow", "--study", "f", "--workdir", str(tmp_path)]) == 0
         assert ("kept records of study 'f'" if was_kept else "nothing to send") in capsys.readouterr().out
@@ -456,7 +420,7 @@ def test_an_mlflow_outage_loses_no_record(tmp_path, cluster, measured, monkeypat
             assert child.data.metrics["throughput"] == trial.user_attrs["throughput"]
         assert not list((tmp_path / "mlflow-outbox").rglob("*.png"))  # spooled files dropped once sent
     finally:
-        _stop(servers[-1])
+        stop_server(servers[-1])
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ class FakeJobs:
 
 
 def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, measures_anew: bool = True,
-                   **changes) -> optuna.Study:
+                   tracker: ProgressRecorder | None = None, **changes) -> optuna.Study:
     options = dict(study="s", space="tiny", budget="20000cpu-s", dataset="digits", target="cpu:bs1:64", storage=None,
                    tracking_uri=None, workdir=str(tmp_path), sampler="random", epochs=9, seed=0, address=None,
                    data_root=None, trials_per_device=1, cpus_per_trial=1, max_trials=None)
@@ -137,7 +137,7 @@ def run_in_process(tmp_path: Path, jobs: FakeJobs, slots: int = 2, measures_anew
         return built
 
     # The policies are the subject here, not the records: MLflow's runs are the end-to-end tests' job.
-    assert Search(settings, executor=executor, tracker=ProgressRecorder()).run() == 0
+    assert Search(settings, executor=executor, tracker=tracker or ProgressRecorder()).run() == 0
     return optuna.load_study(study_name=settings.search.study, storage=settings.run.storage)
 
 
@@ -248,6 +248,17 @@ def test_measurements_and_counts_are_estimated_at_what_they_cost_in_device_secon
     assert CostModel("gpu", 1437, 1.0).measure(0.0) == 0.0  # a CPU target's measurement costs no GPU time
 
 
+def test_a_training_is_estimated_at_the_slowest_rate_seen_so_far():
+    """Seconds per unit of work (GFLOP x thousand images x epochs) of the slowest finished
+    training, not the mean: a DTM network or a loaded node that ran slower per FLOP must not
+    let the last trainings a budget starts overrun it."""
+    costs = CostModel("cpu", train_images=1000, proxy_scale=1.0)
+    costs.observe_train(flops=1e9, epochs=2, device_seconds=20.0)  # 10 s per GFLOP-epoch
+    costs.observe_train(flops=2e9, epochs=1, device_seconds=30.0)  # 15 s per GFLOP-epoch: the slowest
+    costs.observe_train(flops=1e9, epochs=1, device_seconds=5.0)  # 5 s
+    assert costs.train(flops=4e9, epochs=3, devices=1.0) == pytest.approx(15.0 * 4 * 3)
+
+
 def test_candidates_the_budget_cannot_measure_end_as_not_trained(tmp_path, capsys):
     """Counts that cost far more than their prior leave nothing for the measurements: the
     search ends, and no trial is left RUNNING behind it."""
@@ -256,7 +267,7 @@ def test_candidates_the_budget_cannot_measure_end_as_not_trained(tmp_path, capsy
     jobs.count = lambda job: {**count(job), "wall_seconds": 500.0}
     study = run_in_process(tmp_path, jobs, budget="600cpu-s", epochs=1)
     assert study.trials and not jobs.trained
-    assert all(t.state == TrialState.FAIL and "not_trained" in t.user_attrs for t in study.trials)
+    assert all(t.state == TrialState.PRUNED and "not_trained" in t.user_attrs for t in study.trials)  # not failures
     assert any("the budget ran out before its measure job" in t.user_attrs["not_trained"] for t in study.trials)
     assert "not trained, the budget ran out before its measure job" in capsys.readouterr().out
 
@@ -280,7 +291,7 @@ def test_a_measurement_is_stopped_where_it_would_overrun_the_budget(tmp_path, ca
     jobs = RisingLoadJobs()
     study = run_in_process(tmp_path, jobs, budget="9000cpu-s", epochs=1)
     cut = [t for t in study.trials if "measurement used up" in t.user_attrs.get("not_trained", "")]
-    assert [t.state for t in cut] == [TrialState.FAIL]
+    assert [t.state for t in cut] == [TrialState.PRUNED]
     assert 0.99 * 9000 <= budget_used(study) <= 9000 + 1e-6  # without the stop: about 13,000
     finished = [t.user_attrs["costs"]["measure"] for t in study.trials
                 if "measure" in t.user_attrs.get("costs", {}) and t not in cut]

@@ -58,10 +58,14 @@ def test_a_second_signal_during_the_stop_ends_the_process_quietly(first, second,
 
 
 def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path):
-    # `space show` of a space whose drawing is slow enough to interrupt: a big -n
+    # `space show` of a space whose drawing is slow enough to interrupt: a big -n. The signal
+    # goes once the command prints its size line, i.e. while it draws: a Ctrl-C inside the
+    # interpreter's imports (seconds on a loaded machine) can leave an import lock held.
     process = subprocess.Popen([sys.executable, "-m", "space", "show", "default", "-n", "100000"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    while not process.stdout.readline().startswith("size:"):
+        assert process.poll() is None, process.stderr.read()
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

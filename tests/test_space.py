@@ -140,7 +140,7 @@ def test_id_is_short_hex_and_pinned():
 def test_lofi_valid_average_is_a_different_network_only_where_lofi_pools():
     valid = LITV2_S.replace(lofi_valid_average=True)
     assert space.arch_id(valid) != space.arch_id(LITV2_S) and fingerprint(valid) != fingerprint(LITV2_S)
-    assert space.summary(valid) == "a0.9 ws[-,-,2,1] d[2,2,6,2] convffn dtm lofi-valid"
+    assert space.summary(valid) == "a0.9 lofi[-,-,10/12,24/24] ws[-,-,2,1] d[2,2,6,2] convffn dtm lofi-valid"
     no_pooled_lofi = LITV2_S.replace(alpha=(0.0,) * 4)  # stage 3 all Hi-Fi, stage 4 window 1
     same = no_pooled_lofi.replace(lofi_valid_average=True)
     assert space.canonical(same) == space.canonical(no_pooled_lofi)
@@ -148,11 +148,11 @@ def test_lofi_valid_average_is_a_different_network_only_where_lofi_pools():
 
 
 def test_summary():
-    assert space.summary(LITV2_S) == "a0.9 ws[-,-,2,1] d[2,2,6,2] convffn dtm"
+    assert space.summary(LITV2_S) == "a0.9 lofi[-,-,10/12,24/24] ws[-,-,2,1] d[2,2,6,2] convffn dtm"
     assert space.summary(LIT_S) == "msa[-,-,g,g] d[2,2,6,2] mlp+rpe dtm"
     mixed = LITV2_S.replace(attn_kind=("hilo", "hilo", "hilo", "sra"), alpha=(0.9, 0.9, 0.5, 0.9), embed_dim=48,
                             num_heads=(3, 6, 12, 24))
-    assert space.summary(mixed) == "a0.5 attn[-,-,hilo2,sra1] d[2,2,6,2] convffn dtm e48"
+    assert space.summary(mixed) == "a0.5 lofi[-,-,6/12,-] attn[-,-,hilo2,sra1] d[2,2,6,2] convffn dtm e48"
     no_attention = LITV2_S.replace(attention=(False,) * 4, mlp_ratio=3.0)
     assert space.summary(no_attention) == "ws[-,-,-,-] d[2,2,6,2] convffn dtm r3"
 

@@ -1,4 +1,4 @@
-"""``python -m search run|resume|status|front|pick|train``: the command line of the orchestrator.
+"""``python -m search run|resume|status|front|pick|train|evaluate``: the command line of the orchestrator.
 
 Every argument, and then every endpoint and folder a command uses (:mod:`search.study.preflight`),
 is checked before anything is created and before the deep-learning stack is imported, so a
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--top", type=int, default=3, help="re-measure the K most accurate feasible candidates")
     pick.add_argument("--export", help="write the picked model to this new folder (timm local-dir, ONNX, model card)")
     pick.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's, or WORKDIR/mlflow.db)")
+    pick.add_argument("--register", metavar="NAME", help="with --export: the MLflow registered model that gets a new "
+                      "version, alias 'candidate' (default: the study's name)")
     train = commands.add_parser("train", help="train an architecture at full size with the paper's recipe")
     train.add_argument("--model", help="an export folder (search pick --export) or a registered name (litv2_s, ...)")
     train.add_argument("--dataset", help=dataset_choices())
@@ -117,13 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-epochs", type=int, help="linear warm-up (default: 20 of 300 epochs, in proportion)")
     train.add_argument("--ema-decay", type=float, help="keep an EMA of the weights with this decay (default: off)")
     train.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
-    train.add_argument("--workers", type=int, default=4, help="data loading processes per training process")
+    train.add_argument("--workers", type=int, help="data loading processes per training process (default: up to 4, "
+                       "at most the cores available to each training process)")
     train.add_argument("--resume", help="continue exactly from a checkpoint (OUTPUT/last.pt)")
     train.add_argument("--stop-after-epoch", type=int, help="end after this epoch of the schedule (continue with "
                        "--resume), e.g. to fit a job's time limit")
     train.add_argument("--output", help="new folder for checkpoints and the trained model (default ./train-NAME-TIME)")
     train.add_argument("--workdir", default=".", help="folder of the default MLflow store")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    train.add_argument("--target", help="where the trained network is measured for its card, at the training "
+                       "resolution (default: the export's target, or this machine's default)")
+    train.add_argument("--register", metavar="NAME", help="the MLflow registered model the trained export becomes a "
+                       "version of, alias 'trained' (default: the export's study, or the model's name)")
+    train.add_argument("--export-every", type=int, metavar="N", help="also export the model every N epochs "
+                       "(OUTPUT/model-epochK/)")
+    evaluate = commands.add_parser("evaluate", help="validation top-1 of an exported model (what its card states)")
+    evaluate.add_argument("--model", required=True, help="an export folder (search train's OUTPUT/model)")
+    evaluate.add_argument("--dataset", required=True, help=dataset_choices())
+    evaluate.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
+    evaluate.add_argument("--batch-size", type=int, default=128, help="images per step")
+    evaluate.add_argument("--workers", type=int, help="data loading processes (default: up to 4, the cores available)")
     add_bench_commands(commands)
     return parser
 
@@ -248,6 +263,7 @@ def _new_file(path: str | None, flag: str, suffixes: tuple[str, ...]) -> str | N
 
 
 def _pick(args: argparse.Namespace) -> int:
+    from ..study.preflight import check_tracking_endpoint
     from ..study.studies import RUN_ID_ATTR, open_study, settings_of
 
     name = _study(args)
@@ -256,13 +272,20 @@ def _pick(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ValueError(f"--top {args.top} is invalid: expected a positive integer")
     folder = None
+    if args.register and not args.export:
+        raise ValueError(f"--register {args.register!r} needs --export: only an exported model is registered")
     if args.export:
         from ..deploy.export import check_new_folder, require_export_extra
+        from ..deploy.registry import check_model_name
 
         require_export_extra()
         folder = check_new_folder(args.export, "--export")
+        if args.register is not None:
+            check_model_name(args.register)
     study = open_study(_storage(args), name)
     settings = _moved(settings_of(study), args)
+    if folder is not None and study.user_attrs.get(RUN_ID_ATTR):
+        check_tracking_endpoint(settings.run.tracking_uri)  # before anything is measured or written
     target = target or settings.search.only_target("pick from")
     _check_device(target)
     from ..engine.cache import CACHE_FILE, ThroughputCache
@@ -282,10 +305,16 @@ def _pick(args: argparse.Namespace) -> int:
                                 settings.run.tracking_uri)
         export_deployment(deployment, folder)
         print(f"exported to {folder}: timm folder, {folder.name}/model.onnx (onnxruntime matches PyTorch to "
-              f"{deployment.onnx_difference:.1e}), {folder.name}/MODEL_CARD.md")
+              f"{deployment.onnx.difference:.1e}; it accepts {deployment.onnx.sides}), {folder.name}/MODEL_CARD.md")
         if deployment.run_id:
-            uri = log_deployment(deployment, folder)
-            print(f"logged to MLflow run {deployment.run_id} (deploy/{pick.chosen.arch_id}/) and as model {uri}")
+            from ..deploy.registry import model_name_from
+
+            registration = log_deployment(deployment, folder, args.register or model_name_from(study.study_name))
+            print(f"logged to MLflow run {deployment.run_id} (deploy/{pick.chosen.arch_id}/) as model "
+                  f"{registration.model_uri}, registered as {registration.name} version {registration.version}: "
+                  f"{registration.uri}")
+        else:
+            print("not registered in MLflow: the study has no MLflow run (it was run without tracking)")
     return 0
 
 
@@ -312,14 +341,28 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, img_size=args.img_size, warmup_epochs=args.warmup_epochs,
         ema_decay=args.ema_decay, seed=args.seed, workers=args.workers, resume=args.resume,
         stop_after_epoch=args.stop_after_epoch, output=args.output, workdir=args.workdir,
-        tracking_uri=args.tracking_uri,
+        tracking_uri=args.tracking_uri, target=args.target, register=args.register, export_every=args.export_every,
+        command=args.command_line,
     ))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..core.datasets import check_dataset
+
+    for line in check_dataset(args.dataset, args.data_root):
+        print(line, flush=True)
+    from ..deploy.evaluation import evaluate_export
+
+    result = evaluate_export(args.model, args.dataset, args.data_root, args.batch_size, args.workers)
+    print(f"{args.model}: validation top-1 {result.top1:.2f} % on {result.dataset} ({result.images} images, "
+          f"{result.img_size} px, split seed {result.seed})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "python -m search " + shlex.join(sys.argv[1:] if argv is None else argv)
-    handler = {"run": _run, "resume": _resume, "status": _status, "front": _front, "pick": _pick,
+    handler = {"run": _run, "resume": _resume, "status": _status, "front": _front, "pick": _pick, "evaluate": _evaluate,
                "train": _train, "sync-mlflow": _sync_mlflow, **BENCH_HANDLERS}[args.command]
     try:
         return handler(args)

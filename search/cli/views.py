@@ -26,7 +26,11 @@ def _load(study_name: str, storage_url: str) -> tuple[optuna.Study, SearchSettin
 
 
 def status_text(study_name: str, storage_url: str) -> str:
-    """Trials by outcome, per-rung progress, the budget split and the current front."""
+    """Trials by outcome, per-rung progress, the budget split and the current front.
+
+    PRUNED in Optuna is three outcomes here: stopped early by the scheduler, infeasible, and
+    left untrained for budget (duplicates, answered from the study, are a fourth); none of
+    them counts as failed."""
     study, settings = _load(study_name, storage_url)
     trials = study.get_trials(deepcopy=False)
     records = {t.number: TrialRecord.of(t) for t in trials}
@@ -35,7 +39,10 @@ def status_text(study_name: str, storage_url: str) -> str:
     rerun = {records[t.number].rerun_of for t in own if records[t.number].rerun_of is not None}
     status = Counter(records[t.number].status for t in own if t.state != TrialState.RUNNING)
     interrupted = [t for t in own if records[t.number].interrupted]
-    failed = [t for t in own if t.state == TrialState.FAIL and not records[t.number].interrupted]
+    # Left untrained for budget: PRUNED, with its reason; studies from before stored it as FAIL.
+    untrained = [t for t in own if records[t.number].not_trained is not None]
+    failed = [t for t in own if t.state == TrialState.FAIL and not records[t.number].interrupted
+              and records[t.number].not_trained is None]
     running = sum(t.state == TrialState.RUNNING for t in own)
     waiting = sum(t.state == TrialState.WAITING for t in own)
     budget = settings.search.budget
@@ -48,7 +55,8 @@ def status_text(study_name: str, storage_url: str) -> str:
         f"target {', '.join(settings.search.target_keys)}, "
         f"scheduler {settings.search.scheduler}",
         f"trials: {status['complete']} complete, {status['stopped']} stopped early, {status['infeasible']} infeasible, "
-        f"{len(failed)} failed, {len(duplicates)} duplicates answered from the study, "
+        f"{len(failed)} failed, {len(untrained)} left untrained for budget, "
+        f"{len(duplicates)} duplicates answered from the study, "
         f"{len(interrupted)} interrupted (of which {len(rerun)} re-run), {running} running, {waiting} queued",
         f"budget: used {used:.0f} of {budget.seconds:.0f} {budget.kind}-s ({100 * used / budget.seconds:.1f}%), "
         f"left {max(0.0, budget.seconds - used):.0f}; "

@@ -58,21 +58,23 @@ PRIOR_COUNT_SECONDS = 20.0
 class CostModel:
     """Device-seconds a job will cost, learned from the jobs that finished.
 
-    Training cost scales with the architecture: seconds per proxy epoch are fitted as one
-    rate per (proxy GFLOP x thousand training images), a ratio estimator over every finished
-    training job, so a deep stage-3 variant is charged several times a shallow one. Proxy
-    FLOPs are the full-size count scaled by ``proxy_scale`` (width_mult^2 x resolution^2 ratio:
-    the proxy has the same structure), so nothing is counted twice.
-    Measurements and counts are charged the largest cost seen so far. Until a kind of job has
-    finished once, a conservative prior applies.
+    Training cost scales with the architecture: seconds per proxy epoch are charged at a rate
+    per (proxy GFLOP x thousand training images), so a deep stage-3 variant is charged several
+    times a shallow one. The rate is the slowest any finished training job ran at, not their
+    mean: FLOPs do not price every part alike (a DTM merge costs more per FLOP than a patch
+    merge) and a node's load slows jobs, so a mean let the last trainings a budget started
+    overrun it (a 100 cpu-s budget ended at 112 beside a loaded test suite). Proxy FLOPs are
+    the full-size count scaled by ``proxy_scale`` (width_mult^2 x resolution^2 ratio: the
+    proxy has the same structure), so nothing is counted twice.
+    Measurements and counts are charged the largest cost seen so far too. Until a kind of job
+    has finished once, a conservative prior applies.
     """
 
     def __init__(self, kind: str, train_images: int, proxy_scale: float) -> None:
         self.kind = kind
         self.kimages = max(train_images, 1) / 1000.0
         self.proxy_scale = proxy_scale
-        self._work = 0.0
-        self._train_seconds = 0.0
+        self._train_rate: float | None = None  # device-seconds per unit of work: the slowest seen
         self._flops_sum = 0.0
         self._flops_n = 0
         self._measure: float | None = None  # device-seconds: the largest seen, None before any
@@ -88,8 +90,8 @@ class CostModel:
     def observe_train(self, flops: float, epochs: int, device_seconds: float) -> None:
         self._flops_sum += flops
         self._flops_n += 1
-        self._work += self._epoch_work(flops) * epochs
-        self._train_seconds += device_seconds
+        rate = device_seconds / (self._epoch_work(flops) * max(epochs, 1))
+        self._train_rate = rate if self._train_rate is None else max(self._train_rate, rate)
 
     def observe_measure(self, device_seconds: float) -> None:
         """``device_seconds``: wall seconds times the devices the measurement held."""
@@ -100,8 +102,8 @@ class CostModel:
 
     def train(self, flops: float, epochs: int, devices: float) -> float:
         """Device-seconds of ``epochs`` proxy epochs of an architecture of ``flops`` (full size)."""
-        if self._work > 0:
-            rate = self._train_seconds / self._work
+        if self._train_rate is not None:
+            rate = self._train_rate
         else:
             rate = PRIOR_EPOCH_SECONDS_PER_GFLOP_KIMAGE[self.kind] * devices
         return rate * self._epoch_work(flops) * epochs

@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from .deployment import Deployment
+from .export import LOADING
 from ..core.constraints import latency_ms
 from ..core.repeats import interval
 
@@ -88,6 +89,12 @@ def render_card(deployment: Deployment) -> str:
     lines = [
         f"# {c.arch_id}: a LIT-family model for `{target}`",
         "",
+        f"> **Untrained weights.** This folder holds the picked architecture with a seeded initialisation (seed "
+        f"{deployment.seed}), not a trained model: `pretrained=True` loads these initial weights. Train it with "
+        "`python -m search train --model DIR --dataset ...`, which writes a trained export with its own card.",
+        ">",
+        f"> **Loading:** {LOADING}.",
+        "",
         f"Picked by `search pick` from study `{pick.study}` (trial {c.trial}) on {deployment.created}: the most "
         f"accurate of the study's full-fidelity Pareto front that meets "
         + (", ".join(f"`{k}={v:g}`" for k, v in constraints.items()) or "no constraint")
@@ -126,9 +133,7 @@ def render_card(deployment: Deployment) -> str:
         "",
         "- `config.json` + `model.safetensors`: `timm.create_model(\"local-dir:DIR\", pretrained=True)` after "
         "`import litv2` (architecture `lit_custom`, the LITConfig in `model_args`).",
-        f"- `model.onnx`: input `images` float32 (N, 3, {target.img_size}, {target.img_size}), output `logits` "
-        f"(N, {deployment.num_classes}), dynamic N; onnxruntime matches PyTorch to "
-        f"{deployment.onnx_difference:.1e} (largest absolute difference on a batch of 3).",
+        f"- `model.onnx`: {deployment.onnx.input_text(deployment.num_classes)}.",
         "",
         "## Provenance",
         "",

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .export import library_versions
+from .export import LOADING, UNTRAINED, OnnxCheck, library_versions
 from .pick import Pick
 from ..core.repeats import interval
 from ..study.settings import SearchSettings
@@ -29,7 +29,7 @@ class Deployment:
     tracking_uri: str | None
     num_classes: int = DEPLOY_CLASSES
     seed: int = 0
-    onnx_difference: float | None = None
+    onnx: OnnxCheck | None = None  # set once the graph is written and checked
     versions: dict[str, str] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     host: str = field(default_factory=lambda: f"{platform.node()} ({platform.processor() or platform.machine()}"
@@ -47,4 +47,12 @@ class Deployment:
                     throughput_interval=list(interval(c.measured)),
                     params=c.params, flops=c.flops, proxy_top1=c.accuracy, proxy_epochs=c.epochs,
                     dataset=self.settings.search.dataset, mlflow_run_id=self.run_id, tracking_uri=self.tracking_uri,
-                    seed=self.seed, command=self.command)
+                    seed=self.seed, command=self.command, weights=UNTRAINED, loading=LOADING)
+
+    def registry_tags(self) -> dict[str, Any]:
+        """What a registered version says of itself: where it came from and how it measured."""
+        c = self.pick.chosen
+        low, high = interval(c.measured)
+        return dict(study=self.pick.study, trial=c.trial, arch_id=c.arch_id, target=self.pick.target.key,
+                    throughput=f"{c.throughput:.1f}", throughput_interval=f"[{low:.1f}, {high:.1f}]",
+                    params=f"{c.params:.0f}", flops=f"{c.flops:.0f}", proxy_top1=f"{c.accuracy:.2f}", weights="untrained")

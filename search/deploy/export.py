@@ -27,7 +27,7 @@ from torch import nn
 
 from litv2 import NAMED_CONFIGS, LITConfig
 from litv2.files import check_writable_folder
-from litv2.runtimes import ONNX_INPUT, ONNX_OUTPUT, export_onnx
+from litv2.runtimes import INPUT_SIDES_KEY, ONNX_INPUT, ONNX_OUTPUT, InputSides, export_onnx
 
 from ..core.versions import installed_versions
 
@@ -37,7 +37,16 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 CARD_FILE = "MODEL_CARD.md"
 PROVENANCE_KEY = "litv2_search"
+ONNX_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| an export may keep
 EXPORT_EXTRA = "pip install 'litv2-search[export]'"
+# timm 1.0 has no plugin mechanism (no entry points): it builds only architectures registered
+# in the running process, so a LIT export needs our package imported first. Every card and
+# config.json says so in these words.
+LOADING = ("pip install litv2-search (this project), then `import litv2` before "
+           "`timm.create_model(\"local-dir:DIR\", pretrained=True)`: timm has no plugin mechanism through which an "
+           "installed package registers its architectures, so without the import timm says "
+           f"`Unknown model ({CUSTOM_ARCHITECTURE})`")
+UNTRAINED = "untrained: a seeded initialisation of the picked architecture; train it with `python -m search train --model DIR`"
 
 
 def require_export_extra() -> None:
@@ -102,22 +111,55 @@ def save_timm_folder(model: nn.Module, config: LITConfig, folder: Path, img_size
                 model_config={PROVENANCE_KEY: provenance} if provenance else None)
 
 
-def onnx_max_difference(model: nn.Module, path: Path, img_size: int, batch_size: int = 3, seed: int = 0,
-                        provider: str = "CPUExecutionProvider") -> float:
-    """Largest |onnxruntime - PyTorch (on the CPU)| over the outputs of one random batch, the
-    ONNX run on onnxruntime's ``provider``.
+def onnx_max_difference(model: nn.Module, path: Path, height: int, width: int | None = None, batch_size: int = 3,
+                        seed: int = 0, provider: str = "CPUExecutionProvider") -> float:
+    """Largest |onnxruntime - PyTorch (on the CPU)| over the outputs of one random batch of
+    ``height`` x ``width`` (default square) images, the ONNX run on onnxruntime's ``provider``.
 
     The batch size differs from the one the graph was traced with, so a batch dimension
     that was frozen instead of kept dynamic fails here.
     """
     import onnxruntime
 
-    images = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed))
+    images = torch.randn(batch_size, 3, height, width or height, generator=torch.Generator().manual_seed(seed))
     session = onnxruntime.InferenceSession(str(path), providers=[provider])
     (ours,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: images.numpy()})
     with torch.no_grad():
         reference = model.eval()(images)
     return float((torch.from_numpy(ours) - reference).abs().max())
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """What the shipped ONNX graph accepts and how closely it computes what PyTorch does."""
+
+    sides: InputSides
+    difference: float  # largest absolute difference over the checked batches
+
+    def input_text(self, num_classes: int) -> str:
+        """The card's line on ``model.onnx``."""
+        shape = (f"(N, 3, {self.sides.minimum}, {self.sides.minimum})" if self.sides.fixed else "(N, 3, H, W)")
+        return (f"input `{ONNX_INPUT}` float32 {shape}, output `{ONNX_OUTPUT}` (N, {num_classes}), dynamic N; it "
+                f"accepts {self.sides} (recorded in its metadata `{INPUT_SIDES_KEY}`); onnxruntime matches PyTorch to "
+                f"{self.difference:.1e} (largest absolute difference on batches of 3"
+                + ("" if self.sides.fixed else ", square and not") + ")")
+
+
+def write_model_files(folder: Path, model: nn.Module, config: LITConfig, img_size: int,
+                      provenance: dict[str, Any]) -> OnnxCheck:
+    """timm's files and ``model.onnx`` for the CPU, eval-mode ``model`` in ``folder``; raises
+    when the graph differs from PyTorch by more than ``ONNX_TOLERANCE`` (a graph that computes
+    something else must not ship). A graph with dynamic sides is checked on a second,
+    non-square input too."""
+    save_timm_folder(model, config, folder, img_size, provenance)
+    sides = export_onnx(model, folder / ONNX_FILE, img_size)
+    difference = onnx_max_difference(model, folder / ONNX_FILE, img_size)
+    if not sides.fixed:
+        difference = max(difference, onnx_max_difference(model, folder / ONNX_FILE, img_size, img_size + sides.multiple))
+    if not difference <= ONNX_TOLERANCE:
+        raise RuntimeError(f"the ONNX graph differs from PyTorch by {difference:.2e} (more than {ONNX_TOLERANCE:g}); "
+                           "nothing was exported")
+    return OnnxCheck(sides, difference)
 
 
 @dataclass(frozen=True)

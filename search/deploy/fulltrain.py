@@ -45,8 +45,11 @@ from litv2.files import atomic_write
 from litv2.target import MIN_RESOLUTION
 from space.spec import MAX_IMG_SIZE
 
-from .export import create_lit_model, read_export, save_timm_folder, write_atomically
-from ..training.common import LossScaler, autocast, rng_state, seed_everything, set_rng_state, training_step
+from .evaluation import data_config, default_workers, loader_options, top1, validation_loader
+from .export import create_lit_model, read_export
+from .registry import ALIAS_TRAINED, check_model_name, log_and_register, model_name_from
+from .trained import Measurement, TrainingReport, export_trained, measure_trained, target_for
+from ..training.common import LossScaler, rng_state, seed_everything, set_rng_state, training_step
 from ..training.fulldata import TrainingData, allow_zero_bit_posterize, load_training_data
 
 CHECKPOINT_FORMAT = "litv2-search-train/1"
@@ -101,12 +104,16 @@ class TrainRequest:
     warmup_epochs: int | None = None
     ema_decay: float | None = None
     seed: int | None = None
-    workers: int = 4
+    workers: int | None = None  # None: default_workers()
     resume: str | None = None
     stop_after_epoch: int | None = None
     output: str | None = None
     workdir: str = "."
     tracking_uri: str | None = None
+    target: str | None = None  # None: the export's, or the local device's default
+    register: str | None = None  # None: the export's study, or the model's name
+    export_every: int | None = None
+    command: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,8 @@ class TrainPlan:
     tracking_uri: str
     artifact_root: str
     source: dict[str, Any] = field(default_factory=dict)  # provenance of an exported model
+    target: str = ""  # where the trained network is measured (at the training resolution)
+    register: str = ""  # the MLflow registered model its export becomes a version of
 
     @property
     def config(self) -> LITConfig:
@@ -182,11 +191,14 @@ def _positive(value: int | None, flag: str) -> None:
 def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | None]:
     """Validate every option (one-line ValueErrors) and read the checkpoint to resume, if any."""
     from ..core.datasets import dataset_choices, parse_dataset_spec
+    from ..core.target import parse_target
+    from ..study.preflight import check_tracking_endpoint
     from ..study.storage import check_tracking_uri, default_tracking_uri
 
     for flag, value in (("--epochs", request.epochs), ("--batch-size", request.batch_size),
-                        ("--img-size", request.img_size), ("--workers", request.workers + 1),
-                        ("--stop-after-epoch", request.stop_after_epoch)):
+                        ("--img-size", request.img_size),
+                        ("--workers", None if request.workers is None else request.workers + 1),
+                        ("--stop-after-epoch", request.stop_after_epoch), ("--export-every", request.export_every)):
         _positive(value, flag)
     if request.img_size is not None and not MIN_RESOLUTION <= request.img_size <= MAX_IMG_SIZE:
         raise ValueError(f"--img-size {request.img_size} is invalid: expected {MIN_RESOLUTION} to {MAX_IMG_SIZE} px "
@@ -197,13 +209,19 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
         raise ValueError(f"--ema-decay {request.ema_decay} is invalid: expected a number between 0 and 1")
     if request.tracking_uri:
         check_tracking_uri(request.tracking_uri)
+    if request.target is not None:
+        parse_target(request.target)
+    if request.register is not None:
+        check_model_name(request.register)
     state = None
     if request.resume:
         state = load_checkpoint(request.resume)
         plan = TrainPlan.from_dict(state["plan"])
         _check_agrees(request, plan, Path(request.resume).resolve().parent)
         plan = replace(plan, output=str(Path(request.resume).resolve().parent),
-                       tracking_uri=request.tracking_uri or plan.tracking_uri)
+                       tracking_uri=request.tracking_uri or plan.tracking_uri,
+                       target=request.target or plan.target or _local_target(),
+                       register=request.register or plan.register or model_name_from(plan.source.get("study") or plan.name))
         if state["epoch"] >= plan.recipe.epochs:
             raise ValueError(f"--resume {request.resume!r} has finished all {plan.recipe.epochs} epochs already")
     else:
@@ -231,7 +249,10 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
 
         plan = TrainPlan(model=request.model, name=name, config_json=config.to_json(), dataset=dataset,
                          data_root=request.data_root, recipe=recipe, output=str(output.resolve()),
-                         tracking_uri=tracking, artifact_root=str((workdir / ARTIFACTS_DIR).resolve()), source=source)
+                         tracking_uri=tracking, artifact_root=str((workdir / ARTIFACTS_DIR).resolve()), source=source,
+                         target=request.target or source.get("target") or _local_target(),
+                         register=request.register or model_name_from(source.get("study") or name))
+    check_tracking_endpoint(plan.tracking_uri)  # before anything is trained or written
     recipe = plan.recipe
     if recipe.batch_size % 2:
         raise ValueError(f"--batch-size {recipe.batch_size} is invalid: mixup pairs images, so it must be even")
@@ -243,6 +264,13 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
         raise ValueError(f"--stop-after-epoch {stop} is invalid: expected an epoch after {done} and at most "
                          f"{recipe.epochs}")
     return plan, state
+
+
+def _local_target() -> str:
+    """Where a named model is measured when nothing says: this machine's default target."""
+    from ..core.target import default_target
+
+    return default_target("gpu" if torch.cuda.is_available() else "cpu").key
 
 
 def _check_agrees(request: TrainRequest, plan: TrainPlan, folder: Path) -> None:
@@ -297,7 +325,7 @@ class Trainer:
 
     def __init__(self, plan: TrainPlan, data: TrainingData, env: Distributed, state: dict[str, Any] | None,
                  workers: int = 4) -> None:
-        from timm.data import Mixup, create_loader, resolve_data_config
+        from timm.data import Mixup, create_loader
         from timm.loss import SoftTargetCrossEntropy
         from timm.optim import create_optimizer_v2
         from timm.scheduler import create_scheduler_v2
@@ -316,17 +344,14 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         seed_everything(recipe.seed + env.rank)  # each process its own augmentation stream
         allow_zero_bit_posterize()
-        config = resolve_data_config({"input_size": (3, recipe.img_size, recipe.img_size)}, model=self.model)
-        loader = dict(input_size=config["input_size"], interpolation=config["interpolation"], mean=config["mean"],
-                      std=config["std"], num_workers=workers, distributed=env.enabled, pin_memory=cuda,
-                      device=self.device, use_prefetcher=cuda, persistent_workers=False)
+        config = data_config(self.model, recipe.img_size)
         self.train_loader = create_loader(
             data.train, batch_size=recipe.batch_size, is_training=True, auto_augment=recipe.auto_augment,
-            re_prob=recipe.reprob, re_mode="pixel", re_count=1, **loader)
+            re_prob=recipe.reprob, re_mode="pixel", re_count=1,
+            **loader_options(config, workers, self.device, env.enabled))
         if env.enabled:
             self.train_loader.sampler.seed = recipe.seed  # DistributedSampler orders by seed + epoch
-        self.val_loader = create_loader(data.val, batch_size=recipe.batch_size, is_training=False,
-                                        crop_pct=config["crop_pct"], **loader)
+        self.val_loader = validation_loader(data.val, config, recipe.batch_size, workers, self.device, env.enabled)
         self.steps = len(self.train_loader)
         self.mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing,
                            num_classes=data.num_classes)
@@ -421,23 +446,9 @@ class Trainer:
             mean /= self.env.world_size
         return float(mean)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module) -> float:
-        """Top-1 % on the validation set (split over the processes; a few samples may count twice
-        there, as timm's ordered distributed sampler pads the last shard)."""
-        model.eval()
-        counts = torch.zeros(2, device=self.device)
-        for images, targets in self.val_loader:
-            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            if self.device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.precision):
-                logits = model(images)
-            counts[0] += (logits.argmax(dim=1) == targets).sum()
-            counts[1] += targets.numel()
-        if self.env.enabled:
-            dist.all_reduce(counts)
-        return float(100.0 * counts[0] / counts[1].clamp(min=1))
+        """Top-1 % on the validation set (:func:`search.deploy.evaluation.top1`)."""
+        return top1(model, self.val_loader, self.device, self.precision, self.env.enabled)
 
     def run_epochs(self, stop: int, tracker: "TrainTracker | None") -> None:
         while self.epoch < stop:
@@ -461,19 +472,29 @@ class Trainer:
                       f"{record['val_top1']:.2f}%{ema}, lr {record['lr']:.2e}, {record['seconds']:.1f} s; "
                       f"checkpoint {Path(self.plan.output) / CHECKPOINT_FILE}", flush=True)
 
-    def export(self) -> list[Path]:
-        """The trained model (and its EMA) as timm local-dir folders in the output."""
+    def report(self, metric: str = "val_top1", command: str = "") -> TrainingReport:
+        """What the card of this training's export says, as plain values."""
         plan, recipe = self.plan, self.recipe
-        source = dict(plan.source, trained_on=plan.dataset, epochs=recipe.epochs, model=plan.model,
-                      val_top1=self.history[-1]["val_top1"], train_mlflow_run_id=self.run_id)
-        models = [("model", self.model)] + ([("model-ema", self.ema.module)] if self.ema is not None else [])
-        folders = []
-        for name, model in models:
-            folder = Path(plan.output) / name
-            write_atomically(folder, lambda tmp, m=model: save_timm_folder(m.eval(), plan.config, tmp,
-                                                                          recipe.img_size, source))
-            folders.append(folder)
-        return folders
+        return TrainingReport(
+            name=plan.name, config=plan.config, dataset=plan.dataset, num_classes=self.data.num_classes,
+            train_images=len(self.data.train), val_images=len(self.data.val), img_size=recipe.img_size,
+            recipe=asdict(recipe), schedule_epochs=recipe.epochs, world_size=self.env.world_size,
+            precision=self.precision, device=str(self.device), history=list(self.history),
+            source=dict(plan.source, model=plan.model), run_id=self.run_id, tracking_uri=plan.tracking_uri,
+            command=command, metric=metric)
+
+    def export(self, measurement: Measurement, command: str, suffix: str = "") -> list[tuple[Path, TrainingReport]]:
+        """The model (and its EMA) as export folders in the output: ``model{suffix}/``, ``model-ema{suffix}/``."""
+        models = [("model", self.model, "val_top1")]
+        if self.ema is not None:
+            models.append(("model-ema", self.ema.module, "val_top1_ema"))
+        exports = []
+        for name, model, metric in models:
+            report = self.report(metric, command)
+            folder = Path(self.plan.output) / f"{name}{suffix}"
+            export_trained(folder, model, report, measurement)
+            exports.append((folder, report))
+        return exports
 
 
 class TrainTracker:
@@ -508,9 +529,24 @@ class TrainTracker:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, int(record["epoch"]))
                                                     for k, v in record.items() if k != "epoch"])
 
-    def finish(self, status: str, folders: list[Path] = ()) -> None:
-        for folder in folders:
-            self.client.log_artifacts(self.run_id, str(folder), artifact_path=folder.name)
+    def log_folder(self, folder: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path=folder.name)
+
+    def register(self, plan: TrainPlan, folder: Path, report: TrainingReport, measurement: Measurement) -> str:
+        """Log ``folder`` and register its ONNX graph as a version of ``plan.register``, alias ``trained``."""
+        figure = measurement.figure or {}
+        tags = dict(study=plan.source.get("study"), trial=plan.source.get("trial"),
+                    arch_id=plan.source.get("arch_id"), target=measurement.target.key if measurement.target else None,
+                    throughput=f"{figure['median']:.1f}" if figure else None,
+                    throughput_interval=f"[{figure['ci_low']:.1f}, {figure['ci_high']:.1f}]" if figure else None,
+                    dataset=plan.dataset, epochs=report.epoch, val_top1=f"{report.final_top1:.2f}",
+                    best_val_top1=f"{report.best[report.metric]:.2f}", weights="trained")
+        registration = log_and_register(plan.tracking_uri, self.run_id, folder, artifact_path=folder.name,
+                                        model_name=f"trained-{plan.name}", name=plan.register, alias=ALIAS_TRAINED,
+                                        num_classes=report.num_classes, tags=tags)
+        return f"registered as {registration.name} version {registration.version}: {registration.uri}"
+
+    def finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)
 
 
@@ -540,7 +576,8 @@ def train_model(request: TrainRequest) -> int:
                          f"{len(data.train)} training images of {plan.dataset}")
     stop = request.stop_after_epoch or plan.recipe.epochs
     with _process_group(env):
-        trainer = Trainer(plan, data, env, state, request.workers)
+        workers = default_workers() if request.workers is None else request.workers
+        trainer = Trainer(plan, data, env, state, workers)
         tracker = None
         if env.main:
             Path(plan.output).mkdir(exist_ok=state is not None)
@@ -552,8 +589,7 @@ def train_model(request: TrainRequest) -> int:
                   f"{trainer.lr:.2e}, {trainer.precision} on {trainer.device}; output {plan.output}; MLflow run "
                   f"{tracker.run_id}", flush=True)
         try:
-            trainer.run_epochs(stop, tracker)
-            folders = trainer.export() if env.main and trainer.epoch == plan.recipe.epochs else []
+            _train_and_export(trainer, tracker, stop, request.export_every, request.command)
             if env.enabled:
                 dist.barrier()
         except KeyboardInterrupt:
@@ -565,12 +601,33 @@ def train_model(request: TrainRequest) -> int:
                 tracker.finish("FAILED")
             raise
     if tracker is not None:
-        tracker.finish("FINISHED", folders)
+        tracker.finish("FINISHED")
         last = trainer.history[-1]
-        if folders:
-            print(f"done: {plan.name} trained for {trainer.epoch} epochs, val top-1 {last['val_top1']:.2f}%; model in "
-                  f"{folders[0]} (timm.create_model('local-dir:{folders[0]}', pretrained=True))")
-        else:
+        if trainer.epoch < plan.recipe.epochs:
             print(f"stopped after epoch {trainer.epoch} of {plan.recipe.epochs}, val top-1 {last['val_top1']:.2f}%; "
                   f"continue with --resume {Path(plan.output) / CHECKPOINT_FILE}")
     return 0
+
+
+def _train_and_export(trainer: Trainer, tracker: TrainTracker | None, stop: int, every: int | None,
+                      command: str) -> None:
+    """Train to epoch ``stop``; on rank 0 export every ``every`` epochs and when the schedule
+    ends (that export logged and registered)."""
+    plan = trainer.plan
+    measurement: Measurement | None = None
+    while trainer.epoch < stop:
+        trainer.run_epochs(min(stop, (trainer.epoch // every + 1) * every) if every else stop, tracker)
+        final = trainer.epoch == plan.recipe.epochs
+        if tracker is None or not (final or (every and trainer.epoch % every == 0)):
+            continue
+        if measurement is None:  # the architecture's speed: the same at every epoch
+            measurement = measure_trained(trainer.model, target_for(plan.target, plan.recipe.img_size))
+        for folder, report in trainer.export(measurement, command, "" if final else f"-epoch{trainer.epoch}"):
+            if final and report.metric == "val_top1":
+                registered = tracker.register(plan, folder, report, measurement)
+                print(f"done: {plan.name} trained for {report.epoch} epochs, val top-1 {report.final_top1:.2f}%; model "
+                      f"in {folder} (timm.create_model('local-dir:{folder}', pretrained=True) after import litv2; "
+                      f"ONNX, card); {registered}", flush=True)
+            else:
+                tracker.log_folder(folder)
+                print(f"exported {folder} (epoch {report.epoch}, {report.metric} {report.final_top1:.2f}%)", flush=True)

@@ -224,33 +224,46 @@ def _flag(name: str) -> str:
 
 
 def infeasible_message(candidates: list[Candidate], constraints: Constraints, target: Target) -> str:
-    """One line: for each constraint no candidate can meet, the closest achievable figure;
-    if each can be met alone but not together, the candidate that comes closest."""
+    """One line: for each constraint no candidate can meet, the candidate that comes closest
+    (trial, figure and its 95 % interval); if each can be met alone but not together, the
+    candidate that comes closest to meeting them all."""
     limits = constraints.to_dict()
     bs = target.batch_size
-    best = {
-        "min_throughput": (max(c.throughput for c in candidates),
-                           lambda v: f"fastest candidate: {v:.1f} img/s on {target}"),
-        "max_latency_ms": (min(latency_ms(c.throughput, bs) for c in candidates),
-                           lambda v: f"lowest latency: {v:.2f} ms per batch of {bs} on {target}"),
-        "max_params": (min(c.params for c in candidates), lambda v: f"smallest candidate: {v / 1e6:.2f}M params"),
-        "max_flops": (min(c.flops for c in candidates),
-                      lambda v: f"fewest FLOPs: {v / 1e9:.3f} GFLOPs at {target.img_size} px"),
+    fastest = max(candidates, key=lambda c: c.throughput)
+    smallest = min(candidates, key=lambda c: c.params)
+    leanest = min(candidates, key=lambda c: c.flops)
+    closest_to = {
+        "min_throughput": (fastest, fastest.throughput,
+                           f"fastest candidate: trial {fastest.trial}, {_figure(fastest.measured)} img/s on {target}"),
+        "max_latency_ms": (fastest, latency_ms(fastest.throughput, bs),
+                           f"lowest latency: trial {fastest.trial}, {_latency_figure(fastest.measured, bs)} ms per "
+                           f"batch of {bs} on {target}"),
+        "max_params": (smallest, smallest.params, f"smallest candidate: trial {smallest.trial}, "
+                                                  f"{smallest.params / 1e6:.2f}M params"),
+        "max_flops": (leanest, leanest.flops, f"fewest FLOPs: trial {leanest.trial}, {leanest.flops / 1e9:.3f} GFLOPs "
+                                              f"at {target.img_size} px"),
     }
     alone = []
     for name, limit in limits.items():
-        value, describe = best[name]
+        _, value, described = closest_to[name]
         meets = value >= limit if name == "min_throughput" else value <= limit
         if not meets:
-            alone.append(f"{describe(value)}; {_flag(name)} {_limit_text(name, limit)} cannot be met")
+            alone.append(f"{described}; {_flag(name)} {_limit_text(name, limit)} cannot be met")
     if alone:
         return "; ".join(alone)
     closest = min(candidates, key=lambda c: max(c.violations(constraints, bs).values()))
     broken = violated(closest.violations(constraints, bs))
     flags = " and ".join(f"{_flag(n)} {_limit_text(n, v)}" for n, v in limits.items())
-    return (f"no front candidate meets {flags} together; closest: trial {closest.trial} ({closest.throughput:.1f} "
-            f"img/s, {latency_ms(closest.throughput, bs):.2f} ms, {closest.params / 1e6:.2f}M params, "
+    return (f"no front candidate meets {flags} together; closest: trial {closest.trial} ({_figure(closest.measured)} "
+            f"img/s, {_latency_figure(closest.measured, bs)} ms, {closest.params / 1e6:.2f}M params, "
             f"{closest.flops / 1e9:.3f} GFLOPs), which breaks {', '.join(_flag(n) for n in broken)}")
+
+
+def _latency_figure(measured: dict[str, Any], batch_size: int) -> str:
+    """``median [low, high]`` ms per batch (the slow end of throughput is the long latency)."""
+    low, high = interval(measured)
+    return (f"{latency_ms(measured['throughput'], batch_size):.2f} [{latency_ms(high, batch_size):.2f}, "
+            f"{latency_ms(low, batch_size):.2f}]")
 
 
 def _figure(measured: dict[str, Any] | None) -> str:

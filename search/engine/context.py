@@ -31,7 +31,8 @@ from .tracking import StudyTracker
 
 @dataclass
 class Tally:
-    """What a search did, for its closing line."""
+    """What a search did, for its closing line: in the words ``search status`` counts the
+    study's trials by (left untrained for budget is neither stopped early nor failed)."""
 
     trained: int = 0
     duplicates: int = 0

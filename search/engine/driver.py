@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -177,11 +176,12 @@ class Search:
 
     def _ask(self) -> Candidate | None:
         """The next trial as a candidate, or None when the study already has its architecture."""
-        from space import arch_id, summary
+        from space import arch_id, canonical, summary
 
         trial = self.study.ask()
-        config = self.space.sample(trial)
-        arch, text = arch_id(config), summary(config)
+        drawn = self.space.draw(trial)
+        config = canonical(drawn)
+        arch, text = arch_id(config), summary(drawn)
         queued = TrialRecord.of(trial)  # what a queued trial came with: its seed, what it re-runs
         seed = self.settings.search.seed if queued.seed is None else queued.seed
         write(trial, arch_id=arch, summary=text, config=config.to_json(), seed=seed)

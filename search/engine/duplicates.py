@@ -58,10 +58,17 @@ class Duplicates:
         return True
 
     def evaluated(self, trial: optuna.trial.FrozenTrial) -> bool:
-        """Whether the study has this trial's verdict: an outcome, or a failure that would recur."""
+        """Whether the study has this trial's verdict: an outcome, or a failure that would recur.
+
+        A trial the budget left untrained (PRUNED; FAIL in studies from before it was) has
+        one only if it reached a rung, whose result the scheduler keeps: one that never
+        trained says nothing of its architecture, which a later sample trains (after
+        ``resume`` with more budget, say)."""
+        record = TrialRecord.of(trial)
+        if record.not_trained is not None:
+            return record.epochs_done > 0
         return (trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                or (trial.state == TrialState.FAIL
-                    and self.context.retry.architecture_fault(TrialRecord.of(trial).failure or "")))
+                or (trial.state == TrialState.FAIL and self.context.retry.architecture_fault(record.failure or "")))
 
     def _enqueue_unseen(self, number: int) -> None:
         """A sampler that keeps proposing known architectures of a finite space is handed an
@@ -95,7 +102,8 @@ class Duplicates:
         if size != float("inf"):
             trials = self.context.study.get_trials(deepcopy=False)
             distinct = {record.arch_id for t, record in zip(trials, map(TrialRecord.of, trials))
-                        if record.duplicate_of is None and (t.state != TrialState.FAIL or self.evaluated(t))}
+                        if record.duplicate_of is None
+                        and (t.state in (TrialState.RUNNING, TrialState.WAITING) or self.evaluated(t))}
             if len(distinct) >= size:
                 return 1
         return MAX_CONSECUTIVE_DUPLICATES

@@ -92,12 +92,15 @@ class Endings:
             raise SearchError(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row; last error: {message}")
 
     def leave_untrained(self, candidate: Candidate, why: str, line: str) -> None:
-        """End a trial the budget cannot carry further: its reason recorded, counted among
-        those left untrained for budget, stopped (PRUNED) if it has a rung, else FAIL."""
+        """End a trial the budget cannot carry further, rung or no rung, as PRUNED with its
+        reason recorded (``not_trained``): nothing went wrong with it, so it is no FAIL, which
+        ``status`` and optuna-dashboard would show as a failure. ``status``, the closing line
+        and its MLflow child run count it as left untrained for budget, apart from the trials
+        the scheduler stopped (PRUNED too)."""
         self.context.tally.unaffordable += 1
         write(candidate.trial, not_trained=why)
         self.context.say(f"[trial {candidate.number}] {candidate.arch}: not trained, {line}")
-        self.close(candidate, state=TrialState.PRUNED if candidate.epochs_done else TrialState.FAIL)
+        self.close(candidate, TrialState.PRUNED, status="untrained")
 
     def interrupted(self, candidate: Candidate) -> None:
         """Ctrl-C or a dead driver: the trial re-runs on resume; its child run records what it
@@ -149,6 +152,8 @@ class Endings:
         record = TrialRecord.of(candidate.trial)
         if record.failure is not None:
             tags["failure"] = record.failure
+        if record.not_trained is not None:
+            tags["not_trained"] = record.not_trained
         if record.infeasible_predicted:
             tags["infeasible_by"] = "prediction"
         if record.throughput_predicted_only:

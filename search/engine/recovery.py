@@ -3,7 +3,10 @@
 Trials a dead driver left RUNNING (or Ctrl-C interrupted) are charged what they ran and
 queued to run again with their seed, from their last rung checkpoint. What earlier jobs
 cost teaches the cost model, and every rung result they recorded goes back to the
-scheduler, so promotion after a resume sees the same rungs as before it.
+scheduler, so promotion after a resume sees the same rungs as before it. Trials the budget
+left untrained (PRUNED with ``not_trained``) are ended, not interrupted: none is re-run, and
+an architecture of theirs that never trained is trained when sampled again
+(:meth:`search.engine.duplicates.Duplicates.evaluated`).
 """
 from __future__ import annotations
 
@@ -60,11 +63,12 @@ def requeue_interrupted(study: optuna.Study, previous_lease: dict[str, Any] | No
 def as_candidate(trial: optuna.trial.FrozenTrial, space: SearchSpace, default_seed: int,
                  targets: tuple[str, ...]) -> Candidate:
     """A dead driver's trial as far as its record goes (for its MLflow child run)."""
-    from space import arch_id, summary
+    from space import arch_id, canonical, summary
 
     record = TrialRecord.of(trial)
-    config = LITConfig.from_json(record.config) if record.config else space.sample(optuna.trial.FixedTrial(trial.params))
-    return Candidate(trial, config, record.arch_id or arch_id(config), record.summary or summary(config),
+    drawn = LITConfig.from_json(record.config) if record.config else space.draw(optuna.trial.FixedTrial(trial.params))
+    config = canonical(drawn)
+    return Candidate(trial, config, record.arch_id or arch_id(config), record.summary or summary(drawn),
                      default_seed if record.seed is None else record.seed, targets, epochs_done=record.epochs_done,
                      accuracies=list(record.epoch_accuracies), costs=dict(record.costs))
 
