@@ -22,8 +22,8 @@ rest (:data:`AXES`); :meth:`LatencyTable.interpolation_errors` says how far each
 value lies from the line through its neighbours. README, "Latency tables", has what each
 refinement bought.
 
-What the sum misses is a *factor*, fitted on a few whole networks: measured over the sum of
-their parts, the median. On the project's CPU VM (``cpu:bs1:224``) that ratio was 1.12-1.15
+What the sum misses is a *factor*, fitted on a few whole networks spread over the space's
+sizes (:func:`spread_by_size`): measured over the sum of their parts, the median. On the project's CPU VM (``cpu:bs1:224``) that ratio was 1.12-1.15
 for three tiny-space networks of 6-7 ms and 1.07-1.11 for LITv2-S/M/B (100-340 ms), while
 the missing *seconds* ran from 0.7 to 24 ms: a constant overhead fitted on the three named
 models put LITv2-S 9 % low, the factor 0 % (README, "Latency tables").
@@ -362,15 +362,18 @@ def measure_part(part: Part, target: Target, protocol: MeasureProtocol = PART_PR
 
 def build_table(configs: Iterable[LITConfig], target: Target, table: LatencyTable | None = None,
                 overhead_configs: Iterable[LITConfig] = (), progress: Callable[[int, int, str], None] | None = None,
-                save: Callable[[LatencyTable], None] | None = None, interpolate: bool = True) -> LatencyTable:
+                save: Callable[[LatencyTable], None] | None = None, interpolate: bool = True,
+                overhead_spread: int = 0) -> LatencyTable:
     """Measure what ``table`` (a new table if None) lacks to predict every part of
     ``configs`` (:meth:`LatencyTable.missing`; every distinct part unless ``interpolate``),
-    then fit the overhead factor on ``overhead_configs`` (measured whole: measured over the
-    sum of their parts, the median). ``save`` is called after each part, so an interrupted
-    build resumes where it stopped."""
+    then fit the overhead factor on ``overhead_configs`` and ``overhead_spread`` of
+    ``configs`` spread over their sums of parts (:func:`spread_by_size`), measured whole:
+    measured over the sum of their parts, the median. ``save`` is called after each part, so
+    an interrupted build resumes where it stopped."""
     fingerprint = device_fingerprint(target.device)
     table = table or LatencyTable(target.key, fingerprint)
     table.check(target, fingerprint)
+    configs = list(configs)
     overhead_configs = list(overhead_configs)  # their parts too: the fit needs their sums
     todo = table.missing((p for config in [*configs, *overhead_configs]
                           for p in parts_of(config, target.img_size, target.batch_size)), interpolate)
@@ -380,6 +383,9 @@ def build_table(configs: Iterable[LITConfig], target: Target, table: LatencyTabl
             progress(done, len(todo), part.kind)
         if save:
             save(table)
+    if overhead_spread:
+        overhead_configs += spread_by_size(configs, target, LatencyTable(target.key, fingerprint, table.parts),
+                                           overhead_spread)
     fits = []
     for config in overhead_configs:
         started = time.perf_counter()
@@ -394,6 +400,19 @@ def build_table(configs: Iterable[LITConfig], target: Target, table: LatencyTabl
         if save:
             save(table)
     return table
+
+
+def spread_by_size(configs: list[LITConfig], target: Target, table: LatencyTable, count: int) -> list[LITConfig]:
+    """``count`` of ``configs`` at evenly spaced quantiles (10, 30, 50, 70, 90 % for five) of
+    their sums of parts: the networks the overhead factor is fitted on.
+
+    What the sum of parts misses is not one factor at every size: on the default space the
+    largest networks (4-7 img/s) ran 7-14 % faster than a factor fitted on five random draws
+    predicted, which had all landed among the fast ones (11-25 img/s), while mid-sized ones
+    were within 1-6 %. Fitted on networks spread over the sizes, the factor is the space's
+    middle, not one end's."""
+    ranked = sorted(configs, key=lambda config: predict(config, target, table).parts_seconds)
+    return [ranked[int((i + 0.5) * len(ranked) / count)] for i in range(min(count, len(ranked)))]
 
 
 def default_table_path(target: Target, fingerprint: dict[str, str]) -> Path:

@@ -113,8 +113,7 @@ def _lut(args: argparse.Namespace, space: "SearchSpace") -> int:
 
     if args.lut_command == "build":
         configs = space.enumerate() if space.size() <= max(count, ENUMERATE_UP_TO) else examples(space, count, args.seed)
-        lut.build(space, target, args.lut, configs, examples(space, lut.OVERHEAD_NETWORKS, args.seed + 1),
-                  interpolate=not args.every_part)
+        lut.build(space, target, args.lut, configs, interpolate=not args.every_part)
         return 0
     from litv2.latency import open_table
     from litv2.measure import device_fingerprint

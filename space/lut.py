@@ -34,18 +34,19 @@ def _progress(done: int, total: int, kind: str) -> None:
 
 
 def build(space: "SearchSpace", target: "Target", out: Path | None, configs: list["LITConfig"],
-          overhead_configs: list["LITConfig"], interpolate: bool = True) -> "LatencyTable":
+          interpolate: bool = True) -> "LatencyTable":
     """Measure what the table at ``out`` (default: the node's) lacks to predict ``configs``'
     parts (every distinct part unless ``interpolate``), fit the overhead on
-    ``overhead_configs``, save; print how far interpolation strays where it can be seen."""
+    ``OVERHEAD_NETWORKS`` of them spread over their sizes, save; print how far interpolation
+    strays where it can be seen."""
     from litv2.latency import build_table, default_table_path, resume_table, save_table
     from litv2.measure import device_fingerprint
 
     path = out or default_table_path(target, device_fingerprint(target.device))
     table = resume_table(path)
     started = time.perf_counter()
-    table = build_table(configs, target, table, overhead_configs, _progress, lambda t: save_table(t, path),
-                        interpolate)
+    table = build_table(configs, target, table, (), _progress, lambda t: save_table(t, path), interpolate,
+                        overhead_spread=OVERHEAD_NETWORKS)
     print(f"{len(table.parts)} parts of {len(configs)} architectures of {space.name!r} on {target.key}; "
           f"overhead x{table.overhead_factor:.3f} per forward; {time.perf_counter() - started:.0f} s; "
           f"saved to {path}")

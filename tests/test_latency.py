@@ -206,6 +206,28 @@ def test_the_overhead_factor_is_the_median_of_measured_over_parts(monkeypatch):
     assert table.overhead_factor == pytest.approx(1.2) and len(table.overhead_from) == 3
 
 
+def test_the_overhead_is_fitted_on_networks_spread_over_the_sizes_of_the_architectures(monkeypatch):
+    """Not five random draws, which can all land at one end of the space's sizes: the networks
+    at the 10th, 30th, ... 90th percentile of their sums of parts."""
+    from litv2.latency import spread_by_size
+
+    target = parse_target("cpu:bs1:64")
+    configs = [TINY.replace(depths=(1, 1, depth, 1)) for depth in range(1, 11)]  # sums of parts grow with depth
+    parts = {p.key: dict(seconds=0.001) for c in configs for p in parts_of(c, 64)}
+    table = LatencyTable(target.key, {}, parts)
+    chosen = spread_by_size(list(reversed(configs)), target, table, 5)
+    assert [c.depths[2] for c in chosen] == [1 + int((i + 0.5) * 10 / 5) for i in range(5)]  # 2, 4, 6, 8, 10
+
+    import litv2.latency as latency
+
+    measured = []
+    monkeypatch.setattr(latency, "measure_part", lambda part, target: dict(seconds=0.001, low=0.001, high=0.001))
+    monkeypatch.setattr(latency, "measure_config", lambda config, target: measured.append(config) or
+                        type("Figure", (), {"median": predict(config, target, table).img_s})())
+    build_table(configs, target, overhead_spread=5)
+    assert measured == chosen
+
+
 def test_lut_check_scores_several_tables_on_the_same_measurements_and_refuses_before_measuring(monkeypatch, capsys):
     from types import SimpleNamespace
 
