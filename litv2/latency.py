@@ -23,10 +23,11 @@ value lies from the line through its neighbours. README, "Latency tables", has w
 refinement bought.
 
 What the sum misses is a *factor*, fitted on a few whole networks spread over the space's
-sizes (:func:`spread_by_size`): measured over the sum of their parts, the median. On the project's CPU VM (``cpu:bs1:224``) that ratio was 1.12-1.15
-for three tiny-space networks of 6-7 ms and 1.07-1.11 for LITv2-S/M/B (100-340 ms), while
-the missing *seconds* ran from 0.7 to 24 ms: a constant overhead fitted on the three named
-models put LITv2-S 9 % low, the factor 0 % (README, "Latency tables").
+sizes (:func:`spread_by_size`): measured over the sum of their parts, the median. On the
+project's CPU VM (``cpu:bs1:224``) that ratio was 1.12-1.15 for three tiny-space networks
+of 6-7 ms and 1.07-1.11 for LITv2-S/M/B (100-340 ms), while the missing *seconds* ran from
+0.7 to 24 ms: a constant overhead fitted on the three named models put LITv2-S 9 % low, the
+factor 0 % (README, "Latency tables").
 """
 from __future__ import annotations
 

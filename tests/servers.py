@@ -17,13 +17,13 @@ def free_port():
 
 def mlflow_server(folder: Path, port: int, wait: bool = True) -> subprocess.Popen:
     """``mlflow server`` on a sqlite store in ``folder`` (returns once it answers, if ``wait``)."""
-    log = (folder / "server.log").open("a")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
-        # no job runner: its seven huey consumers would only slow the test down
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    with (folder / "server.log").open("a") as log:  # the child keeps its own descriptor
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
+            # no job runner: its seven huey consumers would only slow the test down
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     if wait:
         wait_until_up(server, port)
     return server

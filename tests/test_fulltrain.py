@@ -76,6 +76,25 @@ def test_one_epoch_then_resume_equals_two_straight(export_dir, tmp_path, capsys)
     assert trained.num_classes == 10
 
 
+def test_a_finished_training_whose_export_failed_is_exported_by_resume(export_dir, tmp_path, monkeypatch, capsys):
+    import search.deploy.fulltrain as fulltrain
+
+    real = fulltrain.Trainer.export
+    monkeypatch.setattr(fulltrain.Trainer, "export", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk full")))
+    options = [*common(export_dir)[:4], "--epochs", "1", "--batch-size", "64", "--img-size", "32", "--target",
+               "cpu:bs1:32", "--output", str(tmp_path / "run")]
+    with pytest.raises(OSError, match="disk full"):
+        train(tmp_path, *options)
+    assert (tmp_path / "run" / CHECKPOINT_FILE).exists() and not (tmp_path / "run" / "model").exists()
+    monkeypatch.setattr(fulltrain.Trainer, "export", real)
+    assert train(tmp_path, "--resume", str(tmp_path / "run" / CHECKPOINT_FILE)) == 0
+    out = capsys.readouterr().out
+    assert "all 1 epochs done, the export is missing: exporting" in out and "done: tiny trained for 1 epochs" in out
+    assert (tmp_path / "run" / "model" / "model.onnx").exists()
+    assert train(tmp_path, "--resume", str(tmp_path / "run" / CHECKPOINT_FILE)) == 2  # nothing left to do
+    assert "its export" in capsys.readouterr().err
+
+
 def test_the_recipe_is_the_papers_through_timm(export_dir, tmp_path):
     from timm.loss import SoftTargetCrossEntropy
 

@@ -379,6 +379,8 @@ def test_a_trained_model_is_an_export_that_loads_evaluates_and_serves_as_its_car
     final, best = history[-1]["val_top1"], max(r["val_top1"] for r in history)
     # the figure the run reported, recomputed from the folder as a user loads it
     assert evaluate_export(model_dir, "digits", workers=0).top1 == pytest.approx(final, abs=1e-9)
+    with pytest.raises(ValueError, match="is not what .* was trained on \\('digits'\\)"):
+        evaluate_export(model_dir, "cluttered-digits", workers=0)
     export = read_export(model_dir)
     assert export.provenance["val_top1"] == final and export.provenance["weights"].startswith("trained: digits")
     assert export.provenance["trial"] == list(FRONT).index("b") and export.provenance["study"] == "s"

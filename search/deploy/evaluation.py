@@ -100,8 +100,13 @@ def evaluate_export(folder: str | Path, dataset: str, data_root: str | None = No
     if workers is not None and workers < 0:
         raise ValueError(f"--workers {workers} is invalid: expected 0 or more")
     export = read_export(folder)
-    seed = int(export.provenance.get("seed") or 0)
+    provenance = export.provenance
+    seed = int(provenance.get("train_seed", provenance.get("seed")) or 0)
+    trained_on = provenance.get("trained_on")
     name = parse_dataset_spec(dataset).name
+    if trained_on is not None and trained_on != name:
+        raise ValueError(f"--dataset {dataset!r} is not what {str(folder)!r} was trained on ({trained_on!r}): its "
+                         "validation split is that data set's")
     data = load_training_data(name, data_root, seed=seed)
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     if model.num_classes != data.num_classes:

@@ -37,7 +37,7 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 CARD_FILE = "MODEL_CARD.md"
 PROVENANCE_KEY = "litv2_search"
-ONNX_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| an export may keep
+ONNX_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| an export may keep, per unit of its largest output (at least 1)
 EXPORT_EXTRA = "pip install 'litv2-search[export]'"
 # timm 1.0 has no plugin mechanism (no entry points): it builds only architectures registered
 # in the running process, so a LIT export needs our package imported first. Every card and
@@ -111,10 +111,11 @@ def save_timm_folder(model: nn.Module, config: LITConfig, folder: Path, img_size
                 model_config={PROVENANCE_KEY: provenance} if provenance else None)
 
 
-def onnx_max_difference(model: nn.Module, path: Path, height: int, width: int | None = None, batch_size: int = 3,
-                        seed: int = 0, provider: str = "CPUExecutionProvider") -> float:
-    """Largest |onnxruntime - PyTorch (on the CPU)| over the outputs of one random batch of
-    ``height`` x ``width`` (default square) images, the ONNX run on onnxruntime's ``provider``.
+def onnx_agreement(model: nn.Module, path: Path, height: int, width: int | None = None, batch_size: int = 3,
+                   seed: int = 0, provider: str = "CPUExecutionProvider") -> tuple[float, float]:
+    """(largest |onnxruntime - PyTorch (on the CPU)|, largest |PyTorch output|) over one random
+    batch of ``height`` x ``width`` (default square) images, the ONNX run on onnxruntime's
+    ``provider``.
 
     The batch size differs from the one the graph was traced with, so a batch dimension
     that was frozen instead of kept dynamic fails here.
@@ -126,7 +127,13 @@ def onnx_max_difference(model: nn.Module, path: Path, height: int, width: int | 
     (ours,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: images.numpy()})
     with torch.no_grad():
         reference = model.eval()(images)
-    return float((torch.from_numpy(ours) - reference).abs().max())
+    return float((torch.from_numpy(ours) - reference).abs().max()), float(reference.abs().max())
+
+
+def onnx_max_difference(model: nn.Module, path: Path, height: int, width: int | None = None, batch_size: int = 3,
+                        seed: int = 0, provider: str = "CPUExecutionProvider") -> float:
+    """The largest |onnxruntime - PyTorch| of :func:`onnx_agreement`."""
+    return onnx_agreement(model, path, height, width, batch_size, seed, provider)[0]
 
 
 @dataclass(frozen=True)
@@ -153,12 +160,14 @@ def write_model_files(folder: Path, model: nn.Module, config: LITConfig, img_siz
     non-square input too."""
     save_timm_folder(model, config, folder, img_size, provenance)
     sides = export_onnx(model, folder / ONNX_FILE, img_size)
-    difference = onnx_max_difference(model, folder / ONNX_FILE, img_size)
+    checks = [onnx_agreement(model, folder / ONNX_FILE, img_size)]
     if not sides.fixed:
-        difference = max(difference, onnx_max_difference(model, folder / ONNX_FILE, img_size, img_size + sides.multiple))
-    if not difference <= ONNX_TOLERANCE:
-        raise RuntimeError(f"the ONNX graph differs from PyTorch by {difference:.2e} (more than {ONNX_TOLERANCE:g}); "
-                           "nothing was exported")
+        checks.append(onnx_agreement(model, folder / ONNX_FILE, img_size, img_size + sides.multiple))
+    difference, scale = max(d for d, _ in checks), max(s for _, s in checks)
+    allowed = ONNX_TOLERANCE * max(1.0, scale)  # trained logits of 10-20 carry fp32 rounding of their size
+    if not difference <= allowed:
+        raise RuntimeError(f"the ONNX graph differs from PyTorch by {difference:.2e} (more than {allowed:.2g}, "
+                           f"{ONNX_TOLERANCE:g} of the largest output); nothing was exported")
     return OnnxCheck(sides, difference)
 
 

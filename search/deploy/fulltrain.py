@@ -28,6 +28,7 @@ local-dir layout (and ``OUTPUT/model-ema/`` the EMA weights, if kept).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import sys
@@ -54,6 +55,7 @@ from ..training.fulldata import TrainingData, allow_zero_bit_posterize, load_tra
 
 CHECKPOINT_FORMAT = "litv2-search-train/1"
 CHECKPOINT_FILE = "last.pt"
+FINAL_EXPORT = "model"  # OUTPUT/model: the trained export (its EMA twin: model-ema)
 OFFSET_PARAMS = "conv_offset"  # DTM's offset predictor (litv2.layers.deform)
 PAPER_EPOCHS, PAPER_WARMUP = 300, 20
 
@@ -220,10 +222,11 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
         _check_agrees(request, plan, Path(request.resume).resolve().parent)
         plan = replace(plan, output=str(Path(request.resume).resolve().parent),
                        tracking_uri=request.tracking_uri or plan.tracking_uri,
-                       target=request.target or plan.target or _local_target(),
+                       target=request.target or plan.target or plan.source.get("target") or _local_target(),
                        register=request.register or plan.register or model_name_from(plan.source.get("study") or plan.name))
-        if state["epoch"] >= plan.recipe.epochs:
-            raise ValueError(f"--resume {request.resume!r} has finished all {plan.recipe.epochs} epochs already")
+        if state["epoch"] >= plan.recipe.epochs and (Path(plan.output) / FINAL_EXPORT).exists():
+            raise ValueError(f"--resume {request.resume!r} has finished all {plan.recipe.epochs} epochs and its "
+                             f"export {Path(plan.output) / FINAL_EXPORT} exists already")
     else:
         if not request.model or not request.dataset:
             raise ValueError(f"train needs --model DIR|NAME and --dataset ({dataset_choices()}), or --resume "
@@ -485,9 +488,9 @@ class Trainer:
 
     def export(self, measurement: Measurement, command: str, suffix: str = "") -> list[tuple[Path, TrainingReport]]:
         """The model (and its EMA) as export folders in the output: ``model{suffix}/``, ``model-ema{suffix}/``."""
-        models = [("model", self.model, "val_top1")]
+        models = [(FINAL_EXPORT, self.model, "val_top1")]
         if self.ema is not None:
-            models.append(("model-ema", self.ema.module, "val_top1_ema"))
+            models.append((f"{FINAL_EXPORT}-ema", self.ema.module, "val_top1_ema"))
         exports = []
         for name, model, metric in models:
             report = self.report(metric, command)
@@ -557,7 +560,8 @@ def _process_group(env: Distributed) -> Iterator[None]:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # rank 0 measures, exports and uploads while the others wait: longer than the 10-minute default
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=2))
     try:
         yield
     finally:
@@ -584,8 +588,10 @@ def train_model(request: TrainRequest) -> int:
             tracker = TrainTracker(plan, trainer.run_id, env.world_size)
             trainer.run_id = tracker.run_id
             print(f"training {plan.name} ({plan.config.to_json()}) on {plan.dataset} ({data.num_classes} classes, "
-                  f"{len(data.train)} training images) at {plan.recipe.img_size} px: epochs {trainer.epoch + 1}-{stop} "
-                  f"of {plan.recipe.epochs}, {env.world_size} process(es) x batch {plan.recipe.batch_size}, lr "
+                  f"{len(data.train)} training images) at {plan.recipe.img_size} px: "
+                  + (f"epochs {trainer.epoch + 1}-{stop} of {plan.recipe.epochs}" if trainer.epoch < stop else
+                     f"all {plan.recipe.epochs} epochs done, the export is missing: exporting")
+                  + f", {env.world_size} process(es) x batch {plan.recipe.batch_size}, lr "
                   f"{trainer.lr:.2e}, {trainer.precision} on {trainer.device}; output {plan.output}; MLflow run "
                   f"{tracker.run_id}", flush=True)
         try:
@@ -611,23 +617,33 @@ def train_model(request: TrainRequest) -> int:
 
 def _train_and_export(trainer: Trainer, tracker: TrainTracker | None, stop: int, every: int | None,
                       command: str) -> None:
-    """Train to epoch ``stop``; on rank 0 export every ``every`` epochs and when the schedule
-    ends (that export logged and registered)."""
+    """Train to epoch ``stop``; on rank 0 export every ``every`` epochs and, once the schedule
+    has ended and its export is not there yet (a resume after a failed export included), the
+    final export, logged and registered. Measuring and exporting draw no random numbers of
+    the training's streams, so a run with exports trains as one without."""
     plan = trainer.plan
-    measurement: Measurement | None = None
+    measurements: list[Measurement] = []  # the architecture's speed: the same at every epoch
+
+    def export(suffix: str) -> list[tuple[Path, TrainingReport]]:
+        with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+            if not measurements:
+                measurements.append(measure_trained(trainer.model, target_for(plan.target, plan.recipe.img_size)))
+            return trainer.export(measurements[0], command, suffix)
+
     while trainer.epoch < stop:
         trainer.run_epochs(min(stop, (trainer.epoch // every + 1) * every) if every else stop, tracker)
-        final = trainer.epoch == plan.recipe.epochs
-        if tracker is None or not (final or (every and trainer.epoch % every == 0)):
-            continue
-        if measurement is None:  # the architecture's speed: the same at every epoch
-            measurement = measure_trained(trainer.model, target_for(plan.target, plan.recipe.img_size))
-        for folder, report in trainer.export(measurement, command, "" if final else f"-epoch{trainer.epoch}"):
-            if final and report.metric == "val_top1":
-                registered = tracker.register(plan, folder, report, measurement)
-                print(f"done: {plan.name} trained for {report.epoch} epochs, val top-1 {report.final_top1:.2f}%; model "
-                      f"in {folder} (timm.create_model('local-dir:{folder}', pretrained=True) after import litv2; "
-                      f"ONNX, card); {registered}", flush=True)
-            else:
+        if tracker is not None and every and trainer.epoch % every == 0 and trainer.epoch < plan.recipe.epochs:
+            for folder, report in export(f"-epoch{trainer.epoch}"):
                 tracker.log_folder(folder)
                 print(f"exported {folder} (epoch {report.epoch}, {report.metric} {report.final_top1:.2f}%)", flush=True)
+    if tracker is None or trainer.epoch < plan.recipe.epochs or (Path(plan.output) / FINAL_EXPORT).exists():
+        return
+    for folder, report in export(""):
+        if report.metric == "val_top1":
+            registered = tracker.register(plan, folder, report, measurements[0])
+            print(f"done: {plan.name} trained for {report.epoch} epochs, val top-1 {report.final_top1:.2f}%; model "
+                  f"in {folder} (timm.create_model('local-dir:{folder}', pretrained=True) after import litv2; "
+                  f"ONNX, card); {registered}", flush=True)
+        else:
+            tracker.log_folder(folder)
+            print(f"exported {folder} (the EMA weights, val top-1 {report.final_top1:.2f}%)", flush=True)

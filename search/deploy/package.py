@@ -29,8 +29,7 @@ def export_deployment(deployment: Deployment, folder: Path) -> Path:
     model = create_lit_model(config, deployment.num_classes, deployment.img_size).eval()
 
     def fill(tmp: Path) -> None:
-        deployment.onnx = write_model_files(tmp, model, config, deployment.img_size,
-                                                       deployment.provenance())
+        deployment.onnx = write_model_files(tmp, model, config, deployment.img_size, deployment.provenance())
         (tmp / CARD_FILE).write_text(render_card(deployment))
 
     return write_atomically(folder, fill)

@@ -69,7 +69,8 @@ class TrainingReport:
         return max(self.history, key=lambda record: record[self.metric])
 
     def weights(self) -> str:
-        return (f"trained: {self.dataset}, epoch {self.epoch} of {self.schedule_epochs}, validation top-1 "
+        ema = " (the exponential moving average of the weights)" if self.metric != "val_top1" else ""
+        return (f"trained{ema}: {self.dataset}, epoch {self.epoch} of {self.schedule_epochs}, validation top-1 "
                 f"{self.final_top1:.2f} %")
 
     def provenance(self) -> dict[str, Any]:
@@ -77,7 +78,8 @@ class TrainingReport:
         return dict(self.source, weights=self.weights(), loading=LOADING, trained_on=self.dataset, epochs=self.epoch,
                     schedule_epochs=self.schedule_epochs, val_top1=self.final_top1,
                     best_val_top1=float(self.best[self.metric]), best_epoch=int(self.best["epoch"]),
-                    seed=self.recipe.get("seed"), train_mlflow_run_id=self.run_id, command=self.command)
+                    seed=self.recipe.get("seed"), train_seed=self.recipe.get("seed"), train_mlflow_run_id=self.run_id,
+                    command=self.command, ema=self.metric != "val_top1")
 
 
 @dataclass
@@ -90,19 +92,26 @@ class Measurement:
 
 
 def measure_trained(model: nn.Module, target: Target) -> Measurement:
-    """Measure ``model`` (any device; a copy is measured) on ``target``, with the project's
-    protocol and clock; a target this machine cannot run is reported, not raised: the training
-    is done and its export is worth keeping."""
+    """Measure ``model`` (any device; a CPU copy is measured) on ``target``, with the project's
+    protocol and clock. A target this machine cannot run, or a measurement that fails (out of
+    memory beside the training, a runtime that refuses the graph), is reported on the card,
+    not raised: the training is done and its export is worth keeping."""
     from litv2.measure import measure_target
     from litv2.runtimes import check_runtime
 
     try:
         check_runtime(target)
-    except ValueError as error:
-        return Measurement(target, why_not=f"not measured here: {error}")
-    with torch_threads():
-        figure = measure_target(copy.deepcopy(model).cpu().float().eval(), target)
+        with torch_threads():
+            figure = measure_target(_cpu_copy(model), target)
+    except Exception as error:  # noqa: BLE001 - whatever failed, the card says it and the export goes on
+        return Measurement(target, why_not=f"not measured here: {type(error).__name__}: {str(error)[:300]}")
     return Measurement(target, figure.to_dict())
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """An fp32, eval-mode copy of ``model`` on the CPU (the training's model stays where it is,
+    in its mode: a copy of the weights on the device for a moment, no more)."""
+    return copy.deepcopy(model).cpu().float().eval()
 
 
 def target_for(key: str, img_size: int) -> Target:
@@ -114,7 +123,7 @@ def target_for(key: str, img_size: int) -> Target:
 
 def export_trained(folder: Path, model: nn.Module, report: TrainingReport, measurement: Measurement) -> OnnxCheck:
     """Write ``folder`` atomically (timm files, ONNX, curve, card); returns the ONNX graph's check."""
-    model = copy.deepcopy(model).cpu().float().eval()
+    model = _cpu_copy(model)
     checks = []
 
     def fill(tmp: Path) -> None:
@@ -192,7 +201,8 @@ def render_trained_card(report: TrainingReport, measurement: Measurement, onnx: 
     lines = [
         f"# {report.name}: a LIT-family model trained on `{report.dataset}`",
         "",
-        f"> **Trained weights**: epoch {report.epoch} of {report.schedule_epochs} on `{report.dataset}` "
+        f"> **Trained weights{' (EMA)' if report.metric != 'val_top1' else ''}**: epoch {report.epoch} of "
+        f"{report.schedule_epochs} on `{report.dataset}` "
         f"({report.num_classes} classes), validation top-1 **{report.final_top1:.2f} %** (best "
         f"{best[report.metric]:.2f} % at epoch {int(best['epoch'])}). `pretrained=True` loads these weights.",
         ">",

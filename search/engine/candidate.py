@@ -89,4 +89,3 @@ class Candidate:
 def where_and_when(result: dict[str, Any]) -> list:
     """A job's [start, end, node id, worker pid], kept on its trial."""
     return [*result["interval"], result.get("node_id"), result.get("pid")]
-
