@@ -47,8 +47,9 @@ def train(tmp_path, *options):
 
 
 def common(export_dir):
+    """Options of a tiny training; its export's measurement is the pick-and-train test's to check."""
     return ["--model", str(export_dir), "--dataset", "digits", "--epochs", "2", "--batch-size", "64",
-            "--img-size", "32", "--seed", "3"]
+            "--img-size", "32", "--seed", "3", "--target", "none"]
 
 
 def test_one_epoch_then_resume_equals_two_straight(export_dir, tmp_path, capsys):
@@ -82,7 +83,7 @@ def test_a_finished_training_whose_export_failed_is_exported_by_resume(export_di
     real = fulltrain.Trainer.export
     monkeypatch.setattr(fulltrain.Trainer, "export", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk full")))
     options = [*common(export_dir)[:4], "--epochs", "1", "--batch-size", "64", "--img-size", "32", "--target",
-               "cpu:bs1:32", "--output", str(tmp_path / "run")]
+               "none", "--output", str(tmp_path / "run")]
     with pytest.raises(OSError, match="disk full"):
         train(tmp_path, *options)
     assert (tmp_path / "run" / CHECKPOINT_FILE).exists() and not (tmp_path / "run" / "model").exists()
@@ -136,7 +137,7 @@ def test_an_unreadable_image_is_reported_and_skipped(export_dir, tmp_path, caplo
     (folder / "class1" / "broken.png").write_bytes(b"not a png at all")
     with caplog.at_level(logging.WARNING):
         code = train(tmp_path, "--model", str(export_dir), "--dataset", f"imagefolder:{folder}", "--epochs", "1",
-                     "--batch-size", "4", "--img-size", "32", "--output", str(tmp_path / "out"))
+                     "--batch-size", "4", "--img-size", "32", "--target", "none", "--output", str(tmp_path / "out"))
     assert code == 0 and (tmp_path / "out" / "model" / "model.safetensors").is_file()
     assert any("Skipped sample" in r.getMessage() and "broken.png" in r.getMessage() for r in caplog.records)
 

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", default=".", help="folder of the default MLflow store")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     train.add_argument("--target", help="where the trained network is measured for its card, at the training "
-                       "resolution (default: the export's target, or this machine's default)")
+                       "resolution (default: the export's target, or this machine's default; 'none': not measured)")
     train.add_argument("--register", metavar="NAME", help="the MLflow registered model the trained export becomes a "
                        "version of, alias 'trained' (default: the export's study, or the model's name)")
     train.add_argument("--export-every", type=int, metavar="N", help="also export the model every N epochs "

@@ -55,6 +55,7 @@ from ..training.fulldata import TrainingData, allow_zero_bit_posterize, load_tra
 
 CHECKPOINT_FORMAT = "litv2-search-train/1"
 CHECKPOINT_FILE = "last.pt"
+NO_TARGET = "none"  # --target none: the trained network is not measured (a shared or busy node)
 FINAL_EXPORT = "model"  # OUTPUT/model: the trained export (its EMA twin: model-ema)
 OFFSET_PARAMS = "conv_offset"  # DTM's offset predictor (litv2.layers.deform)
 PAPER_EPOCHS, PAPER_WARMUP = 300, 20
@@ -211,7 +212,7 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
         raise ValueError(f"--ema-decay {request.ema_decay} is invalid: expected a number between 0 and 1")
     if request.tracking_uri:
         check_tracking_uri(request.tracking_uri)
-    if request.target is not None:
+    if request.target is not None and request.target != NO_TARGET:
         parse_target(request.target)
     if request.register is not None:
         check_model_name(request.register)
@@ -627,7 +628,8 @@ def _train_and_export(trainer: Trainer, tracker: TrainTracker | None, stop: int,
     def export(suffix: str) -> list[tuple[Path, TrainingReport]]:
         with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
             if not measurements:
-                measurements.append(measure_trained(trainer.model, target_for(plan.target, plan.recipe.img_size)))
+                measurements.append(Measurement(None, why_not="not measured: --target none") if plan.target == NO_TARGET
+                                    else measure_trained(trainer.model, target_for(plan.target, plan.recipe.img_size)))
             return trainer.export(measurements[0], command, suffix)
 
     while trainer.epoch < stop:
