@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from .constraints import latency_ms
+
 WIDE_RELATIVE_CI = 0.10
 """Five times the protocol's stopping target (2 %). On the 2-core VM, idle, a 6-s CPU
 measurement's interval is 2.3-10 % wide (median about 4 %); at 5 % half of all figures were
@@ -29,6 +31,25 @@ def interval(record: Mapping[str, Any]) -> tuple[float, float]:
     median = float(record["throughput"])
     spread = float(record.get("throughput_spread") or 0.0)
     return float(measurement.get("ci_low", median - spread)), float(measurement.get("ci_high", median + spread))
+
+
+def throughput_text(record: Mapping[str, Any] | None) -> str:
+    """A record's throughput as ``median [low, high]`` img/s, or ``-`` without a record: the
+    one way a figure is written in tables, cards and error lines."""
+    if not record:
+        return "-"
+    low, high = interval(record)
+    return f"{float(record['throughput']):.1f} [{low:.1f}, {high:.1f}]"
+
+
+def latency_text(record: Mapping[str, Any] | None, batch_size: int) -> str:
+    """The latency a record's throughput means, ms per batch, with its interval (the slow end
+    of the throughput is the long latency), or ``-`` without a record."""
+    if not record:
+        return "-"
+    low, high = interval(record)
+    return (f"{latency_ms(float(record['throughput']), batch_size):.2f} [{latency_ms(high, batch_size):.2f}, "
+            f"{latency_ms(low, batch_size):.2f}]")
 
 
 def relative_width(record: Mapping[str, Any]) -> float:

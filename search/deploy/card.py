@@ -6,18 +6,12 @@ from typing import Any
 
 from .deployment import Deployment
 from .export import LOADING
-from ..core.constraints import latency_ms
-from ..core.repeats import interval
+from ..core.repeats import latency_text, throughput_text
 
 
 def _measured(figure: dict[str, Any] | None, batch_size: int) -> tuple[str, str]:
-    """Throughput and latency, each with its 95 % interval (a slow end of throughput is a long latency)."""
-    if not figure:
-        return "-", "-"
-    throughput, (low, high) = figure["throughput"], interval(figure)
-    latency = latency_ms(throughput, batch_size)
-    return (f"{throughput:.1f} [{low:.1f}, {high:.1f}]",
-            f"{latency:.2f} [{latency_ms(high, batch_size):.2f}, {latency_ms(low, batch_size):.2f}]")
+    """Throughput and latency, each with its 95 % interval."""
+    return throughput_text(figure), latency_text(figure, batch_size)
 
 
 def _proxy_text(space_name: str) -> str:

@@ -101,7 +101,7 @@ def evaluate_export(folder: str | Path, dataset: str, data_root: str | None = No
         raise ValueError(f"--workers {workers} is invalid: expected 0 or more")
     export = read_export(folder)
     provenance = export.provenance
-    seed = int(provenance.get("train_seed", provenance.get("seed")) or 0)
+    seed = int(provenance.get("seed") or 0)  # a trained export's: its training's, which drew the split
     trained_on = provenance.get("trained_on")
     name = parse_dataset_spec(dataset).name
     if trained_on is not None and trained_on != name:

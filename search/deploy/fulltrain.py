@@ -222,9 +222,7 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
         plan = TrainPlan.from_dict(state["plan"])
         _check_agrees(request, plan, Path(request.resume).resolve().parent)
         plan = replace(plan, output=str(Path(request.resume).resolve().parent),
-                       tracking_uri=request.tracking_uri or plan.tracking_uri,
-                       target=request.target or plan.target or plan.source.get("target") or _local_target(),
-                       register=request.register or plan.register or model_name_from(plan.source.get("study") or plan.name))
+                       tracking_uri=request.tracking_uri or plan.tracking_uri)
         if state["epoch"] >= plan.recipe.epochs and (Path(plan.output) / FINAL_EXPORT).exists():
             raise ValueError(f"--resume {request.resume!r} has finished all {plan.recipe.epochs} epochs and its "
                              f"export {Path(plan.output) / FINAL_EXPORT} exists already")
@@ -253,9 +251,10 @@ def plan_training(request: TrainRequest) -> tuple[TrainPlan, dict[str, Any] | No
 
         plan = TrainPlan(model=request.model, name=name, config_json=config.to_json(), dataset=dataset,
                          data_root=request.data_root, recipe=recipe, output=str(output.resolve()),
-                         tracking_uri=tracking, artifact_root=str((workdir / ARTIFACTS_DIR).resolve()), source=source,
-                         target=request.target or source.get("target") or _local_target(),
-                         register=request.register or model_name_from(source.get("study") or name))
+                         tracking_uri=tracking, artifact_root=str((workdir / ARTIFACTS_DIR).resolve()), source=source)
+    # an option given now, else the plan's (a checkpoint's), else the export's, else this machine's
+    plan = replace(plan, target=request.target or plan.target or plan.source.get("target") or _local_target(),
+                   register=request.register or plan.register or model_name_from(plan.source.get("study") or plan.name))
     check_tracking_endpoint(plan.tracking_uri)  # before anything is trained or written
     recipe = plan.recipe
     if recipe.batch_size % 2:
@@ -641,7 +640,7 @@ def _train_and_export(trainer: Trainer, tracker: TrainTracker | None, stop: int,
     if tracker is None or trainer.epoch < plan.recipe.epochs or (Path(plan.output) / FINAL_EXPORT).exists():
         return
     for folder, report in export(""):
-        if report.metric == "val_top1":
+        if not report.ema:
             registered = tracker.register(plan, folder, report, measurements[0])
             print(f"done: {plan.name} trained for {report.epoch} epochs, val top-1 {report.final_top1:.2f}%; model "
                   f"in {folder} (timm.create_model('local-dir:{folder}', pretrained=True) after import litv2; "

@@ -30,7 +30,7 @@ from litv2.measure import torch_threads
 from ..engine.cache import ThroughputCache
 from ..core.constraints import Constraints, latency_ms, violated
 from ..core.record import TrialRecord
-from ..core.repeats import best_supported, disagree, interval
+from ..core.repeats import best_supported, disagree, interval, latency_text, throughput_text
 from ..study.settings import SearchSettings
 from ..core.target import Target
 
@@ -234,9 +234,9 @@ def infeasible_message(candidates: list[Candidate], constraints: Constraints, ta
     leanest = min(candidates, key=lambda c: c.flops)
     closest_to = {
         "min_throughput": (fastest, fastest.throughput,
-                           f"fastest candidate: trial {fastest.trial}, {_figure(fastest.measured)} img/s on {target}"),
+                           f"fastest candidate: trial {fastest.trial}, {throughput_text(fastest.measured)} img/s on {target}"),
         "max_latency_ms": (fastest, latency_ms(fastest.throughput, bs),
-                           f"lowest latency: trial {fastest.trial}, {_latency_figure(fastest.measured, bs)} ms per "
+                           f"lowest latency: trial {fastest.trial}, {latency_text(fastest.measured, bs)} ms per "
                            f"batch of {bs} on {target}"),
         "max_params": (smallest, smallest.params, f"smallest candidate: trial {smallest.trial}, "
                                                   f"{smallest.params / 1e6:.2f}M params"),
@@ -254,24 +254,9 @@ def infeasible_message(candidates: list[Candidate], constraints: Constraints, ta
     closest = min(candidates, key=lambda c: max(c.violations(constraints, bs).values()))
     broken = violated(closest.violations(constraints, bs))
     flags = " and ".join(f"{_flag(n)} {_limit_text(n, v)}" for n, v in limits.items())
-    return (f"no front candidate meets {flags} together; closest: trial {closest.trial} ({_figure(closest.measured)} "
-            f"img/s, {_latency_figure(closest.measured, bs)} ms, {closest.params / 1e6:.2f}M params, "
+    return (f"no front candidate meets {flags} together; closest: trial {closest.trial} ({throughput_text(closest.measured)} "
+            f"img/s, {latency_text(closest.measured, bs)} ms, {closest.params / 1e6:.2f}M params, "
             f"{closest.flops / 1e9:.3f} GFLOPs), which breaks {', '.join(_flag(n) for n in broken)}")
-
-
-def _latency_figure(measured: dict[str, Any], batch_size: int) -> str:
-    """``median [low, high]`` ms per batch (the slow end of throughput is the long latency)."""
-    low, high = interval(measured)
-    return (f"{latency_ms(measured['throughput'], batch_size):.2f} [{latency_ms(high, batch_size):.2f}, "
-            f"{latency_ms(low, batch_size):.2f}]")
-
-
-def _figure(measured: dict[str, Any] | None) -> str:
-    """``median [low, high]`` (the 95 % interval), and how many measurements it was kept from."""
-    if not measured:
-        return "-"
-    low, high = interval(measured)
-    return f"{measured['throughput']:.1f} [{low:.1f}, {high:.1f}]"
 
 
 def _times(candidate: Candidate) -> str:
@@ -289,7 +274,7 @@ def pick_table(pick: Pick) -> str:
         mark = "**picked**" if c is pick.chosen else ("yes" if pick.feasible(c) else
                                                       "no: " + ", ".join(violated(c.violations(pick.constraints, pick.target.batch_size))))
         lines.append(f"| {c.trial} | {c.arch_id} | {c.accuracy:.2f} ({c.epochs}) | {c.params / 1e6:.2f}M "
-                     f"| {c.flops / 1e9:.3f} | {_figure(c.cached)} ({c.source}) | {_figure(c.remeasured)}{_times(c)} "
+                     f"| {c.flops / 1e9:.3f} | {throughput_text(c.cached)} ({c.source}) | {throughput_text(c.remeasured)}{_times(c)} "
                      f"| {latency_ms(c.throughput, pick.target.batch_size):.2f} | {mark} |")
     return "\n".join(lines)
 
@@ -298,6 +283,6 @@ def pick_summary(pick: Pick) -> str:
     """One line naming the choice and its figures."""
     c = pick.chosen
     return (f"picked trial {c.trial} ({c.arch_id}, {c.summary}): proxy top-1 {c.accuracy:.2f}% after {c.epochs} "
-            f"epochs, {_figure(c.remeasured)} img/s re-measured on {pick.target} (cached {_figure(c.cached)}), "
+            f"epochs, {throughput_text(c.remeasured)} img/s re-measured on {pick.target} (cached {throughput_text(c.cached)}), "
             f"{latency_ms(c.throughput, pick.target.batch_size):.2f} ms per batch, {c.params / 1e6:.2f}M params, "
             f"{c.flops / 1e9:.3f} GFLOPs")

@@ -28,7 +28,7 @@ from litv2.measure import torch_threads
 from litv2.target import Target
 
 from .export import CARD_FILE, LOADING, ONNX_FILE, OnnxCheck, library_versions, write_atomically, write_model_files
-from ..core.constraints import latency_ms
+from ..core.repeats import latency_text, throughput_text
 
 CURVE_FILE = "training-curve.png"
 
@@ -57,6 +57,11 @@ class TrainingReport:
     metric: str = "val_top1"  # val_top1_ema for the EMA weights
 
     @property
+    def ema(self) -> bool:
+        """Whether these are the EMA weights (the metric says which weights were evaluated)."""
+        return self.metric != "val_top1"
+
+    @property
     def epoch(self) -> int:
         return int(self.history[-1]["epoch"])
 
@@ -69,7 +74,7 @@ class TrainingReport:
         return max(self.history, key=lambda record: record[self.metric])
 
     def weights(self) -> str:
-        ema = " (the exponential moving average of the weights)" if self.metric != "val_top1" else ""
+        ema = " (the exponential moving average of the weights)" if self.ema else ""
         return (f"trained{ema}: {self.dataset}, epoch {self.epoch} of {self.schedule_epochs}, validation top-1 "
                 f"{self.final_top1:.2f} %")
 
@@ -78,8 +83,7 @@ class TrainingReport:
         return dict(self.source, weights=self.weights(), loading=LOADING, trained_on=self.dataset, epochs=self.epoch,
                     schedule_epochs=self.schedule_epochs, val_top1=self.final_top1,
                     best_val_top1=float(self.best[self.metric]), best_epoch=int(self.best["epoch"]),
-                    seed=self.recipe.get("seed"), train_seed=self.recipe.get("seed"), train_mlflow_run_id=self.run_id,
-                    command=self.command, ema=self.metric != "val_top1")
+                    seed=self.recipe.get("seed"), train_mlflow_run_id=self.run_id, command=self.command, ema=self.ema)
 
 
 @dataclass
@@ -162,15 +166,13 @@ def plot_curve(report: TrainingReport, path: Path) -> None:
 def _figure_lines(measurement: Measurement) -> list[str]:
     if measurement.target is None or measurement.figure is None:
         return [measurement.why_not or "not measured"]
-    figure, target = measurement.figure, measurement.target
-    median, low, high = figure["median"], figure["ci_low"], figure["ci_high"]
-    batch = target.batch_size
+    figure, batch = measurement.figure, measurement.target.batch_size
+    record = dict(throughput=figure["median"], measurement=figure)  # a result record, as the search keeps it
     return [
         "| figure | median [95 % interval] |",
         "|---|---|",
-        f"| throughput, img/s | {median:.1f} [{low:.1f}, {high:.1f}] |",
-        f"| latency, ms per batch of {batch} | {latency_ms(median, batch):.2f} [{latency_ms(high, batch):.2f}, "
-        f"{latency_ms(low, batch):.2f}] |",
+        f"| throughput, img/s | {throughput_text(record)} |",
+        f"| latency, ms per batch of {batch} | {latency_text(record, batch)} |",
         "",
         f"The trained network itself, measured by this training when it ended ({figure.get('n_samples')} samples, "
         f"{figure.get('clock')} clock, on {figure.get('device_name')}).",
@@ -201,7 +203,7 @@ def render_trained_card(report: TrainingReport, measurement: Measurement, onnx: 
     lines = [
         f"# {report.name}: a LIT-family model trained on `{report.dataset}`",
         "",
-        f"> **Trained weights{' (EMA)' if report.metric != 'val_top1' else ''}**: epoch {report.epoch} of "
+        f"> **Trained weights{' (EMA)' if report.ema else ''}**: epoch {report.epoch} of "
         f"{report.schedule_epochs} on `{report.dataset}` "
         f"({report.num_classes} classes), validation top-1 **{report.final_top1:.2f} %** (best "
         f"{best[report.metric]:.2f} % at epoch {int(best['epoch'])}). `pretrained=True` loads these weights.",
