@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="the shipped recipes and what each reproduces")
     run = commands.add_parser("run", help="run a recipe and print its table")
     run.add_argument("recipe", help="a shipped recipe (python -m experiments list) or a recipe file (.yaml/.json)")
-    run.add_argument("--budget", default="0.2cpu-h", help="device budget of the trainings, e.g. 0.2cpu-h or 2gpu-h")
+    run.add_argument("--budget", help="device budget of the trainings, e.g. 0.5cpu-h or 2gpu-h (default: the "
+                                     "recipe's)")
     run.add_argument("--dataset", help="proxy data set (default: the recipe's)")
     run.add_argument("--data-root", help="where cifar data live (default $LITV2_DATA)")
     run.add_argument("--target", help="deployment target DEVICE:bsBATCH:RES[:PRECISION][:tTHREADS] "
@@ -52,7 +53,8 @@ def list_text() -> str:
     for name in recipe_names():
         recipe = load_recipe(name)
         kind = "measured, no training" if recipe.attention else (
-            f"{len(recipe.labels)} rows, {recipe.seeds} seeds, {recipe.epochs} epochs on {recipe.dataset or 'default'}")
+            f"{len(recipe.labels)} rows, {recipe.seeds} seeds, {recipe.epochs} epochs on {recipe.dataset or 'default'}, "
+            f"budget {recipe.budget}")
         lines.append(f"{name:<22} {recipe.description}\n{'':<22} ({kind})")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from .recipes import Recipe
 class RunOptions:
     """``experiments run``'s options; ``None`` takes the recipe's (or the search's) default."""
 
-    budget: str = "0.2cpu-h"
+    budget: str | None = None
     dataset: str | None = None
     target: str | None = None
     seeds: int | None = None
@@ -44,7 +44,7 @@ def settings_for(recipe: Recipe, options: RunOptions) -> SearchSettings:
     return SearchSettings(
         SearchConfig(
             study=default_study_name(recipe.name) if options.study is None else options.study, space=str(recipe.path),
-            budget=parse_budget(options.budget), target=parse_target(options.target) if options.target else None,
+            budget=parse_budget(recipe.budget if options.budget is None else options.budget), target=parse_target(options.target) if options.target else None,
             dataset=options.dataset or recipe.dataset or DEFAULT_DATASET, sampler="random",
             epochs=recipe.epochs if options.epochs is None else options.epochs, seed=options.seed,
             seeds=recipe.seeds if options.seeds is None else options.seeds, measure_seconds=options.measure_seconds),

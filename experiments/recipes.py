@@ -7,10 +7,14 @@ beyond the architectures::
 
     experiment:
       dataset: cluttered-digits   # the default data set (--dataset overrides it)
-      epochs: 2                   # default proxy epochs (--epochs)
-      seeds: 2                    # default trainings per row (--seeds)
+      epochs: 8                   # default proxy epochs (--epochs)
+      budget: 0.5cpu-h            # default device budget (--budget)
+      seeds: 3                    # default trainings per row (--seeds; 3, the fewest that can separate a change)
       sweep: alpha                # a trial parameter whose values are the x axis of a plot
       resolutions: [[800, 1280]]  # more inputs (height, width) for FLOPs and throughput
+      compare: previous           # each row against the row above (a path of changes, as Table 5);
+                                  # default "first": every row against the first
+      paper: {source: ..., figures: {...}, changes: {...}}  # the paper's side (experiments.paper)
     # or, for tables that train nothing:
     experiment:
       measure: attention          # each row's attention layers alone
@@ -31,16 +35,23 @@ from typing import Any
 
 import yaml
 
-from space import SearchSpace, SpaceError, load_space
+from space import SearchSpace, SpaceError, load_space, row_label
 from space.dims import Domain, check_keys, positive_int
+from search.core.budget import parse_budget
+from search.core.datasets import parse_dataset_spec
 from space.registry import FILE_SUFFIXES
 
+from .paper import PaperFigures, parse_paper
+
 RECIPES_DIR = Path(__file__).with_name("recipes")
-EXPERIMENT_KEYS = ("dataset", "epochs", "seeds", "sweep", "resolutions", "measure", "stage", "sides", "tokens")
+EXPERIMENT_KEYS = ("dataset", "epochs", "budget", "seeds", "sweep", "resolutions", "compare", "paper", "measure", "stage", "sides",
+                   "tokens")
 MEASURE_KEYS = ("measure", "stage", "sides", "tokens")
 MEASURE_KINDS = ("attention",)
-DEFAULT_EPOCHS = 2
-DEFAULT_SEEDS = 2
+DEFAULT_EPOCHS = 8
+DEFAULT_BUDGET = "0.5cpu-h"
+DEFAULT_SEEDS = 3
+COMPARE_MODES = ("first", "previous")
 
 
 @dataclass(frozen=True)
@@ -65,9 +76,11 @@ class Recipe:
         path: the file, absolute: the study stores it as its space, so ``search resume`` and
             ``experiments show`` find the recipe again.
         space: the rows.
-        dataset, epochs, seeds: defaults of ``experiments run`` (``None`` dataset: the search's).
+        dataset, epochs, budget, seeds: defaults of ``experiments run`` (``None`` dataset: the search's).
         sweep: the trial parameter plotted on the x axis, if the rows are a sweep.
         resolutions: extra ``(height, width)`` inputs for FLOPs and throughput columns.
+        compare: ``first`` (every row against the first) or ``previous`` (against the row above).
+        paper: the paper's figures and reported directions, if the recipe has them.
         attention: set for recipes that measure attention layers instead of training.
     """
 
@@ -77,9 +90,12 @@ class Recipe:
     space: SearchSpace
     dataset: str | None = None
     epochs: int = DEFAULT_EPOCHS
+    budget: str = DEFAULT_BUDGET
     seeds: int = DEFAULT_SEEDS
     sweep: str | None = None
     resolutions: tuple[tuple[int, int], ...] = ()
+    compare: str = "first"
+    paper: PaperFigures | None = None
     attention: AttentionSweep | None = None
 
     @property
@@ -130,7 +146,6 @@ def _parse(data: dict[str, Any], space: SearchSpace, path: Path) -> Recipe:
         raise SpaceError(f"experiment.{misplaced[0]}", "is for tables that measure ('measure: attention')")
     dataset = block.get("dataset")
     if dataset is not None:
-        from search.core.datasets import parse_dataset_spec
 
         dataset = Domain(str).coerce(dataset, "experiment.dataset")
         try:
@@ -143,8 +158,18 @@ def _parse(data: dict[str, Any], space: SearchSpace, path: Path) -> Recipe:
         if Domain(str).coerce(sweep, "experiment.sweep") not in swept:
             expected = f"expected one of {', '.join(swept)}" if swept else "these rows are points, not a sweep"
             raise SpaceError("experiment.sweep", f"{sweep!r} is not a swept parameter of these rows; {expected}")
+    compare = Domain(str).coerce(block.get("compare", "first"), "experiment.compare")
+    if compare not in COMPARE_MODES:
+        raise SpaceError("experiment.compare", f"{compare!r} is not one of {', '.join(COMPARE_MODES)}")
+    labels = [row_label(params) for params in space.grid_params()]
+    budget = Domain(str).coerce(block.get("budget", DEFAULT_BUDGET), "experiment.budget")
+    try:
+        parse_budget(budget)
+    except ValueError as err:
+        raise SpaceError("experiment.budget", str(err)) from None
     return Recipe(
-        **common, dataset=dataset,
+        **common, dataset=dataset, compare=compare, budget=budget,
+        paper=parse_paper(block["paper"], labels) if "paper" in block else None,
         epochs=Domain(int, positive_int).coerce(block.get("epochs", DEFAULT_EPOCHS), "experiment.epochs"),
         seeds=Domain(int, positive_int).coerce(block.get("seeds", DEFAULT_SEEDS), "experiment.seeds"),
         sweep=sweep, resolutions=_resolutions(block.get("resolutions", [])),
@@ -185,11 +210,3 @@ def _attention(block: dict[str, Any], space: SearchSpace) -> AttentionSweep:
     tokens = block.get("tokens")
     return AttentionSweep(stage, tuple(Domain(int, positive_int).coerce(s, "experiment.sides") for s in sides),
                           None if tokens is None else Domain(int, positive_int).coerce(tokens, "experiment.tokens"))
-
-
-def row_label(params: dict[str, Any]) -> str:
-    """A row's name: its point label, or its swept values (``alpha=0.2``)."""
-    if "point" in params:
-        return str(params["point"])
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "base"
-

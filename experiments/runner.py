@@ -22,6 +22,7 @@ import optuna
 
 from litv2.files import atomic_write
 from search.engine.cache import CACHE_FILE, ThroughputCache
+from search.engine.candidate import COUNT, MEASURE, TRAIN
 from search.engine.driver import Search
 from search.core.record import TrialRecord
 from search.core.repeats import interval
@@ -34,8 +35,10 @@ from space import arch_id
 
 from .options import RunOptions, settings_for
 from .recipes import Recipe, load_recipe, row_label
-from .table import Column, Row, Series, csv_text, exact, fixed, giga, latex, markdown, plot_panels, separated_pairs, \
-    significant, write_text
+from .intervals import BOOTSTRAP_FROM, difference_interval, mean_interval, separated, too_few_seeds_note
+from .paper import PAPER_COLUMNS, paper_verdicts, verdict_lines
+from .table import Column, Dots, Row, Series, bases, csv_text, exact, fixed, giga, latex, markdown, plot_dots, \
+    plot_panels, row_versus, seeds_csv, significant, write_text
 
 ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
 TrialState = optuna.trial.TrialState
@@ -90,51 +93,100 @@ def show(study_name: str, workdir: str = ".", storage: str | None = None, out_di
 # ---------------------------------------------------------------------- trained tables
 def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, cache: ThroughputCache,
                  say: Callable[[str], None] = print) -> list[Row]:
-    """One row per recipe row: full-size figures from the work directory's caches (params, FLOPs
-    and the extra resolutions counted or measured here when missing), proxy top-1 over the
-    seeds that completed."""
+    """One row per recipe row: full-size figures from the work directory's caches (params, FLOPs,
+    peak memory and the extra resolutions counted or measured here when missing), the proxy
+    top-1 of every seed that completed with its mean and 95 % interval, the change against the
+    compared row (:mod:`experiments.intervals`) and the device-seconds the row's jobs cost."""
     target = settings.search.target
     trials: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False):
         if TrialRecord.of(trial).duplicate_of is None and trial.params:
             trials.setdefault(row_label(trial.params), []).append(trial)
-    rows = []
+    rows: list[Row] = []
     for params, config in zip(recipe.space.grid_params(), recipe.space.enumerate()):
         label, arch = row_label(params), arch_id(config)
-        done = [t for t in trials.get(label, []) if t.state == TrialState.COMPLETE and t.values]
-        accuracies = [t.values[0] for t in done]
-        row: Row = dict(row=label, arch_id=arch, seeds=len(accuracies), x=params.get(recipe.sweep),
-                        top1=statistics.fmean(accuracies) if accuracies else None,
-                        top1_std=statistics.stdev(accuracies) if len(accuracies) > 1 else None)
+        mine = trials.get(label, [])
+        records = [TrialRecord.of(t) for t in mine]
+        done = sorted((t for t in mine if t.state == TrialState.COMPLETE and t.values),
+                      key=lambda t: TrialRecord.of(t).seed or 0)
+        row: Row = dict(row=label, arch_id=arch, x=params.get(recipe.sweep), **_seed_figures(done),
+                        **_costs(records))
+        if recipe.compare == "previous" and rows:
+            row["versus"] = rows[-1]["row"]
         row.update(_static_figures(config, arch, target.img_size, cache))
-        records = [TrialRecord.of(t) for t in trials.get(label, [])]
         measured = next((r for r in records if r.throughput is not None), TrialRecord())
         row.update(throughput=measured.throughput, throughput_spread=measured.throughput_spread,
                    throughput_low=measured.throughput_low, throughput_high=measured.throughput_high,
-                   peak_memory_mb=measured.peak_memory_mb)
+                   peak_memory_mb=_peak_memory(config, arch, target, measured, cache, say))
         for height, width in recipe.resolutions:
             row.update(_dense_figures(config, arch, height, width, target, cache, say))
-        missing = settings.search.seeds - len(accuracies)
-        if missing:
+        missing = settings.search.seeds - row["seeds"]
+        if missing > 0:
             why = {r.not_trained for r in records if r.not_trained}
             row["note"] = f"{missing} of {settings.search.seeds} seeds not trained" + (" (budget)" if why else "")
         rows.append(row)
+    for row, base in zip(rows, bases(rows)):
+        if base is not row and row["top1_values"] and base["top1_values"]:
+            change = difference_interval(row["top1_values"], base["top1_values"])
+            row.update(top1_change=change.mean, top1_change_low=change.low, top1_change_high=change.high,
+                       top1_separated=separated(change, row["seeds"], base["seeds"]))
     return rows
+
+
+def _seed_figures(done: list[optuna.trial.FrozenTrial]) -> Row:
+    """Each seed's top-1 and their mean with its 95 % interval (none without a complete seed)."""
+    values = [t.values[0] for t in done]
+    figures: Row = dict(seeds=len(values), top1_values=values, top1_seeds=[TrialRecord.of(t).seed for t in done],
+                        top1_trials=[t.number for t in done])
+    if values:
+        mean = mean_interval(values)
+        figures.update(top1=mean.mean, top1_low=mean.low, top1_high=mean.high, top1_interval=mean.method,
+                       top1_std=statistics.stdev(values) if len(values) > 1 else None)
+    return figures
+
+
+def _costs(records: list[TrialRecord]) -> Row:
+    """Device-seconds the row's jobs were charged: training, and counting plus measuring."""
+    spent = {kind: sum(r.costs.get(kind, 0.0) for r in records) for kind in (COUNT, MEASURE, TRAIN)}
+    return dict(train_device_s=spent[TRAIN], measure_device_s=spent[COUNT] + spent[MEASURE],
+                device_s=sum(r.device_seconds for r in records))
+
+
+def _peak_memory(config, arch: str, target: Target, measured: TrialRecord, cache: ThroughputCache,
+                 say: Callable[[str], None]) -> float | None:
+    """Peak memory of an inference at the target: the CUDA allocator's peak the measurement
+    recorded, or on a CPU the resident-set peak of a fresh process (:mod:`litv2.memory`:
+    a warm worker's reused heap reads nothing), measured once per architecture and target."""
+    if target.device == "cuda":
+        return measured.peak_memory_mb
+    if target.device != "cpu":
+        return None
+    figures = cache.get_memory(arch, target.key)
+    if figures is None:
+        from litv2.memory import inference_peak_mb
+
+        say(f"{arch}: measuring the peak memory of an inference on {target.key} in a fresh process")
+        peak = inference_peak_mb(config, target.batch_size, target.img_size, target.precision, target.threads)
+        figures = {"peak_mb": None} if peak is None else peak.to_dict()  # None: this system has no such figure
+        cache.put_memory(arch, target.key, figures)
+    return figures["peak_mb"]
 
 
 def trained_columns(recipe: Recipe, settings: SearchSettings) -> list[Column]:
     target = settings.search.target
     columns = [Column("params", "params", exact), Column("flops", f"GFLOPs@{target.img_size}", giga),
-               Column("throughput", f"img/s {target.key}", fixed(1), spread="throughput_spread",
-                      interval=("throughput_low", "throughput_high")),
-               Column("peak_memory_mb", "peak MB", fixed(0))]
+               Column("throughput", f"img/s {target.key}", fixed(1), interval=("throughput_low", "throughput_high"),
+                      show_interval=True),
+               Column("peak_memory_mb", "peak MB" + ("" if target.device == "cuda" else " (RSS)"), fixed(0))]
     for height, width in recipe.resolutions:
         key = f"{height}x{width}"
         columns += [Column(f"flops_{key}", f"GFLOPs@{width}x{height}", giga),
                     Column(f"throughput_{key}", f"img/s@{width}x{height}", fixed(2), spread=f"throughput_{key}_spread",
                            interval=(f"throughput_{key}_low", f"throughput_{key}_high"))]
-    columns.append(Column("top1", f"proxy top-1 % ({settings.search.dataset}, {settings.search.epochs} ep)", fixed(2),
-                          spread="top1_std", change="points", count="seeds"))
+    columns += [Column("top1", f"proxy top-1 % ({settings.search.dataset}, {settings.search.epochs} ep)", fixed(2),
+                       change="points", count="seeds", interval=("top1_low", "top1_high"), show_interval=True),
+                Column("train_device_s", "train dev-s", exact, change=None),
+                Column("measure_device_s", "measure dev-s", exact, change=None)]
     return columns
 
 
@@ -183,32 +235,102 @@ def _publish_trained(recipe: Recipe, settings: SearchSettings, study: optuna.Stu
     cache = ThroughputCache(settings.run.workdir / CACHE_FILE)
     rows = trained_rows(recipe, settings, study, cache, lambda line: _say(out, line))
     columns = trained_columns(recipe, settings)
-    lines = [f"{recipe.name} ({settings.search.study}): {recipe.description}", markdown(rows, columns)]
-    pairs = separated_pairs(rows)
-    if any(row["seeds"] > 1 for row in rows):
-        lines.append("rows whose top-1 differ by more than twice the larger std: "
-                     + ("; ".join(f"{a['row']} > {b['row']} ({a['top1'] - b['top1']:+.2f})" for a, b in pairs)
-                        or "none"))
-    plot = None
+    verdicts = paper_verdicts(rows, columns, recipe.paper) if recipe.paper else []
+    shown = [*columns, *(PAPER_COLUMNS if recipe.paper else [])]
+    lines = [f"{recipe.name} ({settings.search.study}): {recipe.description}", markdown(rows, shown),
+             *_reading(rows, recipe, settings), *verdict_lines(verdicts, recipe.paper), _cost_line(rows, settings)]
     if recipe.sweep:
-        plot = lambda path: _plot_trained(path, recipe, settings, rows)  # noqa: E731
-    return rows, _publish(recipe, settings, study, rows, columns, lines, plot, where, out)
+        plot = lambda path: _plot_sweep(path, recipe, settings, rows)  # noqa: E731
+    else:
+        plot = lambda path: _plot_rows(path, recipe, settings, rows)  # noqa: E731
+    return rows, _publish(recipe, settings, study, rows, shown, lines, plot, where, out,
+                          extra={f"{recipe.name}-seeds.csv": seeds_csv(rows)})
 
 
-def _plot_trained(path: Path, recipe: Recipe, settings: SearchSettings, rows: list[Row]) -> None:
+def _reading(rows: list[Row], recipe: Recipe, settings: SearchSettings) -> list[str]:
+    """How to read the table: the intervals, the separation rule and its verdicts."""
+    versus = "the row above" if recipe.compare == "previous" else "the first row"
+    lines = [f"proxy top-1: mean over seeds [95 % interval: t for n < {BOOTSTRAP_FROM}, bootstrap from "
+             f"{BOOTSTRAP_FROM}]; (change against {versus} [its 95 % interval: Welch's t, or bootstrap]); a change "
+             f"is separated when its interval excludes 0. img/s: median [95 % interval], separated when the "
+             f"intervals do not overlap. {_memory_note(settings.search.target)}"]
+    trained = [row["seeds"] for row in rows if row["seeds"]]
+    few = too_few_seeds_note(min(trained)) if trained else None
+    changed = [row for row in rows if row.get("top1_change") is not None]
+    if few:
+        lines.append(few)
+    elif changed:
+        called = [f"{row['row']} vs {row_versus(row, rows)} {row['top1_change']:+.2f} "
+                  f"[{row['top1_change_low']:+.2f}, {row['top1_change_high']:+.2f}]"
+                  for row in changed if row.get("top1_separated")]
+        lines.append("separated top-1 changes: " + ("; ".join(called) or "none"))
+    return lines
+
+
+def _memory_note(target: Target) -> str:
+    if target.device == "cuda":
+        return "peak MB: the CUDA allocator's peak during the throughput measurement (weights, input, activations)."
+    if target.device == "cpu":
+        return ("peak MB (RSS): the peak resident set an inference added in a fresh process (weights, input, "
+                "activations, allocator slack).")
+    return f"peak MB: not measured on {target.device}."
+
+
+def _cost_line(rows: list[Row], settings: SearchSettings) -> str:
+    train = sum(row["train_device_s"] for row in rows)
+    measure = sum(row["measure_device_s"] for row in rows)
+    total = sum(row["device_s"] for row in rows)
+    budget = settings.search.budget
+    return (f"device-seconds: trainings {train:,.0f}, counting and measuring {measure:,.0f}, in all {total:,.0f} "
+            f"({budget.kind}-seconds; the budget: {budget.seconds:,.0f})")
+
+
+def _plot_sweep(path: Path, recipe: Recipe, settings: SearchSettings, rows: list[Row]) -> None:
     target = settings.search.target
     xs = [row["x"] for row in rows]
-    speed = [Series(target.key, xs, [r.get("throughput") for r in rows], [r.get("throughput_spread") for r in rows])]
+    speed = [Series(target.key, xs, [r.get("throughput") for r in rows], _errors(rows, "throughput"))]
     flops = [Series(f"{target.img_size} px", xs, [r.get("flops") for r in rows])]
     for height, width in recipe.resolutions:
         key = f"{height}x{width}"
         speed.append(Series(f"{width}x{height}", xs, [r.get(f"throughput_{key}") for r in rows],
                             [r.get(f"throughput_{key}_spread") for r in rows]))
         flops.append(Series(f"{width}x{height}", xs, [r.get(f"flops_{key}") for r in rows]))
-    accuracy = [Series("mean +- std over seeds", xs, [r.get("top1") for r in rows], [r.get("top1_std") for r in rows])]
+    accuracy_panel = f"proxy top-1 % ({settings.search.dataset})"
+    accuracy = [Series("mean [95 % interval] over seeds", xs, [r.get("top1") for r in rows], _errors(rows, "top1"))]
+    paper = {}
+    if recipe.paper:
+        for panel, metric in ((accuracy_panel, "top1"), ("FLOPs", "flops")):
+            values = [recipe.paper.value(r["row"], metric) for r in rows]
+            if any(v is not None for v in values):
+                paper[panel] = Series("paper (ImageNet-1K)" if metric == "top1" else "paper", xs, values)
     plot_panels(path, f"{recipe.name} ({settings.search.study})", recipe.sweep, {
-        f"proxy top-1 % ({settings.search.dataset})": accuracy, "img/s (median +- spread)": speed, "FLOPs": flops,
-    }, log_y=("img/s (median +- spread)", "FLOPs") if recipe.resolutions else ())
+        accuracy_panel: accuracy, "img/s (median [95 % interval])": speed, "FLOPs": flops,
+    }, log_y=("img/s (median [95 % interval])", "FLOPs") if recipe.resolutions else (), paper=paper)
+
+
+def _plot_rows(path: Path, recipe: Recipe, settings: SearchSettings, rows: list[Row]) -> None:
+    labels = [row["row"] for row in rows]
+    paper = recipe.paper
+
+    def paper_values(metric: str) -> list[float | None] | None:
+        values = [paper.value(label, metric) for label in labels] if paper else []
+        return values if any(v is not None for v in values) else None
+
+    plot_dots(path, f"{recipe.name} ({settings.search.study})", labels, [
+        Dots(f"proxy top-1 % ({settings.search.dataset}, {settings.search.epochs} ep)",
+             [r.get("top1") for r in rows], [r.get("top1_low") for r in rows], [r.get("top1_high") for r in rows],
+             each=[r["top1_values"] for r in rows], paper=paper_values("top1"), paper_label="paper top-1 % (ImageNet)"),
+        Dots(f"img/s {settings.search.target.key}", [r.get("throughput") for r in rows],
+             [r.get("throughput_low") for r in rows], [r.get("throughput_high") for r in rows],
+             paper=paper_values("throughput"), paper_label="paper img/s (RTX 3090, bs 64)"),
+    ])
+
+
+def _errors(rows: list[Row], key: str) -> list[tuple[float, float] | None]:
+    """Per row the distance from the value down to its interval's low end and up to its high end."""
+    return [(r[key] - r[f"{key}_low"], r[f"{key}_high"] - r[key])
+            if r.get(key) is not None and r.get(f"{key}_low") is not None and r.get(f"{key}_high") is not None
+            else None for r in rows]
 
 
 # ---------------------------------------------------------------------- tables that train nothing
@@ -277,14 +399,17 @@ def _plot_attention(path: Path, recipe: Recipe, settings: SearchSettings, rows: 
 
 # ---------------------------------------------------------------------- output
 def _publish(recipe: Recipe, settings: SearchSettings, study: optuna.Study, rows: list[Row], columns: list[Column],
-             lines: list[str], plot: Callable[[Path], None] | None, where: Path, out: TextIO) -> list[Path]:
-    """Print the table; write it as Markdown, CSV and LaTeX (and the plot) to ``where``; attach
-    them to the study's MLflow parent run."""
+             lines: list[str], plot: Callable[[Path], None] | None, where: Path, out: TextIO,
+             extra: dict[str, str] | None = None) -> list[Path]:
+    """Print the table; write it as Markdown, CSV and LaTeX (the plot and the ``extra`` files
+    by name) to ``where``; attach them to the study's MLflow parent run."""
     text = "\n\n".join(lines)
     _say(out, "\n" + text)
     paths = [write_text(where / f"{recipe.name}.md", text),
-             write_text(where / f"{recipe.name}.csv", csv_text(rows, columns, extra=("side", "batch", "x", "arch_id"))),
-             write_text(where / f"{recipe.name}.tex", latex(rows, columns))]
+             write_text(where / f"{recipe.name}.csv", csv_text(rows, columns, extra=("side", "batch", "x", "arch_id", "versus", "top1_seeds",
+                                                                             "top1_values", "top1_interval", "device_s"))),
+             write_text(where / f"{recipe.name}.tex", latex(rows, columns)),
+             *(write_text(where / name, text) for name, text in (extra or {}).items())]
     if plot is not None:
         paths.append(atomic_write(where / f"{recipe.name}.png", plot))
     run_id = study.user_attrs.get(RUN_ID_ATTR)

@@ -3,15 +3,14 @@
 A search ranks architectures by proxy accuracy, so the proxy data set must separate
 architectures by more than seed noise. The check is the ``separability`` recipe - four tiny
 proxies that differ only in their attention (HiLo at alpha 0.9, alpha 0, alpha 1, none) -
-run as any ablation table, on the search engine, one training per (row, seed); its table
-lists the pairs whose mean top-1 differ by more than twice the larger of their two standard
-deviations::
+run as any ablation table, on the search engine, one training per (row, seed); a pair
+separates when the 95 % interval of its top-1 difference excludes zero, both rows having at
+least three seeds (the rule of every trained table, :mod:`experiments.intervals`)::
 
     python -m experiments.separability [--dataset pathfinder] [--seeds 3] [--epochs 20] [run options]
 
 is ``python -m experiments run separability ...`` with an exit code: 0 when at least one
-pair separates, 1 when none does. Every trained table prints the same pairs
-(:func:`experiments.table.separated_pairs`). This module is a command: it is built on
+pair separates, 1 when none does (:func:`experiments.table.separated_pairs`). This module is a command: it is built on
 :mod:`experiments.cli`, and no library module imports it.
 """
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """Ablation tables: rows of figures with their spread and their change against the first row,
 written as Markdown (also the terminal's), CSV and LaTeX, and sweeps drawn with error bars.
 
-A table is a list of row dicts plus :class:`Column` specs; a row's ``group`` (e.g. the
-token-map side) picks the row it is compared with: the first row of its group. Files are
+A table is a list of row dicts plus :class:`Column` specs. Each row is compared with one
+other: the row its ``versus`` key names (e.g. the row above, for a path of changes), else the
+first row of its ``group`` (e.g. the token-map side). A row may carry a column's change
+already worked out - ``{key}_change`` with its interval ``{key}_change_low`` /
+``{key}_change_high`` and verdict ``{key}_separated`` - where the change needs more than the
+two rows' figures (a difference of means over seeds, :mod:`experiments.intervals`). Files are
 written to a temporary name and renamed, so a reader never sees half a table.
 """
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from litv2.files import atomic_write_text
+
+from .intervals import difference_interval, separated
 
 Row = dict[str, Any]
 
@@ -32,7 +38,9 @@ class Column:
         change: ``"%"`` (relative to the first row), ``"points"`` (difference) or ``None``.
         count: the row key of how many values the mean is over (seeds), shown as ``n=``.
         interval: the row keys of the value's 95 % interval (low, high): a change whose
-            interval overlaps the first row's is marked "not separated" (within noise).
+            interval overlaps the compared row's is marked "not separated" (within noise),
+            unless the row carries the change's own verdict.
+        show_interval: print the interval as ``[low, high]`` after the value.
     """
 
     key: str
@@ -42,6 +50,7 @@ class Column:
     change: str | None = "%"
     count: str | None = None
     interval: tuple[str, str] | None = None
+    show_interval: bool = False
 
 
 def exact(value: float) -> str:
@@ -69,10 +78,12 @@ def _known(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _bases(rows: Sequence[Row]) -> list[Row]:
-    """Per row, the row it is compared with: the first row of its group."""
+def bases(rows: Sequence[Row]) -> list[Row]:
+    """Per row, the row it is compared with: the row of its group its ``versus`` names, else
+    the first row of its group."""
     first: dict[Any, Row] = {}
-    return [first.setdefault(row.get("group"), row) for row in rows]
+    named = {(row.get("group"), row["row"]): row for row in rows}
+    return [named.get((row.get("group"), row.get("versus")), first.setdefault(row.get("group"), row)) for row in rows]
 
 
 def separations(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, bool | None]]:
@@ -80,11 +91,13 @@ def separations(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str
     apart (True), overlap (False: the change is within the measurement's noise), or either is
     unknown or the row is its own base (None)."""
     out = []
-    for row, base in zip(rows, _bases(rows)):
+    for row, base in zip(rows, bases(rows)):
         apart: dict[str, bool | None] = {}
         for column in columns:
             bounds = [r.get(k) for r in (row, base) for k in column.interval or ()]
-            if column.interval is None or base is row or not all(_known(b) for b in bounds):
+            if f"{column.key}_separated" in row:
+                apart[column.key] = row[f"{column.key}_separated"]
+            elif column.interval is None or base is row or not all(_known(b) for b in bounds):
                 apart[column.key] = None
             else:
                 low, high, base_low, base_high = bounds
@@ -93,15 +106,21 @@ def separations(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str
     return out
 
 
+def row_versus(row: Row, rows: Sequence[Row]) -> str:
+    """The label of the row ``row`` is compared with."""
+    return bases(rows)[next(i for i, r in enumerate(rows) if r is row)]["row"]
+
+
 def separated_pairs(rows: Sequence[Row]) -> list[tuple[Row, Row]]:
-    """Pairs of table rows (better first) with at least two seeds each whose mean top-1 differ
-    by more than twice the larger of their two standard deviations (every trained table prints
-    them; ``python -m experiments.separability`` exits on them)."""
-    scored = [row for row in rows if row.get("seeds", 0) > 1 and row.get("top1_std") is not None]
+    """Pairs of rows (better first) whose top-1 difference is separated by the rule of
+    :mod:`experiments.intervals` (its 95 % interval excludes 0, both rows with enough seeds):
+    ``python -m experiments.separability`` exits on them."""
+    scored = [row for row in rows if row.get("top1_values")]
     pairs = []
     for a, b in itertools.combinations(scored, 2):
-        if abs(a["top1"] - b["top1"]) > 2 * max(a["top1_std"], b["top1_std"]):
-            pairs.append((a, b) if a["top1"] >= b["top1"] else (b, a))
+        change = difference_interval(a["top1_values"], b["top1_values"])
+        if separated(change, len(a["top1_values"]), len(b["top1_values"])):
+            pairs.append((a, b) if change.mean >= 0 else (b, a))
     return pairs
 
 
@@ -109,11 +128,13 @@ def changes(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, fl
     """Per row and column: the change against the first row of the row's group (``None`` for
     that first row itself, and where either value is unknown)."""
     out = []
-    for row, base in zip(rows, _bases(rows)):
+    for row, base in zip(rows, bases(rows)):
         delta: dict[str, float | None] = {}
         for column in columns:
             value, reference = row.get(column.key), base.get(column.key)
-            if column.change is None or base is row or not (_known(value) and _known(reference)):
+            if f"{column.key}_change" in row:
+                delta[column.key] = row[f"{column.key}_change"]
+            elif column.change is None or base is row or not (_known(value) and _known(reference)):
                 delta[column.key] = None
             elif column.change == "points":
                 delta[column.key] = value - reference
@@ -131,11 +152,17 @@ def _cell(row: Row, column: Column, delta: float | None, apart: bool | None = No
     spread = row.get(column.spread) if column.spread else None
     if _known(spread):
         text += f" ± {column.show(spread)}"
+    bounds = [row.get(key) for key in column.interval or ()]
+    if column.show_interval and bounds and all(_known(b) for b in bounds):
+        text += f" [{column.show(bounds[0])}, {column.show(bounds[1])}]"
     if column.count and row.get(column.count) is not None:
         text += f" (n={row[column.count]})"
     if delta is not None:
         within = ", not separated" if apart is False else ""
-        text += f" ({delta:+.1f}{'%' if column.change == '%' else ''}{within})"
+        change = [row.get(f"{column.key}_change_{end}") for end in ("low", "high")]
+        between = f" [{change[0]:+.2f}, {change[1]:+.2f}]" if all(_known(b) for b in change) else ""
+        digits = 2 if between else 1
+        text += f" ({delta:+.{digits}f}{'%' if column.change == '%' else ''}{between}{within})"
     return text
 
 
@@ -187,6 +214,8 @@ def csv_text(rows: Sequence[Row], columns: Sequence[Column], extra: Sequence[str
             fields.append(f"{column.key}_change_{'pct' if column.change == '%' else 'points'}")
         if column.interval:
             fields += [*column.interval, f"{column.key}_separated"]
+        if any(f"{column.key}_change_low" in row for row in rows):
+            fields += [f"{column.key}_change_low", f"{column.key}_change_high"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -197,8 +226,26 @@ def csv_text(rows: Sequence[Row], columns: Sequence[Column], extra: Sequence[str
                 record[f"{column.key}_change_{'pct' if column.change == '%' else 'points'}"] = delta[column.key]
             if column.interval:
                 record[f"{column.key}_separated"] = apart[column.key]
-        writer.writerow({k: ("" if v is None else v) for k, v in record.items() if k in fields})
+        writer.writerow({k: _csv_value(v) for k, v in record.items() if k in fields})
     return buffer.getvalue()
+
+
+def seeds_csv(rows: Sequence[Row]) -> str:
+    """One line per (row, seed): the values the means and intervals of the table come from."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["row", "arch_id", "seed", "trial", "top1"])
+    for row in rows:
+        for seed, trial, value in zip(row["top1_seeds"], row["top1_trials"], row["top1_values"]):
+            writer.writerow([row["row"], row["arch_id"], seed, trial, value])
+    return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    """Blank for unknown; a list (each seed's value) as its items separated by spaces."""
+    if value is None:
+        return ""
+    return " ".join(str(v) for v in value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)
@@ -208,12 +255,19 @@ class Series:
     label: str
     x: Sequence[float]
     y: Sequence[float | None]
-    error: Sequence[float | None] | None = None
+    error: Sequence[float | tuple[float, float] | None] | None = None  # symmetric, or (down, up)
+
+
+def _bars(errors: Sequence[float | tuple[float, float]]) -> list[list[float]]:
+    pairs = [e if isinstance(e, tuple) else (e, e) for e in errors]
+    return [[down for down, _ in pairs], [up for _, up in pairs]]
 
 
 def plot_panels(path: Path, title: str, x_label: str, panels: dict[str, list[Series]],
-                log_y: Sequence[str] = (), log_x: bool = False) -> None:
-    """Side-by-side panels, one per figure, each with its series and error bars."""
+                log_y: Sequence[str] = (), log_x: bool = False, paper: dict[str, Series] | None = None) -> None:
+    """Side-by-side panels, one per figure, each with its series and error bars; ``paper``
+    draws the paper's values of a panel as crosses on an axis of their own (ImageNet top-1
+    and a proxy's top-1 do not share a scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,7 +281,14 @@ def plot_panels(path: Path, title: str, x_label: str, panels: dict[str, list[Ser
             if not points:
                 continue
             xs, ys, errors = zip(*points)
-            ax.errorbar(xs, ys, yerr=errors, marker="o", ms=4, capsize=3, lw=1.2, label=series.label)
+            ax.errorbar(xs, ys, yerr=_bars(errors), marker="o", ms=4, capsize=3, lw=1.2, label=series.label)
+        theirs = (paper or {}).get(name)
+        if theirs is not None:
+            twin = ax.twinx()
+            known = [(x, y) for x, y in zip(theirs.x, theirs.y) if _known(y)]
+            twin.plot(*zip(*known), "x--", color="C3", ms=7, lw=0.8, label=theirs.label)
+            twin.set_ylabel(theirs.label, color="C3", fontsize=8)
+            twin.tick_params(axis="y", colors="C3", labelsize=7)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(x_label)
         if name in log_y:
@@ -249,3 +310,60 @@ def plot_panels(path: Path, title: str, x_label: str, panels: dict[str, list[Ser
 def write_text(path: Path, text: str) -> Path:
     """``text`` as the whole of ``path``, ending in a newline, replaced atomically."""
     return atomic_write_text(path, text if text.endswith("\n") else text + "\n")
+
+
+@dataclass(frozen=True)
+class Dots:
+    """One panel of a dot plot: per row a value and its interval, each seed's value (faint)
+    and the paper's value (a cross on an axis of its own) where there are any."""
+
+    title: str
+    values: Sequence[float | None]
+    low: Sequence[float | None]
+    high: Sequence[float | None]
+    each: Sequence[Sequence[float]] | None = None
+    paper: Sequence[float | None] | None = None
+    paper_label: str = "paper"
+
+
+def plot_dots(path: Path, title: str, labels: Sequence[str], panels: Sequence[Dots]) -> None:
+    """A dot plot of a table's rows (one line per row, first at the top), a panel per figure:
+    the mean or median with its 95 % interval, the seeds beside it, the paper's value marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = 2.2 + 0.45 * len(labels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), height), dpi=120, squeeze=False,
+                             sharey=True)
+    ys = list(range(len(labels)))[::-1]
+    legend: dict[str, Any] = {}
+    for ax, panel in zip(axes[0], panels):
+        for y, each in zip(ys, panel.each or []):
+            legend["each seed"] = ax.scatter(each, [y] * len(each), s=14, color="0.5", alpha=0.8, zorder=2)
+        shown = [(y, v, lo if _known(lo) else v, hi if _known(hi) else v)
+                 for y, v, lo, hi in zip(ys, panel.values, panel.low, panel.high) if _known(v)]
+        if shown:
+            y, v, lo, hi = zip(*shown)
+            legend["ours: mean or median [95 % interval]"] = ax.errorbar(
+                v, y, xerr=[[a - b for a, b in zip(v, lo)], [b - a for a, b in zip(v, hi)]], fmt="o", color="C0",
+                ms=6, capsize=4, lw=1.4, zorder=3)
+        if panel.paper and sum(1 for v in panel.paper if _known(v)) > 1:  # one value alone has no scale
+            twin = ax.twiny()
+            marked = [(v, y) for y, v in zip(ys, panel.paper) if _known(v)]
+            legend["the paper (top axis)"], = twin.plot(*zip(*marked), "x", color="C3", ms=9, mew=2)
+            twin.set_xlabel(panel.paper_label, color="C3", fontsize=8)
+            twin.tick_params(axis="x", colors="C3", labelsize=7)
+            lows, highs = min(v for v, _ in marked), max(v for v, _ in marked)
+            pad = (highs - lows) * 0.2 or abs(highs) * 0.01 or 1.0
+            twin.set_xlim(lows - pad, highs + pad)
+        ax.set_xlabel(panel.title, fontsize=9)
+        ax.set_yticks(ys, labels)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.grid(alpha=0.3, axis="x")
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)

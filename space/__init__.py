@@ -19,7 +19,7 @@ _EXPORTS = {
     "arch_id": "identity", "canonical": "identity", "summary": "identity",
     "proxy_of": "proxy", "ProxySettings": "proxy", "window_fits": "proxy", "stage_map_sizes": "proxy",
     "Choice": "dims", "IntRange": "dims", "FloatRange": "dims", "Dimension": "dims",
-    "SpaceError": "errors", "Point": "spec", "POS_ENCODINGS": "spec",
+    "SpaceError": "errors", "Point": "spec", "POS_ENCODINGS": "spec", "row_label": "grid",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -53,3 +53,12 @@ def walk(build: Callable[[Draw], Any]) -> Iterator[tuple[dict[str, Any], Any]]:
             pending.extend({**fixed, branch.name: value} for value in reversed(branch.values))
             continue
         yield fixed, config
+
+
+def row_label(params: dict[str, Any]) -> str:
+    """A fixed-point study's row name from its trial parameters (the ``params`` :func:`walk`
+    yields): the point's label, or its swept values (``alpha=0.2``). The ablation tables and the
+    search's front both name rows, so the name is made here, below either of them."""
+    if "point" in params:
+        return str(params["point"])
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "base"

@@ -89,6 +89,14 @@ EXPERIMENT = "experiment:\n  dataset: digits\n  epochs: 1\n  seeds: 2\n"
     ("seeds: 2", "seeds: 0", "field 'experiment.seeds': 0 is not a positive integer"),
     ("seeds: 2", "seeds: 2\n  sweep: alpha", "field 'experiment.sweep': 'alpha' is not a swept parameter"),
     ("seeds: 2", "seeds: 2\n  colour: red", "field 'experiment.colour': unknown key"),
+    ("seeds: 2", "seeds: 2\n  budget: 5 hours", "field 'experiment.budget'"),
+    ("seeds: 2", "seeds: 2\n  compare: last", "field 'experiment.compare': 'last' is not one of first, previous"),
+    ("seeds: 2", "seeds: 2\n  paper: {source: x, figures: {GELU: {top1: 1}}}",
+     "field 'experiment.paper.figures.GELU': is not a row of this recipe; expected one of HiLo, MSA"),
+    ("seeds: 2", "seeds: 2\n  paper: {source: x, changes: {MSA: {top1: sideways}}}",
+     "field 'experiment.paper.changes.MSA.top1': expected one of up, down, got 'sideways'"),
+    ("seeds: 2", "seeds: 2\n  paper: {source: x, figures: {MSA: {top1: high}}}",
+     "field 'experiment.paper.figures.MSA.top1': expected a number, got 'high'"),
     (EXPERIMENT, "experiment: {measure: attention, stage: 2, sides: [14], epochs: 3}\n", "field 'experiment.epochs'"),
     (EXPERIMENT, "experiment: [1, 2]\n", "field 'experiment': expected a mapping"),
     ("fixed_points: true", "fixed_points: false", "field 'fixed_points'"),
@@ -158,14 +166,25 @@ def test_a_two_row_recipe_runs_end_to_end_with_two_seeds(tmp_path, capsys):
     accuracies = [t.values[0] for t in study.trials if t.params["point"] == "HiLo"]
     assert rows["HiLo"]["top1"] == pytest.approx(sum(accuracies) / 2)
     printed = capsys.readouterr().out
-    assert re.search(r"\| MSA \| [\d,]+ \(\+[\d.]+%\) \|.*\| [\d.]+ ± [\d.]+ \(n=2\) \([+-][\d.]+\) \|", printed)
+    # mean [95 % interval] (n=2) (change [its interval]); two seeds: no verdict, and the table says so
+    assert re.search(r"\| MSA \| [\d,]+ \(\+[\d.]+%\) \|.*\| [\d.]+ \[[\d.-]+, [\d.]+\] \(n=2\) "
+                     r"\([+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\]\) \|", printed)
+    assert "with n = 2 seeds per row no change can be called separated" in printed
+    assert re.search(r"\| HiLo \|.*\| \d+ \|", printed)  # the fresh process's peak MB (RSS), not "-"
     names = sorted(path.name for path in outcome.files)
-    assert names == ["pair.csv", "pair.md", "pair.tex"] and all(p.parent == tmp_path / "results" / "pair"
-                                                               for p in outcome.files)
-    assert "top1_std" in (tmp_path / "results" / "pair" / "pair.csv").read_text().splitlines()[0]
+    assert names == ["pair-seeds.csv", "pair.csv", "pair.md", "pair.png", "pair.tex"]
+    assert all(p.parent == tmp_path / "results" / "pair" for p in outcome.files)
+    header = (tmp_path / "results" / "pair" / "pair.csv").read_text().splitlines()[0].split(",")
+    assert {"top1_values", "top1_low", "top1_high", "top1_change_low", "train_device_s", "peak_memory_mb"} <= set(header)
+    seeds = (tmp_path / "results" / "pair" / "pair-seeds.csv").read_text().splitlines()
+    assert seeds[0] == "row,arch_id,seed,trial,top1" and len(seeds) == 5  # one line per (row, seed)
+    assert sorted(float(line.split(",")[-1]) for line in seeds[1:] if line.startswith("HiLo,")) == sorted(accuracies)
+    for row in rows.values():
+        assert row["peak_memory_mb"] > 0 and row["train_device_s"] > 0 and row["measure_device_s"] > 0
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parent = study.user_attrs[RUN_ID_ATTR]
-    assert {a.path for a in client.list_artifacts(parent)} >= {"pair.md", "pair.csv", "pair.tex"}
+    assert {a.path for a in client.list_artifacts(parent)} >= {"pair.md", "pair.csv", "pair.tex", "pair.png",
+                                                               "pair-seeds.csv"}
     experiment = client.get_experiment_by_name("litv2-search").experiment_id
     assert len(client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")) == 4  # (row, seed)
     assert cli.main(["show", "--study", "pair", "--workdir", str(tmp_path)]) == 0
@@ -255,11 +274,11 @@ def test_attention_rows_report_running_out_of_memory_instead_of_crashing(tmp_pat
 
 
 # ---------------------------------------------------------------------- separability, on real Ray
-def test_separated_pairs_use_twice_the_larger_std():
-    row = lambda name, mean, std: dict(row=name, top1=mean, top1_std=std, seeds=2)  # noqa: E731
-    a, b, c = row("a", 81, 1.4), row("b", 70.5, 0.7), row("c", 80, 1.4)
+def test_separated_pairs_need_an_interval_that_excludes_zero_and_three_seeds():
+    row = lambda name, *values: dict(row=name, top1_values=list(values))  # noqa: E731
+    a, b, c = row("a", 81, 82, 83), row("b", 70, 71, 72), row("c", 80, 82.5, 84)
     assert [(x["row"], y["row"]) for x, y in separated_pairs([a, b, c])] == [("a", "b"), ("c", "b")]
-    assert separated_pairs([a, dict(row("d", 10, 0), seeds=1)]) == []  # one seed: no std, no verdict
+    assert separated_pairs([row("d", 81, 82), row("e", 10, 11)]) == []  # two seeds: no verdict, however far
 
 
 @pytest.mark.slow
@@ -279,12 +298,15 @@ def test_separability_runs_on_the_engine_and_a_second_run_trains_nothing(tmp_pat
         assert code == 1 and "experiments: error" not in errors and "the experiment was interrupted" not in first
         assert first.count(" training ") == 4  # 4 rows x 1 seed
         assert "| MLP-only |" in first and "(n=1)" in first
-        assert "differ by more than twice the larger std" not in first  # printed only for rows of 2+ seeds
+        assert "with n = 1 seed per row no change can be called separated" in first
         code = separability.main([*common, "--study", "second"])
         second, errors = capsys.readouterr()
         assert code == 1 and "experiments: error" not in errors and "the experiment was interrupted" not in second
     finally:
         ray.shutdown()
     assert " training " not in second and "4 trainings reused from earlier studies" in second
-    table = lambda text: text.split("\n| row |")[1].split("\n\n")[0]  # noqa: E731
-    assert table(second) == table(first)
+    table = lambda text: text.split("\n| row |")[1].split("\n\n")[0].splitlines()  # noqa: E731
+    figures = lambda line: line.split(" | ")[:-2]  # noqa: E731  (the last two: what the study paid)
+    assert [figures(line) for line in table(second)] == [figures(line) for line in table(first)]
+    assert all(line.endswith("| 0 | 0 |") for line in table(second)[2:])  # reused and cached: nothing paid
+    assert not any(line.endswith("| 0 | 0 |") for line in table(first)[2:])

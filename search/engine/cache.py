@@ -41,6 +41,8 @@ class ThroughputCache:
                        "PRIMARY KEY (arch_id, img_size))")
             db.execute("CREATE TABLE IF NOT EXISTS trainings (arch_id TEXT, recipe TEXT, result TEXT, "
                        "PRIMARY KEY (arch_id, recipe))")
+            db.execute("CREATE TABLE IF NOT EXISTS memory (arch_id TEXT, target TEXT, result TEXT, "
+                       "PRIMARY KEY (arch_id, target))")
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -75,6 +77,13 @@ class ThroughputCache:
 
     def put_figures(self, arch_id: str, img_size: int, figures: dict[str, Any]) -> None:
         self._put("figures", arch_id, img_size, figures)
+
+    def get_memory(self, arch_id: str, target: str) -> dict[str, Any] | None:
+        """The peak memory an inference of ``arch_id`` needs on ``target``, if it was measured."""
+        return self._get("memory", "target", arch_id, target)
+
+    def put_memory(self, arch_id: str, target: str, figures: dict[str, Any]) -> None:
+        self._put("memory", arch_id, target, figures)
 
     def get_training(self, arch_id: str, recipe: str) -> dict[str, Any] | None:
         """A finished full-fidelity training of ``arch_id`` under ``recipe`` (data set, epochs, seed)."""

@@ -3,7 +3,8 @@
 Every ending - complete, stopped by the scheduler, infeasible, failed, not trained for
 budget, interrupted - goes through :meth:`Endings.close`: the trial's figures are stored on
 it, the study is told, its MLflow child run is logged and its checkpoint dropped. A
-completed trial also refreshes the study's live front in MLflow.
+completed trial also refreshes the study's live front in MLflow (in a fixed-point study of
+several seeds, a front of its rows, each seed's accuracy averaged).
 """
 from __future__ import annotations
 
@@ -164,11 +165,17 @@ class Endings:
         from litv2 import LITV2_S
         from space import arch_id
 
-        from ..study.front import evaluated_points, front_csv, hypervolume, pareto_front, plot_front, study_hypervolume
+        from ..study.front import evaluated_points, front_csv, hypervolume, nondominated, pareto_front, plot_front, \
+            seed_means, study_hypervolume
 
-        context = self.context
-        fronts = {key: (evaluated_points(context.study, key), pareto_front(context.study, key))
-                  for key in context.targets}  # one per target, named after it where there are several
+        context = self.context  # one front per target, named after it where there are several
+        if context.settings.search.seeds > 1:  # a row's seeds averaged: one point per row, placed by its mean
+            complete = context.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            rows = {key: seed_means(complete, key) for key in context.targets}
+            fronts = {key: (points, nondominated(points)) for key, points in rows.items()}
+        else:
+            fronts = {key: (evaluated_points(context.study, key), pareto_front(context.study, key))
+                      for key in context.targets}
         named = {key: "" if len(fronts) == 1 else f"/{slug(key)}" for key in fronts}
         progress = dict(budget_used=budget_used(context.study), hypervolume=study_hypervolume(context.study))
         for key, (_, front) in fronts.items():

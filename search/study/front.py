@@ -8,15 +8,22 @@ in accuracy and that target's throughput; with one target that is ``best_trials`
 The hypervolume is :func:`search.core.hypervolume.hypervolume`, against
 the reference point (0 % accuracy, 0 img/s): it only grows as the search improves, which makes
 it a readable progress metric per trial. Objectives come from :data:`search.core.objectives.OBJECTIVES`.
+A fixed-point study run with several seeds trains each row once per seed: its rows are the points
+(:func:`seed_means`, the seeds' mean accuracy) and their front is :func:`nondominated`.
 """
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
+
+from space import row_label
 
 from ..core import hypervolume as _hypervolume
 from ..core.objectives import OBJECTIVES
@@ -67,11 +74,36 @@ def evaluated_points(study: optuna.Study, target: str | None = None) -> list[Poi
 
 def pareto_front(study: optuna.Study, target: str | None = None) -> list[Point]:
     """The study's feasible Pareto set on ``target`` (a key; None: its first), by throughput."""
+    return nondominated([_point(t, target) for t in study.best_trials])
+
+
+def nondominated(points: list[Point]) -> list[Point]:
+    """The points no other dominates in accuracy and throughput, by throughput: the front of
+    points Optuna does not rank itself (:func:`seed_means`), ordered as :func:`pareto_front`'s."""
     from ..core.scheduler import nondominated_ranks
 
-    points = [_point(t, target) for t in study.best_trials]
     ranks = nondominated_ranks([(p.accuracy, p.throughput) for p in points])
     return sorted((p for p, rank in zip(points, ranks) if rank == 0), key=lambda p: (p.throughput, p.accuracy))
+
+
+def seed_means(trials: Iterable[optuna.trial.FrozenTrial], target: str | None = None) -> list[Point]:
+    """One point per architecture of ``trials`` (COMPLETE ones of a fixed-point study run with
+    several seeds), on ``target``: its mean accuracy over the seeds, its throughput figures
+    (measured once per architecture, so every seed's are the same; the first trial's), its
+    lowest trial number, and its row and seed count as the summary (``LITv1-S (mean of 3
+    seeds)``). Seeds differ only in the proxy's training noise, so a row belongs on the front by
+    its mean: one lucky seed must not put it there, nor draw the row once per seed."""
+    seeds: dict[str, list[tuple[Point, dict[str, Any]]]] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        point = _point(trial, target)
+        seeds.setdefault(point.arch_id, []).append((point, trial.params))
+    means = []
+    for runs in seeds.values():
+        (first, params), count = runs[0], len(runs)
+        averaged = f"mean of {count} seeds" if count > 1 else "1 seed"
+        means.append(replace(first, accuracy=statistics.fmean(p.accuracy for p, _ in runs),
+                             summary=f"{row_label(params)} ({averaged})"))
+    return means
 
 
 def hypervolume(front: list[Point]) -> float:
@@ -127,10 +159,12 @@ def plot_front(points: list[Point], front: list[Point], path: Path, title: str, 
         ax.annotate(f"#{p.trial}", (p.throughput, p.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7,
                     color="C3")
     for arch_id, label in (marked or {}).items():
-        for p in points:
-            if p.arch_id == arch_id:
-                ax.scatter([p.throughput], [p.accuracy], marker="*", s=160, color="C0", zorder=5, label=label)
-                ax.annotate(label, (p.throughput, p.accuracy), textcoords="offset points", xytext=(6, 6))
+        chosen = [p for p in points if p.arch_id == arch_id]  # one per seed in a study of several seeds
+        if chosen:  # one scatter: one legend entry however many points carry the id
+            ax.scatter([p.throughput for p in chosen], [p.accuracy for p in chosen], marker="*", s=160, color="C0",
+                       zorder=5, label=label)
+        for p in chosen:
+            ax.annotate(label, (p.throughput, p.accuracy), textcoords="offset points", xytext=(6, 6))
     accuracy, throughput = OBJECTIVES
     ax.set_xlabel(f"{throughput.label} on {target} ({throughput.unit})")
     ax.set_ylabel(f"{accuracy.label} ({accuracy.unit})")
