@@ -120,10 +120,7 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
                    peak_memory_mb=_peak_memory(config, arch, target, measured, cache, say))
         for height, width in recipe.resolutions:
             row.update(_dense_figures(config, arch, height, width, target, cache, say))
-        missing = settings.search.seeds - row["seeds"]
-        if missing > 0:
-            why = {r.not_trained for r in records if r.not_trained}
-            row["note"] = f"{missing} of {settings.search.seeds} seeds not trained" + (" (budget)" if why else "")
+        row["note"] = _note(records, settings.search.seeds - row["seeds"], settings.search.seeds)
         rows.append(row)
     for row, base in zip(rows, bases(rows)):
         if base is not row and row["top1_values"] and base["top1_values"]:
@@ -131,6 +128,19 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
             row.update(top1_change=change.mean, top1_change_low=change.low, top1_change_high=change.high,
                        top1_separated=separated(change, row["seeds"], base["seeds"]))
     return rows
+
+
+def _note(records: list[TrialRecord], missing: int, seeds: int) -> str:
+    """What a reader of the row must know: seeds the budget left untrained, and trainings
+    reused from other studies (which this row's cost columns do not count)."""
+    notes = []
+    if missing > 0:
+        why = " (budget)" if any(r.not_trained for r in records) else ""
+        notes.append(f"{missing} of {seeds} seeds not trained{why}")
+    reused = [r.training_reused_from for r in records if r.training_reused_from]
+    if reused:
+        notes.append(f"{len(reused)} training{'s' if len(reused) > 1 else ''} reused from {', '.join(sorted(set(reused)))}")
+    return "; ".join(notes)
 
 
 def _seed_figures(done: list[optuna.trial.FrozenTrial]) -> Row:
@@ -166,7 +176,11 @@ def _peak_memory(config, arch: str, target: Target, measured: TrialRecord, cache
         from litv2.memory import inference_peak_mb
 
         say(f"{arch}: measuring the peak memory of an inference on {target.key} in a fresh process")
-        peak = inference_peak_mb(config, target.batch_size, target.img_size, target.precision, target.threads)
+        try:
+            peak = inference_peak_mb(config, target.batch_size, target.img_size, target.precision, target.threads)
+        except RuntimeError as error:  # the child died (e.g. out of memory): no figure, the table goes on
+            say(f"{arch}: no peak memory: {error}")
+            return None
         figures = {"peak_mb": None} if peak is None else peak.to_dict()  # None: this system has no such figure
         cache.put_memory(arch, target.key, figures)
     return figures["peak_mb"]
@@ -288,24 +302,27 @@ def _cost_line(rows: list[Row], settings: SearchSettings) -> str:
 def _plot_sweep(path: Path, recipe: Recipe, settings: SearchSettings, rows: list[Row]) -> None:
     target = settings.search.target
     xs = [row["x"] for row in rows]
+    giga_of = lambda values: [None if v is None else v / 1e9 for v in values]  # noqa: E731
     speed = [Series(target.key, xs, [r.get("throughput") for r in rows], _errors(rows, "throughput"))]
-    flops = [Series(f"{target.img_size} px", xs, [r.get("flops") for r in rows])]
+    flops = [Series(f"{target.img_size} px", xs, giga_of([r.get("flops") for r in rows]))]
     for height, width in recipe.resolutions:
         key = f"{height}x{width}"
         speed.append(Series(f"{width}x{height}", xs, [r.get(f"throughput_{key}") for r in rows],
                             [r.get(f"throughput_{key}_spread") for r in rows]))
-        flops.append(Series(f"{width}x{height}", xs, [r.get(f"flops_{key}") for r in rows]))
+        flops.append(Series(f"{width}x{height}", xs, giga_of([r.get(f"flops_{key}") for r in rows])))
     accuracy_panel = f"proxy top-1 % ({settings.search.dataset})"
     accuracy = [Series("mean [95 % interval] over seeds", xs, [r.get("top1") for r in rows], _errors(rows, "top1"))]
     paper = {}
     if recipe.paper:
-        for panel, metric in ((accuracy_panel, "top1"), ("FLOPs", "flops")):
-            values = [recipe.paper.value(r["row"], metric) for r in rows]
-            if any(v is not None for v in values):
-                paper[panel] = Series("paper (ImageNet-1K)" if metric == "top1" else "paper", xs, values)
+        theirs = [recipe.paper.value(r["row"], "flops") for r in rows]
+        if any(v is not None for v in theirs):  # FLOPs share a scale with ours: the same axis
+            flops.append(Series(f"paper, {target.img_size} px", xs, giga_of(theirs)))
+        top1 = [recipe.paper.value(r["row"], "top1") for r in rows]
+        if any(v is not None for v in top1):  # ImageNet top-1 and the proxy's do not: an axis of its own
+            paper[accuracy_panel] = Series("paper top-1 % (ImageNet-1K)", xs, top1)
     plot_panels(path, f"{recipe.name} ({settings.search.study})", recipe.sweep, {
-        accuracy_panel: accuracy, "img/s (median [95 % interval])": speed, "FLOPs": flops,
-    }, log_y=("img/s (median [95 % interval])", "FLOPs") if recipe.resolutions else (), paper=paper)
+        accuracy_panel: accuracy, "img/s (median [95 % interval])": speed, "GFLOPs": flops,
+    }, log_y=("img/s (median [95 % interval])", "GFLOPs") if recipe.resolutions else (), paper=paper)
 
 
 def _plot_rows(path: Path, recipe: Recipe, settings: SearchSettings, rows: list[Row]) -> None:
