@@ -5,8 +5,9 @@ beats another must say how sure it is. Every trained table uses the same rules:
 
 * a row's mean comes with a 95 % interval: Student's t for fewer than
   :data:`BOOTSTRAP_FROM` seeds (the t-distribution is exact for normal noise and honest about
-  how little two or three values say), a percentile bootstrap from :data:`BOOTSTRAP_FROM` on
-  (no normality assumed once there are enough values to resample);
+  how little two or three values say), a studentized (bootstrap-t) bootstrap from
+  :data:`BOOTSTRAP_FROM` on, whose tails come from the values rather than from a normal law
+  (a plain percentile bootstrap would be a third narrower than t at five values);
 * a change between two rows is the difference of their means, with the interval of that
   difference (Welch's t, which does not assume equal variances, or the bootstrap of both rows);
 * a change is **separated** when that interval excludes zero, and is never called so when a
@@ -115,14 +116,26 @@ def _t_quantile(freedom: float) -> float:
 
 
 def _bootstrap(rows: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """Percentile interval of the mean (one row) or of the difference of means (two rows),
-    each row resampled with replacement, :data:`BOOTSTRAP_RESAMPLES` times."""
+    """Studentized (bootstrap-t) 95 % interval of the mean (one row) or of the difference of
+    means (two rows), each row resampled with replacement :data:`BOOTSTRAP_RESAMPLES` times.
+
+    The percentile bootstrap of a mean is too narrow for a handful of values (at n = 5 it spans
+    about 1.75 standard errors where t spans 2.78: a 95 % interval that covers ~85 %); the
+    studentized one resamples the t statistic itself, so its tails are those the data show."""
     import numpy as np
 
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    means = [rng.choice(np.asarray(row, dtype=float), size=(BOOTSTRAP_RESAMPLES, len(row))).mean(axis=1)
-             for row in rows]
-    estimate = means[0] - means[1] if len(means) == 2 else means[0]
+    samples = [np.asarray(row, dtype=float) for row in rows]
+    draws = [rng.choice(row, size=(BOOTSTRAP_RESAMPLES, len(row))) for row in samples]
+    sign = [1.0, -1.0][: len(samples)]
+    estimate = sum(k * row.mean() for k, row in zip(sign, samples))
+    error = math.sqrt(sum(row.var(ddof=1) / len(row) for row in samples))
+    if error == 0:
+        return estimate, estimate
+    resampled = sum(k * draw.mean(axis=1) for k, draw in zip(sign, draws))
+    errors = np.sqrt(sum(draw.var(axis=1, ddof=1) / draw.shape[1] for draw in draws))
+    kept = errors > 0  # a resample of identical values has no spread to studentize by
+    t = (resampled[kept] - estimate) / errors[kept]
     tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(estimate, [tail, 100 - tail])
-    return float(low), float(high)
+    low_t, high_t = np.percentile(t, [tail, 100 - tail])
+    return float(estimate - high_t * error), float(estimate - low_t * error)

@@ -15,8 +15,10 @@ gives none::
           + ConvFFN: {top1: up}
 
 The figures are those of ``shared/reference/paper_facts.md``, checked against the paper and
-the official code (``tests/test_experiments.py`` holds them to it). A change's direction in
-the paper comes from two rows' figures when both have one, else from ``changes``.
+the official code (``tests/test_ablation_statistics.py`` holds the shipped recipes to them);
+the directions of ``changes`` are those the paper's text reports for its ablations. A
+change's direction in the paper comes from two rows' figures when both have one, else from
+``changes``.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from space.dims import check_keys
 from .table import Column, Row, bases, changes, separations
 
 UP, DOWN = "up", "down"
+PAPER_IMG_SIZE = 224  # the resolution of the paper's ImageNet figures (FLOPs, throughput)
 DIRECTIONS = (UP, DOWN)
 
 
@@ -129,7 +132,7 @@ def _direction(value: Any, where: str) -> str:
 @dataclass(frozen=True)
 class Verdict:
     """One change the paper gives a direction for, beside ours: ``ours`` is None where we have
-    no figure or no change; ``separated`` is ours' verdict (None: too few seeds to call one)."""
+    no figure or no change; ``separated`` is ours' verdict (None: none, e.g. fewer than 3 seeds)."""
 
     row: str
     versus: str
@@ -147,7 +150,7 @@ class Verdict:
         if self.ours is None:
             return f"{label}: paper {self.paper}, ours unchanged or unknown"
         word = "agrees" if self.agrees else "disagrees"
-        hedge = {True: "", False: ", not separated", None: ", too few seeds to separate"}[self.separated]
+        hedge = {True: "", False: ", not separated", None: ", no verdict"}[self.separated]
         return f"{label}: paper {self.paper}, ours {self.ours} ({word}{hedge})"
 
 

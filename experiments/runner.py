@@ -35,12 +35,15 @@ from space import arch_id
 
 from .options import RunOptions, settings_for
 from .recipes import Recipe, load_recipe, row_label
-from .intervals import BOOTSTRAP_FROM, difference_interval, mean_interval, separated, too_few_seeds_note
-from .paper import PAPER_COLUMNS, paper_verdicts, verdict_lines
+from .intervals import BOOTSTRAP_FROM, MIN_SEEDS_TO_SEPARATE, difference_interval, mean_interval, separated, \
+    too_few_seeds_note
+from .paper import PAPER_COLUMNS, PAPER_IMG_SIZE, paper_verdicts, verdict_lines
 from .table import Column, Dots, Row, Series, bases, csv_text, exact, fixed, giga, latex, markdown, plot_dots, \
     plot_panels, row_versus, seeds_csv, significant, write_text
 
 ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
+CSV_EXTRA = ("side", "batch", "x", "arch_id", "versus", "top1_seeds", "top1_values", "top1_std", "top1_interval",
+             "device_s")  # row keys the CSV has beside its columns
 TrialState = optuna.trial.TrialState
 
 
@@ -111,8 +114,8 @@ def trained_rows(recipe: Recipe, settings: SearchSettings, study: optuna.Study, 
                       key=lambda t: TrialRecord.of(t).seed or 0)
         row: Row = dict(row=label, arch_id=arch, x=params.get(recipe.sweep), **_seed_figures(done),
                         **_costs(records))
-        if recipe.compare == "previous" and rows:
-            row["versus"] = rows[-1]["row"]
+        if rows:  # the row its changes are against, named in every row (and the CSV)
+            row["versus"] = rows[-1]["row"] if recipe.compare == "previous" else rows[0]["row"]
         row.update(_static_figures(config, arch, target.img_size, cache))
         measured = next((r for r in records if r.throughput is not None), TrialRecord())
         row.update(throughput=measured.throughput, throughput_spread=measured.throughput_spread,
@@ -139,7 +142,7 @@ def _note(records: list[TrialRecord], missing: int, seeds: int) -> str:
         notes.append(f"{missing} of {seeds} seeds not trained{why}")
     reused = [r.training_reused_from for r in records if r.training_reused_from]
     if reused:
-        notes.append(f"{len(reused)} training{'s' if len(reused) > 1 else ''} reused from {', '.join(sorted(set(reused)))}")
+        notes.append(f"seeds reused from {', '.join(sorted(set(reused)))}: {len(reused)}")
     return "; ".join(notes)
 
 
@@ -169,7 +172,7 @@ def _peak_memory(config, arch: str, target: Target, measured: TrialRecord, cache
     a warm worker's reused heap reads nothing), measured once per architecture and target."""
     if target.device == "cuda":
         return measured.peak_memory_mb
-    if target.device != "cpu":
+    if target.device != "cpu" or target.runtime != "eager":  # litv2.memory runs eager PyTorch only
         return None
     figures = cache.get_memory(arch, target.key)
     if figures is None:
@@ -269,11 +272,13 @@ def _reading(rows: list[Row], recipe: Recipe, settings: SearchSettings) -> list[
              f"is separated when its interval excludes 0. img/s: median [95 % interval], separated when the "
              f"intervals do not overlap. {_memory_note(settings.search.target)}"]
     trained = [row["seeds"] for row in rows if row["seeds"]]
-    few = too_few_seeds_note(min(trained)) if trained else None
     changed = [row for row in rows if row.get("top1_change") is not None]
-    if few:
-        lines.append(few)
+    if trained and max(trained) < MIN_SEEDS_TO_SEPARATE:
+        lines.append(too_few_seeds_note(max(trained)))
     elif changed:
+        short = [row["row"] for row in rows if 0 < row["seeds"] < MIN_SEEDS_TO_SEPARATE]
+        if short:
+            lines.append(f"rows with fewer than {MIN_SEEDS_TO_SEPARATE} seeds get no verdict: {', '.join(short)}")
         called = [f"{row['row']} vs {row_versus(row, rows)} {row['top1_change']:+.2f} "
                   f"[{row['top1_change_low']:+.2f}, {row['top1_change_high']:+.2f}]"
                   for row in changed if row.get("top1_separated")]
@@ -282,6 +287,8 @@ def _reading(rows: list[Row], recipe: Recipe, settings: SearchSettings) -> list[
 
 
 def _memory_note(target: Target) -> str:
+    if target.device == "cpu" and target.runtime != "eager":
+        return f"peak MB: not measured for the {target.runtime} runtime (the fresh-process figure is eager PyTorch's)."
     if target.device == "cuda":
         return "peak MB: the CUDA allocator's peak during the throughput measurement (weights, input, activations)."
     if target.device == "cpu":
@@ -315,7 +322,7 @@ def _plot_sweep(path: Path, recipe: Recipe, settings: SearchSettings, rows: list
     paper = {}
     if recipe.paper:
         theirs = [recipe.paper.value(r["row"], "flops") for r in rows]
-        if any(v is not None for v in theirs):  # FLOPs share a scale with ours: the same axis
+        if any(v is not None for v in theirs) and target.img_size == PAPER_IMG_SIZE:  # ours share their scale
             flops.append(Series(f"paper, {target.img_size} px", xs, giga_of(theirs)))
         top1 = [recipe.paper.value(r["row"], "top1") for r in rows]
         if any(v is not None for v in top1):  # ImageNet top-1 and the proxy's do not: an axis of its own
@@ -423,8 +430,7 @@ def _publish(recipe: Recipe, settings: SearchSettings, study: optuna.Study, rows
     text = "\n\n".join(lines)
     _say(out, "\n" + text)
     paths = [write_text(where / f"{recipe.name}.md", text),
-             write_text(where / f"{recipe.name}.csv", csv_text(rows, columns, extra=("side", "batch", "x", "arch_id", "versus", "top1_seeds",
-                                                                             "top1_values", "top1_interval", "device_s"))),
+             write_text(where / f"{recipe.name}.csv", csv_text(rows, columns, extra=CSV_EXTRA)),
              write_text(where / f"{recipe.name}.tex", latex(rows, columns)),
              *(write_text(where / name, text) for name, text in (extra or {}).items())]
     if plot is not None:

@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from .cli import build_parser, guarded, run_command
+from .intervals import difference_interval
 from .table import separated_pairs
 
 RECIPE = "separability"
@@ -34,7 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return outcomes[0].code
 
     code = guarded(run)
-    return code or (0 if separated_pairs(outcomes[0].rows) else 1)
+    if code:
+        return code
+    pairs = separated_pairs(outcomes[0].rows)
+    print("separated pairs (the 95 % interval of the top-1 difference excludes 0, both rows n >= 3): "
+          + ("; ".join(f"{a['row']} > {b['row']} {_difference(a, b)}" for a, b in pairs) or "none"))
+    return 0 if pairs else 1
+
+
+def _difference(better: dict, worse: dict) -> str:
+    change = difference_interval(better["top1_values"], worse["top1_values"])
+    return f"{change.mean:+.2f} [{change.low:+.2f}, {change.high:+.2f}]"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Ablation tables: rows of figures with their spread and their change against the first row,
+"""Ablation tables: rows of figures with their spread and their change against a compared row,
 written as Markdown (also the terminal's), CSV and LaTeX, and sweeps drawn with error bars.
 
 A table is a list of row dicts plus :class:`Column` specs. Each row is compared with one
@@ -35,7 +35,7 @@ class Column:
         header: its heading, units included.
         show: formats a value (the spread uses it too).
         spread: the row key of the value's +- (a std over seeds, a measurement's spread).
-        change: ``"%"`` (relative to the first row), ``"points"`` (difference) or ``None``.
+        change: ``"%"`` (relative to the compared row), ``"points"`` (difference) or ``None``.
         count: the row key of how many values the mean is over (seeds), shown as ``n=``.
         interval: the row keys of the value's 95 % interval (low, high): a change whose
             interval overlaps the compared row's is marked "not separated" (within noise),
@@ -125,8 +125,8 @@ def separated_pairs(rows: Sequence[Row]) -> list[tuple[Row, Row]]:
 
 
 def changes(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, float | None]]:
-    """Per row and column: the change against the first row of the row's group (``None`` for
-    that first row itself, and where either value is unknown)."""
+    """Per row and column: the change against the row's compared row (:func:`bases`; ``None``
+    for a row compared with itself, and where either value is unknown)."""
     out = []
     for row, base in zip(rows, bases(rows)):
         delta: dict[str, float | None] = {}
@@ -158,7 +158,8 @@ def _cell(row: Row, column: Column, delta: float | None, apart: bool | None = No
     if column.count and row.get(column.count) is not None:
         text += f" (n={row[column.count]})"
     if delta is not None:
-        within = ", not separated" if apart is False else ""
+        verdict_due = f"{column.key}_separated" in row  # the row's own verdict, None when it has too few seeds
+        within = ", not separated" if apart is False else (", no verdict" if apart is None and verdict_due else "")
         change = [row.get(f"{column.key}_change_{end}") for end in ("low", "high")]
         between = f" [{change[0]:+.2f}, {change[1]:+.2f}]" if all(_known(b) for b in change) else ""
         digits = 2 if between else 1
@@ -177,8 +178,8 @@ def _cells(rows: Sequence[Row], columns: Sequence[Column], label: str) -> tuple[
 
 
 def markdown(rows: Sequence[Row], columns: Sequence[Column], label: str = "row") -> str:
-    """A Markdown table (what the terminal shows too): value ± spread (n=seeds) (change vs the
-    first row of its group)."""
+    """A Markdown table (what the terminal shows too): value ± spread or [interval] (n=seeds)
+    (change against the compared row [its interval], its verdict)."""
     header, body = _cells(rows, columns, label)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]

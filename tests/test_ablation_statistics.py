@@ -39,13 +39,15 @@ def test_three_seeds_use_welch_and_are_called_either_way():
     assert mean_interval([1.0, 2.0, 3.0]).half_width == pytest.approx(stats.t.ppf(0.975, 2) / math.sqrt(3))
 
 
-def test_ten_seeds_use_a_seeded_bootstrap():
+def test_from_five_seeds_a_seeded_studentized_bootstrap():
     values = [74.1, 75.3, 73.8, 76.0, 74.9, 75.5, 74.4, 75.1, 73.9, 75.8]
     assert len(values) >= BOOTSTRAP_FROM
     interval = mean_interval(values)
     t_half = stats.t.ppf(0.975, 9) * stats.tstd(values) / math.sqrt(10)
     assert interval.method == "bootstrap" and interval.low < interval.mean < interval.high
-    assert interval.half_width == pytest.approx(t_half, rel=0.3)  # the bootstrap is a bit narrower than t
+    assert interval.half_width == pytest.approx(t_half, rel=0.3)  # studentized: close to t's width at n = 10
+    five = values[:BOOTSTRAP_FROM]  # ... and never the third-narrower percentile interval at n = 5
+    assert mean_interval(five).half_width >= stats.t.ppf(0.975, 4) * stats.tstd(five) / math.sqrt(5)
     assert mean_interval(values) == interval  # seeded: a show prints what the run printed
     shifted = [v - 1.5 for v in values]
     change = difference_interval(values, shifted)
@@ -109,8 +111,7 @@ def test_our_changes_are_judged_against_the_papers():
     assert verdicts["+ remove RPE", "top1"].agrees is False  # the paper: a slight drop
     assert verdicts["+ remove RPE", "throughput"].ours is None  # no throughput figure in these rows
     assert verdicts["+ HiLo (LITv2-S)", "flops"].agrees is True and verdicts["+ HiLo (LITv2-S)", "flops"].separated
-    assert verdicts["+ HiLo (LITv2-S)", "top1"].text() == "top-1: paper up, ours down (disagrees, too few seeds to " \
-                                                         "separate)"
+    assert verdicts["+ HiLo (LITv2-S)", "top1"].text() == "top-1: paper up, ours down (disagrees, no verdict)"
     assert rows[0]["paper"] == "27M, 4.1G, 81.5 %" and rows[1]["paper"] == "-"
     assert rows[1]["paper_verdict"] == "top-1: paper up, ours up (agrees)"
     summary = verdict_lines(list(verdicts.values()), paper)

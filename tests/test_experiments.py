@@ -168,7 +168,7 @@ def test_a_two_row_recipe_runs_end_to_end_with_two_seeds(tmp_path, capsys):
     printed = capsys.readouterr().out
     # mean [95 % interval] (n=2) (change [its interval]); two seeds: no verdict, and the table says so
     assert re.search(r"\| MSA \| [\d,]+ \(\+[\d.]+%\) \|.*\| [\d.]+ \[[\d.-]+, [\d.]+\] \(n=2\) "
-                     r"\([+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\]\) \|", printed)
+                     r"\([+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\], no verdict\) \|", printed)
     assert "with n = 2 seeds per row no change can be called separated" in printed
     assert re.search(r"\| HiLo \|.*\| \d+ \|", printed)  # the fresh process's peak MB (RSS), not "-"
     names = sorted(path.name for path in outcome.files)
@@ -317,4 +317,4 @@ def test_separability_runs_on_the_engine_and_a_second_run_trains_nothing(tmp_pat
            {row: {k: v for k, v in cells.items() if k not in paid} for row, cells in before.items()}
     for row in after:  # the second study paid nothing, and says where its trainings come from
         assert after[row]["train dev-s"] == after[row]["measure dev-s"] == "0" != before[row]["train dev-s"]
-        assert after[row]["note"] == "1 training reused from first"
+        assert after[row]["note"] == "seeds reused from first: 1"

@@ -456,6 +456,18 @@ def test_a_second_study_reuses_trainings_of_the_same_recipe(tmp_path, capsys):
     reused = [t for t in again.trials if t.user_attrs.get("training_reused_from") == "s"]
     assert len(reused) == 4 and all(t.user_attrs["seed"] == 0 and t.state == TrialState.COMPLETE for t in reused)
     assert "4 trainings reused from earlier studies" in capsys.readouterr().out
+    third = run_in_process(tmp_path, jobs, study="u", space="table5", epochs=1, budget="1000000cpu-s")
+    assert len(jobs.trained) == 8  # a reuse keeps naming the study whose training it is, not the reusing one
+    assert {t.user_attrs.get("training_reused_from") for t in third.trials} == {"s"}
+
+
+def test_a_proxy_of_another_width_is_trained_again(tmp_path):
+    jobs = FakeJobs()
+    run_in_process(tmp_path, jobs, space="table5", epochs=1, budget="1000000cpu-s")
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text("extends: table5\nname: narrow\nproxy: {img_size: 64, width_mult: 0.125}\n")
+    run_in_process(tmp_path, jobs, study="n", space=str(narrow), epochs=1, budget="1000000cpu-s")
+    assert len(jobs.trained) == 8  # same architectures, data, epochs and seeds: a different proxy network
 
 
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:

@@ -97,7 +97,8 @@ class SearchContext:
 
     def recipe(self, candidate: Candidate) -> str:
         """What a proxy training's result depends on besides the architecture."""
-        return (f"{self.settings.search.dataset}|{self.space.proxy.img_size}|{self.scheduler.max_epochs}|"
+        return (f"{self.settings.search.dataset}|{self.space.proxy.img_size}|w{self.space.proxy.width_mult}|"
+                f"{self.scheduler.max_epochs}|"
                 f"{candidate.seed}|{self.settings.run.data_root or ''}|{self.settings.search.trainer}")
 
     def dequeue(self, candidate: Candidate) -> None:

@@ -196,7 +196,7 @@ class Dispatcher:
               training_reused_from=earlier.get("study"))
         self.context.say(f"[trial {candidate.number}] {candidate.arch}: trained before (study {earlier.get('study')}), "
                          "reused")
-        self.endings.complete(candidate)
+        self.endings.complete(candidate, reused=True)
 
     def _train_job(self, candidate: Candidate, to_epoch: int) -> TrainJob:
         context = self.context

@@ -63,11 +63,13 @@ class Endings:
                          f"(not in the top 1/{getattr(scheduler, 'eta', 1)} of {scheduler.recorded(rung)})")
         self.close(candidate, TrialState.PRUNED, self.figures(candidate), status="stopped")
 
-    def complete(self, candidate: Candidate) -> None:
+    def complete(self, candidate: Candidate, reused: bool = False) -> None:
+        """``reused``: its training is another study's (the cache keeps naming that study)."""
         context = self.context
         context.tally.completed += 1
-        context.cache.put_training(candidate.arch, context.recipe(candidate), dict(
-            epoch_accuracies=candidate.accuracies, study=context.settings.search.study, trial=candidate.number))
+        if not reused:
+            context.cache.put_training(candidate.arch, context.recipe(candidate), dict(
+                epoch_accuracies=candidate.accuracies, study=context.settings.search.study, trial=candidate.number))
         figures = self.figures(candidate)
         values = [candidate.accuracies[-1], *candidate.throughputs]
         self.close(candidate, TrialState.COMPLETE, figures, values=values, status="complete")
@@ -177,7 +179,9 @@ class Endings:
             fronts = {key: (evaluated_points(context.study, key), pareto_front(context.study, key))
                       for key in context.targets}
         named = {key: "" if len(fronts) == 1 else f"/{slug(key)}" for key in fronts}
-        progress = dict(budget_used=budget_used(context.study), hypervolume=study_hypervolume(context.study))
+        averaged = context.settings.search.seeds > 1 and len(fronts) == 1  # the rows' front, not a point per seed
+        progress = dict(budget_used=budget_used(context.study), hypervolume=hypervolume(
+            next(iter(fronts.values()))[1]) if averaged else study_hypervolume(context.study))
         for key, (_, front) in fronts.items():
             progress[f"front_size{named[key]}"] = len(front)
             if named[key]:
