@@ -76,7 +76,7 @@ class PaperFigures:
 
     def direction(self, row: str, versus: str, metric: str) -> str | None:
         """Which way the paper moves ``metric`` from row ``versus`` to ``row``, if it says."""
-        mine, theirs = self.figures.get(row, {}).get(metric), self.figures.get(versus, {}).get(metric)
+        mine, theirs = self.value(row, metric), self.value(versus, metric)
         if mine is not None and theirs is not None and mine != theirs:
             return UP if mine > theirs else DOWN
         return self.changes.get(row, {}).get(metric)

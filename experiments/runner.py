@@ -39,7 +39,7 @@ from .intervals import BOOTSTRAP_FROM, MIN_SEEDS_TO_SEPARATE, difference_interva
     too_few_seeds_note
 from .paper import PAPER_COLUMNS, PAPER_IMG_SIZE, paper_verdicts, verdict_lines
 from .table import Column, Dots, Row, Series, bases, csv_text, exact, fixed, giga, latex, markdown, plot_dots, \
-    plot_panels, row_versus, seeds_csv, significant, write_text
+    plot_panels, seeds_csv, significant, write_text
 
 ATTENTION_ROWS_ATTR = "experiment_rows"  # on studies of recipes that train nothing
 CSV_EXTRA = ("side", "batch", "x", "arch_id", "versus", "top1_seeds", "top1_values", "top1_std", "top1_interval",
@@ -279,7 +279,7 @@ def _reading(rows: list[Row], recipe: Recipe, settings: SearchSettings) -> list[
         short = [row["row"] for row in rows if 0 < row["seeds"] < MIN_SEEDS_TO_SEPARATE]
         if short:
             lines.append(f"rows with fewer than {MIN_SEEDS_TO_SEPARATE} seeds get no verdict: {', '.join(short)}")
-        called = [f"{row['row']} vs {row_versus(row, rows)} {row['top1_change']:+.2f} "
+        called = [f"{row['row']} vs {row['versus']} {row['top1_change']:+.2f} "
                   f"[{row['top1_change_low']:+.2f}, {row['top1_change_high']:+.2f}]"
                   for row in changed if row.get("top1_separated")]
         lines.append("separated top-1 changes: " + ("; ".join(called) or "none"))

@@ -106,11 +106,6 @@ def separations(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str
     return out
 
 
-def row_versus(row: Row, rows: Sequence[Row]) -> str:
-    """The label of the row ``row`` is compared with."""
-    return bases(rows)[next(i for i, r in enumerate(rows) if r is row)]["row"]
-
-
 def separated_pairs(rows: Sequence[Row]) -> list[tuple[Row, Row]]:
     """Pairs of rows (better first) whose top-1 difference is separated by the rule of
     :mod:`experiments.intervals` (its 95 % interval excludes 0, both rows with enough seeds):
